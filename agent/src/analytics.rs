@@ -1,0 +1,333 @@
+//! Sequence analytics (SPEC §3): N(x) and N(s) over a sliding window of hourly buckets,
+//! precedence scores with a Wilson lower bound, in a bounded sequence table.
+
+use std::collections::HashMap;
+
+use crate::ops::OpId;
+use crate::session::Entry;
+use crate::{NANOS_PER_SEC, Nanos};
+
+/// Longest sequence (SPEC §3: 2 to 9 operations).
+pub const MAX_SEQUENCE_OPS: usize = 9;
+const NANOS_PER_HOUR: Nanos = 3600 * NANOS_PER_SEC;
+/// z for a two-sided 95% interval.
+const WILSON_Z: f64 = 1.959_963_984_540_054;
+/// Share of the sequence table freed when it is full.
+const EVICT_FRACTION: usize = 10;
+
+pub fn hour_of(ts: Nanos) -> u32 {
+    (ts / NANOS_PER_HOUR) as u32
+}
+
+/// Counts per hour for the hours of one window, as a ring.
+#[derive(Debug, Clone)]
+pub struct Hourly {
+    last_hour: u32,
+    slots: Box<[u32]>,
+}
+
+impl Hourly {
+    fn new(slots: usize) -> Self {
+        Self {
+            last_hour: 0,
+            slots: vec![0; slots].into_boxed_slice(),
+        }
+    }
+
+    fn add(&mut self, hour: u32) {
+        let n = self.slots.len() as u32;
+        if hour > self.last_hour {
+            if hour - self.last_hour >= n {
+                self.slots.fill(0);
+            } else {
+                for h in self.last_hour + 1..=hour {
+                    self.slots[(h % n) as usize] = 0;
+                }
+            }
+            self.last_hour = hour;
+        } else if self.last_hour - hour >= n {
+            return; // Older than the window.
+        }
+        let slot = &mut self.slots[(hour % n) as usize];
+        *slot = slot.saturating_add(1);
+    }
+
+    /// Sum over the window ending in hour `now`.
+    pub fn total(&self, now: u32) -> u64 {
+        let n = self.slots.len() as u32;
+        let from = now.saturating_sub(n - 1).max(self.last_hour.saturating_sub(n - 1));
+        let to = now.min(self.last_hour);
+        if from > to {
+            return 0;
+        }
+        (from..=to).map(|h| u64::from(self.slots[(h % n) as usize])).sum()
+    }
+}
+
+/// A sequence of 2..=9 operation ids, packed most recent first (16 bits each, stored as
+/// id + 1 so that 0 marks the end): cheap to hash, compare and extend backwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct SeqKey([u64; 3]);
+
+impl SeqKey {
+    fn with(mut self, position: usize, op: OpId) -> Self {
+        self.0[position / 4] |= u64::from(op as u32 + 1) << ((position % 4) * 16);
+        self
+    }
+
+    /// Operations in chronological order (first → final).
+    pub fn ops(&self) -> Vec<OpId> {
+        let mut ops: Vec<OpId> = (0..MAX_SEQUENCE_OPS)
+            .map(|i| ((self.0[i / 4] >> ((i % 4) * 16)) & 0xffff) as u32)
+            .take_while(|&v| v != 0)
+            .map(|v| (v - 1) as OpId)
+            .collect();
+        ops.reverse();
+        ops
+    }
+
+    /// From operations in chronological order.
+    pub fn from_ops(ops: &[OpId]) -> Self {
+        ops.iter().rev().enumerate().fold(Self::default(), |k, (i, &op)| k.with(i, op))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SequenceScore {
+    /// Chronological: the final operation last.
+    pub ops: Vec<OpId>,
+    pub count: u64,
+    pub last_op_count: u64,
+    pub score: f64,
+    pub score_lower: f64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpTotals {
+    pub requests: u64,
+    pub occurrences: u64,
+}
+
+#[derive(Debug, Clone)]
+struct OpCounts {
+    requests: Hourly,
+    occurrences: Hourly,
+}
+
+/// Learned counts.
+pub struct Analytics {
+    slots: usize,
+    max_ops: usize,
+    max_sequences: usize,
+    ops: Vec<OpCounts>,
+    sequences: HashMap<SeqKey, Hourly, foldhash::fast::RandomState>,
+    evicted: u64,
+}
+
+impl Analytics {
+    /// `window` rounds up to whole hours; `max_ops` is the longest sequence counted.
+    pub fn new(window: Nanos, max_ops: usize, max_sequences: usize) -> Self {
+        let hours = window.div_ceil(NANOS_PER_HOUR).max(1) as usize;
+        Self {
+            slots: hours + 1,
+            max_ops: max_ops.clamp(2, MAX_SEQUENCE_OPS),
+            max_sequences: max_sequences.max(1),
+            ops: Vec::new(),
+            sequences: HashMap::default(),
+            evicted: 0,
+        }
+    }
+
+    pub fn window_hours(&self) -> usize {
+        self.slots - 1
+    }
+
+    fn op(&mut self, op: OpId) -> &mut OpCounts {
+        let i = usize::from(op);
+        if i >= self.ops.len() {
+            let slots = self.slots;
+            self.ops.resize_with(i + 1, || OpCounts {
+                requests: Hourly::new(slots),
+                occurrences: Hourly::new(slots),
+            });
+        }
+        &mut self.ops[i]
+    }
+
+    /// Any request mapped to `op` (identified or not, repeats included).
+    pub fn record_request(&mut self, op: OpId, now: Nanos) {
+        self.op(op).requests.add(hour_of(now));
+    }
+
+    /// A new occurrence of the final entry of `history` (oldest first): N(x) and N(s)
+    /// of every suffix of 2..=max_ops operations.
+    pub fn record_occurrence(&mut self, history: &[Entry], now: Nanos) {
+        let Some(last) = history.last() else { return };
+        let hour = hour_of(now);
+        self.op(last.op).occurrences.add(hour);
+        let mut key = SeqKey::default().with(0, last.op);
+        let longest = self.max_ops.min(history.len());
+        for k in 2..=longest {
+            key = key.with(k - 1, history[history.len() - k].op);
+            if let Some(counts) = self.sequences.get_mut(&key) {
+                counts.add(hour);
+                continue;
+            }
+            if self.sequences.len() >= self.max_sequences {
+                self.evict_low_support(hour);
+            }
+            let mut counts = Hourly::new(self.slots);
+            counts.add(hour);
+            self.sequences.insert(key, counts);
+        }
+    }
+
+    /// Frees a tenth of the table, lowest window counts first.
+    fn evict_low_support(&mut self, now: u32) {
+        let target = (self.sequences.len() / EVICT_FRACTION).max(1);
+        let mut totals: Vec<u64> = self.sequences.values().map(|c| c.total(now)).collect();
+        let (_, &mut cutoff, _) = totals.select_nth_unstable(target - 1);
+        let mut at_cutoff_budget = target - totals.iter().filter(|&&t| t < cutoff).count();
+        let before = self.sequences.len();
+        self.sequences.retain(|_, c| {
+            let t = c.total(now);
+            if t < cutoff {
+                return false;
+            }
+            if t == cutoff && at_cutoff_budget > 0 {
+                at_cutoff_budget -= 1;
+                return false;
+            }
+            true
+        });
+        self.evicted += (before - self.sequences.len()) as u64;
+    }
+
+    pub fn sequences_evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    pub fn tracked_sequences(&self) -> usize {
+        self.sequences.len()
+    }
+
+    pub fn op_totals(&self, op: OpId, now: Nanos) -> OpTotals {
+        let hour = hour_of(now);
+        self.ops.get(usize::from(op)).map_or(OpTotals::default(), |c| OpTotals {
+            requests: c.requests.total(hour),
+            occurrences: c.occurrences.total(hour),
+        })
+    }
+
+    /// Sequences with at least `min_support` occurrences in the window ending at `now`,
+    /// highest score first (ties: higher count first, then operation ids).
+    pub fn scores(&self, now: Nanos, min_support: u64) -> Vec<SequenceScore> {
+        let hour = hour_of(now);
+        let mut out: Vec<SequenceScore> = self
+            .sequences
+            .iter()
+            .filter_map(|(key, counts)| {
+                let count = counts.total(hour);
+                if count < min_support.max(1) {
+                    return None;
+                }
+                let ops = key.ops();
+                let last_op_count = self.op_totals(*ops.last()?, now).occurrences.max(count);
+                Some(SequenceScore {
+                    score: count as f64 / last_op_count as f64,
+                    score_lower: wilson_lower(count, last_op_count),
+                    ops,
+                    count,
+                    last_op_count,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then(b.count.cmp(&a.count))
+                .then_with(|| a.ops.cmp(&b.ops))
+        });
+        out
+    }
+}
+
+/// Lower end of the Wilson score interval (95%) for `successes` out of `trials`.
+pub fn wilson_lower(successes: u64, trials: u64) -> f64 {
+    if trials == 0 {
+        return 0.0;
+    }
+    let n = trials as f64;
+    let p = successes as f64 / n;
+    let z2 = WILSON_Z * WILSON_Z;
+    let centre = p + z2 / (2.0 * n);
+    let margin = WILSON_Z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((centre - margin) / (1.0 + z2 / n)).max(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: Nanos = NANOS_PER_HOUR;
+
+    fn hist(ops: &[OpId]) -> Vec<Entry> {
+        ops.iter().map(|&op| Entry { op, at: 0 }).collect()
+    }
+
+    #[test]
+    fn seq_key_round_trips() {
+        let ops = [3, 0, 65_000, 7, 1, 2, 3, 4, 5];
+        assert_eq!(SeqKey::from_ops(&ops).ops(), ops);
+        assert_eq!(SeqKey::from_ops(&[1, 2]).ops(), [1, 2]);
+        assert_ne!(SeqKey::from_ops(&[1, 2]), SeqKey::from_ops(&[2, 1]));
+    }
+
+    #[test]
+    fn suffixes_are_counted() {
+        let mut a = Analytics::new(24 * H, 9, 1000);
+        a.record_occurrence(&hist(&[1]), 0);
+        a.record_occurrence(&hist(&[1, 2]), 0);
+        a.record_occurrence(&hist(&[1, 2, 3]), 0);
+        let s = a.scores(0, 1);
+        let got: Vec<_> = s.iter().map(|s| (s.ops.clone(), s.count, s.last_op_count)).collect();
+        assert_eq!(got, [(vec![1, 2], 1, 1), (vec![1, 2, 3], 1, 1), (vec![2, 3], 1, 1)]);
+    }
+
+    #[test]
+    fn window_drops_old_hours() {
+        let mut h = Hourly::new(25);
+        h.add(100);
+        h.add(110);
+        assert_eq!(h.total(110), 2);
+        assert_eq!(h.total(124), 2);
+        assert_eq!(h.total(125), 1, "hour 100 left the window");
+        assert_eq!(h.total(135), 0);
+        h.add(90); // older than the window of the latest hour (110): still counts
+        assert_eq!(h.total(110), 3);
+        h.add(80); // older than 24 h before hour 110: dropped
+        assert_eq!(h.total(110), 3);
+    }
+
+    #[test]
+    fn table_is_bounded_and_evicts_low_support_first() {
+        let mut a = Analytics::new(24 * H, 2, 100);
+        for _ in 0..50 {
+            a.record_occurrence(&hist(&[1, 2]), 0);
+        }
+        for i in 0..1000u16 {
+            a.record_occurrence(&hist(&[10 + i, 5000 + i]), 0);
+            assert!(a.tracked_sequences() <= 100);
+        }
+        assert!(a.sequences_evicted() > 0);
+        assert!(a.scores(0, 50).iter().any(|s| s.ops == [1, 2]), "the well-supported sequence stays");
+    }
+
+    #[test]
+    fn wilson_matches_reference_values() {
+        // Reference: p=0.5, n=10 → 0.2366 (Wilson 1927 / standard tables).
+        assert!((wilson_lower(5, 10) - 0.2366).abs() < 1e-3);
+        assert!((wilson_lower(10, 10) - 0.7225).abs() < 1e-3);
+        assert_eq!(wilson_lower(0, 10), 0.0);
+    }
+}

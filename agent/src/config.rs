@@ -1,0 +1,520 @@
+//! The TOML configuration (SPEC §8): serde structs with documented defaults, loaded with
+//! errors that name the file, the key and the reason.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// A refused configuration: where, which key, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {reason}")]
+pub struct ConfigError {
+    pub file: String,
+    /// Dotted path of the offending key (`rule[1].title`), or `-` for the whole file.
+    pub key: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(file: &Path, key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            file: file.display().to_string(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub capture: CaptureConfig,
+    pub operations: OperationsConfig,
+    #[serde(rename = "endpoint")]
+    pub endpoints: Vec<EndpointConfig>,
+    pub session: SessionConfig,
+    pub sequence: SequenceConfig,
+    #[serde(rename = "rule")]
+    pub rules: Vec<RuleConfig>,
+    pub enforce: EnforceConfig,
+    pub admin: AdminConfig,
+    pub state: StateConfig,
+    /// Directory of the config file: relative paths in it (the OpenAPI file) resolve here.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// The file this config came from, for error messages of later stages.
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// Interface the live agent attaches to (live mode only).
+    pub interface: Option<String>,
+    /// Server ports whose client → server traffic is analysed.
+    pub ports: Vec<u16>,
+    /// Payload bytes the kernel program copies per packet.
+    pub snaplen: u32,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self {
+            interface: None,
+            ports: vec![80, 8080],
+            snaplen: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OperationsConfig {
+    /// Requests that match no endpoint become discovered operations.
+    pub discovery: bool,
+    /// Cap on discovered operations; later requests count as `other`.
+    pub max_operations: usize,
+    /// Optional OpenAPI v3 file (JSON or YAML), relative to the config file.
+    pub openapi: Option<PathBuf>,
+}
+
+impl Default for OperationsConfig {
+    fn default() -> Self {
+        Self {
+            discovery: true,
+            max_operations: 10_000,
+            openapi: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Empty matches any host; the operation's host is then empty too.
+    #[serde(default)]
+    pub host: String,
+    pub method: String,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Identifier {
+    Header(String),
+    Cookie(String),
+    JwtClaim(String),
+}
+
+impl fmt::Display for Identifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identifier::Header(name) => write!(f, "header:{}", name.to_ascii_lowercase()),
+            Identifier::Cookie(name) => write!(f, "cookie:{name}"),
+            Identifier::JwtClaim(path) => write!(f, "jwt_claim:{path}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Tried in order; the first one present with a non-empty value names the session.
+    pub identifiers: Vec<Identifier>,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            identifiers: vec![
+                Identifier::Cookie("sid".into()),
+                Identifier::Header("x-session-id".into()),
+                Identifier::JwtClaim("sub".into()),
+            ],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SequenceConfig {
+    /// Longest sequence counted and reported (2..=9).
+    pub max_ops: usize,
+    /// A session silent for longer than this starts a fresh history.
+    #[serde(deserialize_with = "human_duration")]
+    pub idle_timeout: Duration,
+    /// Counts cover this much time before the report time (hourly buckets).
+    #[serde(deserialize_with = "human_duration")]
+    pub window: Duration,
+    /// Sequences seen fewer times than this are left out of reports.
+    pub min_support: u64,
+    /// Live sessions kept; the least recently seen are evicted beyond it.
+    pub max_sessions: usize,
+    /// Distinct sequences tracked; the least supported are evicted beyond it.
+    pub max_sequences: usize,
+}
+
+impl Default for SequenceConfig {
+    fn default() -> Self {
+        Self {
+            max_ops: 9,
+            idle_timeout: Duration::from_secs(600),
+            window: Duration::from_secs(24 * 3600),
+            min_support: 5,
+            max_sessions: 1_000_000,
+            max_sequences: 1_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleKind {
+    Allow,
+    Block,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleAction {
+    Log,
+    Block,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// UUID; generated when absent.
+    pub id: Option<String>,
+    pub title: String,
+    pub kind: RuleKind,
+    pub action: RuleAction,
+    /// Operation ids or `"METHOD host/path-template"`.
+    pub sequence: Vec<String>,
+    /// Higher first; ties keep file order.
+    #[serde(default)]
+    pub priority: i64,
+    /// Allow rules only: the final operation must come at least this long after the
+    /// latest request to the previous one.
+    #[serde(default, deserialize_with = "optional_human_duration")]
+    pub min_interval: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnforceMode {
+    Monitor,
+    Enforce,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockScope {
+    Connection,
+    Session,
+    ClientIp,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnforceConfig {
+    /// `monitor` reports `would_block`; `enforce` blocks.
+    pub mode: EnforceMode,
+    pub block_scope: BlockScope,
+    /// Every kernel block entry expires after this.
+    #[serde(deserialize_with = "human_duration")]
+    pub block_ttl: Duration,
+    /// skb->mark given to packets of flagged (logged) connections.
+    pub flag_mark: u32,
+    /// History entries a rule looks back at.
+    pub lookback_ops: usize,
+    /// Entries older than this are out of a rule's sight.
+    #[serde(deserialize_with = "human_duration")]
+    pub lookback: Duration,
+}
+
+impl Default for EnforceConfig {
+    fn default() -> Self {
+        Self {
+            mode: EnforceMode::Monitor,
+            block_scope: BlockScope::Connection,
+            block_ttl: Duration::from_secs(600),
+            flag_mark: 0x5e9,
+            lookback_ops: 9,
+            lookback: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Admin API address: loopback only unless the operator says otherwise.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    /// Learned counts and the session-hash key live here.
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/var/lib/seqshield"),
+        }
+    }
+}
+
+/// Most identifiers a session definition may list (SPEC §2).
+pub const MAX_IDENTIFIERS: usize = 10;
+/// Longest rule title (SPEC §4).
+pub const MAX_TITLE_CHARS: usize = 50;
+
+impl Config {
+    /// Reads and validates a config file. Checks that need the operation catalog (rule
+    /// operations) happen when the pipeline is built.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, "-", format!("cannot read the file: {e}")))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses config text; `path` names it in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let de = toml::de::Deserializer::parse(text)
+            .map_err(|e| ConfigError::new(path, "-", one_line(&e.to_string())))?;
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { "-".to_string() } else { key };
+            ConfigError::new(path, key, one_line(&e.inner().to_string()))
+        })?;
+        config.source = path.to_path_buf();
+        config.base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let err = |key: &str, reason: String| Err(ConfigError::new(&self.source, key, reason));
+        let seq = &self.sequence;
+        if !(2..=9).contains(&seq.max_ops) {
+            return err("sequence.max_ops", format!("must be 2..=9, got {}", seq.max_ops));
+        }
+        if seq.window < Duration::from_secs(3600) {
+            return err("sequence.window", "must be at least 1h (hourly buckets)".into());
+        }
+        if seq.max_sessions == 0 || seq.max_sequences == 0 {
+            return err(
+                "sequence",
+                "max_sessions and max_sequences must be at least 1".into(),
+            );
+        }
+        if self.session.identifiers.len() > MAX_IDENTIFIERS {
+            return err(
+                "session.identifiers",
+                format!("at most {MAX_IDENTIFIERS} identifiers, got {}", self.session.identifiers.len()),
+            );
+        }
+        for (i, ident) in self.session.identifiers.iter().enumerate() {
+            let (Identifier::Header(name) | Identifier::Cookie(name) | Identifier::JwtClaim(name)) =
+                ident;
+            if name.is_empty() {
+                return err(&format!("session.identifiers[{i}]"), "name must not be empty".into());
+            }
+        }
+        if self.capture.ports.is_empty() {
+            return err("capture.ports", "list at least one server port".into());
+        }
+        if self.capture.snaplen == 0 {
+            return err("capture.snaplen", "must be at least 1".into());
+        }
+        for (i, ep) in self.endpoints.iter().enumerate() {
+            if !ep.path.starts_with('/') {
+                return err(&format!("endpoint[{i}].path"), format!("must start with '/', got {:?}", ep.path));
+            }
+            if ep.method.is_empty() || ep.method.contains(' ') {
+                return err(&format!("endpoint[{i}].method"), format!("not an HTTP method: {:?}", ep.method));
+            }
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            let chars = rule.title.chars().count();
+            if !(1..=MAX_TITLE_CHARS).contains(&chars) {
+                return err(
+                    &format!("rule[{i}].title"),
+                    format!("must be 1-{MAX_TITLE_CHARS} characters, got {chars}"),
+                );
+            }
+            if rule.sequence.len() < 2 {
+                return err(
+                    &format!("rule[{i}].sequence"),
+                    format!("needs 2 or more operations, got {}", rule.sequence.len()),
+                );
+            }
+            if let Some(id) = &rule.id
+                && uuid::Uuid::parse_str(id).is_err()
+            {
+                return err(&format!("rule[{i}].id"), format!("not a UUID: {id:?}"));
+            }
+            if rule.min_interval.is_some() && rule.kind != RuleKind::Allow {
+                return err(
+                    &format!("rule[{i}].min_interval"),
+                    "only allow rules take a min_interval".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The OpenAPI file path, resolved against the config file's directory.
+    pub fn openapi_path(&self) -> Option<PathBuf> {
+        self.operations.openapi.as_ref().map(|p| self.base_dir.join(p))
+    }
+}
+
+/// toml errors span several lines (a source excerpt); keep them to one.
+fn one_line(s: &str) -> String {
+    s.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^'))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("invalid duration {text:?} ({e}); write e.g. \"500ms\", \"10m\", \"24h\""))
+}
+
+fn human_duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(de)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+fn optional_human_duration<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
+    human_duration(de).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/seqshield/test.toml"))
+    }
+
+    #[test]
+    fn empty_config_takes_the_documented_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.capture.ports, vec![80, 8080]);
+        assert_eq!(c.sequence.max_ops, 9);
+        assert_eq!(c.sequence.idle_timeout, Duration::from_secs(600));
+        assert_eq!(c.sequence.min_support, 5);
+        assert_eq!(c.enforce.mode, EnforceMode::Monitor);
+        assert_eq!(c.enforce.flag_mark, 0x5e9);
+        assert_eq!(c.session.identifiers.len(), 3);
+    }
+
+    #[test]
+    fn spec_example_parses() {
+        let c = parse(
+            r#"
+[capture]
+interface = "eth0"
+ports = [80, 8080]
+snaplen = 4096
+[operations]
+discovery = true
+max_operations = 10000
+[[endpoint]]
+host = "bank.test"
+method = "GET"
+path = "/api/v1/users/{user_id}/accounts"
+[session]
+identifiers = [ { cookie = "sid" }, { header = "x-session-id" }, { jwt_claim = "sub" } ]
+[sequence]
+max_ops = 9
+idle_timeout = "10m"
+window = "24h"
+min_support = 5
+[[rule]]
+title = "transfer needs a balance check"
+kind = "allow"
+action = "block"
+sequence = ["GET bank.test/api/v1/accounts/{account_id}/balance", "POST bank.test/api/v1/transferFunds"]
+priority = 10
+min_interval = "500ms"
+[enforce]
+mode = "enforce"
+flag_mark = 0x5e9
+lookback = "10m"
+[admin]
+listen = "127.0.0.1:9464"
+[state]
+dir = "/var/lib/seqshield"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.rules[0].min_interval, Some(Duration::from_millis(500)));
+        assert_eq!(c.session.identifiers[2], Identifier::JwtClaim("sub".into()));
+        assert_eq!(c.enforce.mode, EnforceMode::Enforce);
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let e = parse("[sequence]\nmin_suport = 3\n").unwrap_err();
+        assert_eq!(e.file, "/etc/seqshield/test.toml");
+        assert!(e.key.contains("sequence"), "{e}");
+        assert!(e.reason.contains("min_suport"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = parse("[sequence]\nmin_support = \"five\"\n").unwrap_err();
+        assert_eq!(e.key, "sequence.min_support", "{e}");
+    }
+
+    #[test]
+    fn bad_duration_says_how_to_write_one() {
+        let e = parse("[sequence]\nidle_timeout = \"ten minutes\"\n").unwrap_err();
+        assert_eq!(e.key, "sequence.idle_timeout");
+        assert!(e.reason.contains("\"10m\""), "{e}");
+    }
+
+    #[test]
+    fn rule_checks_name_the_rule() {
+        let long = "x".repeat(51);
+        let e = parse(&format!(
+            "[[rule]]\ntitle = \"ok\"\nkind = \"allow\"\naction = \"log\"\nsequence = [\"a\", \"b\"]\n\
+             [[rule]]\ntitle = \"{long}\"\nkind = \"allow\"\naction = \"log\"\nsequence = [\"a\", \"b\"]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "rule[1].title");
+        let e = parse("[[rule]]\ntitle = \"t\"\nkind = \"block\"\naction = \"log\"\nsequence = [\"a\"]\n")
+            .unwrap_err();
+        assert_eq!(e.key, "rule[0].sequence");
+        assert!(e.reason.contains("2 or more"));
+    }
+
+    #[test]
+    fn syntax_error_is_one_line() {
+        let e = parse("[sequence\n").unwrap_err();
+        assert!(!e.to_string().contains('\n'), "{e}");
+    }
+}

@@ -1,0 +1,511 @@
+//! Incremental HTTP/1.x request extraction from one connection's in-order bytes.
+//!
+//! Heads are parsed with httparse straight from the delivered bytes when nothing is
+//! carried over (the common case: no copy); only an unfinished head is buffered. Bodies
+//! are skipped by `Content-Length` or chunked framing (RFC 9112 §6.3), so body bytes are
+//! never taken for requests. Malformed input is counted and the stream resynchronises at
+//! the next line that looks like a request line.
+
+use std::mem::MaybeUninit;
+
+use crate::flow::Piece;
+
+/// Headers per request; more is a parse error (httparse `TooManyHeaders`).
+pub const MAX_HEADERS: usize = 100;
+/// Bytes of an unfinished request head kept while waiting for its end.
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+/// Longest line considered when looking for the next request line after an error.
+pub const MAX_REQUEST_LINE: usize = 8 * 1024;
+/// Longest method token accepted when resynchronising.
+const MAX_METHOD_LEN: usize = 32;
+
+/// A parsed request head, borrowed from the connection's bytes.
+#[derive(Debug)]
+pub struct RequestHead<'a> {
+    pub method: &'a str,
+    /// The request target as sent (origin-form path, or absolute-form URI).
+    pub target: &'a str,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    pub headers: &'a [httparse::Header<'a>],
+}
+
+impl<'a> RequestHead<'a> {
+    /// The first header with this (case-insensitive) name.
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+
+    /// Every header with this (case-insensitive) name, in order.
+    pub fn headers_named<'n>(&self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + 'n
+    where
+        'a: 'n,
+    {
+        self.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HttpStats {
+    pub requests: u64,
+    /// Bytes that are not HTTP/1.x where a request or chunk framing was expected.
+    pub parse_errors: u64,
+    /// Request heads cut by bytes the capture never saw.
+    pub truncated_requests: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Expecting a request head.
+    Head,
+    /// Lost: looking for the next line that looks like a request line.
+    Resync,
+    /// Skipping this many body bytes.
+    Body(u64),
+    ChunkSize,
+    ChunkData(u64),
+    /// The CRLF after a chunk's data.
+    ChunkDataEnd,
+    /// Trailer lines after the last chunk, up to an empty line.
+    Trailers,
+}
+
+/// One connection's request stream.
+#[derive(Debug)]
+pub struct HttpStream {
+    /// Bytes carried over between pieces (an unfinished head or framing line).
+    carry: Vec<u8>,
+    state: State,
+}
+
+impl Default for HttpStream {
+    fn default() -> Self {
+        Self {
+            carry: Vec::new(),
+            state: State::Head,
+        }
+    }
+}
+
+impl HttpStream {
+    /// Takes the next piece of the connection; calls `on_request` for each complete
+    /// request head, in order.
+    pub fn feed(&mut self, piece: Piece<'_>, stats: &mut HttpStats, on_request: &mut impl FnMut(&RequestHead<'_>)) {
+        match piece {
+            Piece::Gap(len) => self.gap(len, stats),
+            Piece::Data(data) if self.carry.is_empty() => {
+                let used = consume(&mut self.state, data, stats, on_request);
+                self.carry.extend_from_slice(&data[used..]);
+            }
+            Piece::Data(data) => {
+                let mut carry = std::mem::take(&mut self.carry);
+                carry.extend_from_slice(data);
+                let used = consume(&mut self.state, &carry, stats, on_request);
+                carry.drain(..used);
+                self.carry = carry;
+            }
+        }
+    }
+
+    /// Bytes that will never arrive: skipped inside a body of known length, otherwise
+    /// the stream resynchronises.
+    fn gap(&mut self, len: Option<u32>, stats: &mut HttpStats) {
+        self.state = match (self.state, len) {
+            (State::Body(left), Some(n)) if left > u64::from(n) => State::Body(left - u64::from(n)),
+            (State::Body(left), Some(n)) if left == u64::from(n) => State::Head,
+            (State::ChunkData(left), Some(n)) if left > u64::from(n) => State::ChunkData(left - u64::from(n)),
+            (State::ChunkData(left), Some(n)) if left == u64::from(n) => State::ChunkDataEnd,
+            (State::Head, _) => {
+                if !self.carry.is_empty() {
+                    stats.truncated_requests += 1;
+                }
+                State::Resync
+            }
+            _ => State::Resync,
+        };
+        self.carry.clear();
+    }
+}
+
+/// Runs the state machine over `input`; returns how many bytes it is done with.
+fn consume(state: &mut State, input: &[u8], stats: &mut HttpStats, on_request: &mut impl FnMut(&RequestHead<'_>)) -> usize {
+    let mut pos = 0;
+    while pos < input.len() {
+        let rest = &input[pos..];
+        match *state {
+            State::Head => {
+                // Stray line ends between messages are allowed (RFC 9112 §2.2).
+                if rest[0] == b'\r' || rest[0] == b'\n' {
+                    pos += 1;
+                    continue;
+                }
+                match parse_head(rest, stats, on_request) {
+                    HeadOutcome::Done { len, next } => {
+                        pos += len;
+                        *state = next;
+                    }
+                    HeadOutcome::Partial if rest.len() > MAX_HEAD_BYTES => {
+                        stats.parse_errors += 1;
+                        *state = State::Resync;
+                        pos += 1;
+                    }
+                    HeadOutcome::Partial => break,
+                    HeadOutcome::Invalid => {
+                        stats.parse_errors += 1;
+                        *state = State::Resync;
+                        pos += 1;
+                    }
+                }
+            }
+            State::Resync => match find_request_line(rest) {
+                Resync::Found(at) => {
+                    pos += at;
+                    *state = State::Head;
+                }
+                Resync::NeedMore(keep_from) => {
+                    pos += keep_from;
+                    break;
+                }
+            },
+            State::Body(left) | State::ChunkData(left) => {
+                let n = left.min(rest.len() as u64);
+                pos += n as usize;
+                *state = match (*state, left - n) {
+                    (State::Body(_), 0) => State::Head,
+                    (State::Body(_), l) => State::Body(l),
+                    (_, 0) => State::ChunkDataEnd,
+                    (_, l) => State::ChunkData(l),
+                };
+            }
+            State::ChunkSize => match httparse::parse_chunk_size(rest) {
+                Ok(httparse::Status::Complete((len, size))) => {
+                    pos += len;
+                    *state = if size == 0 { State::Trailers } else { State::ChunkData(size) };
+                }
+                Ok(httparse::Status::Partial) if rest.len() <= MAX_REQUEST_LINE => break,
+                _ => {
+                    stats.parse_errors += 1;
+                    *state = State::Resync;
+                }
+            },
+            State::ChunkDataEnd => {
+                if rest.starts_with(b"\r\n") {
+                    pos += 2;
+                } else if rest[0] == b'\n' {
+                    pos += 1;
+                } else if rest == b"\r" {
+                    break;
+                } else {
+                    stats.parse_errors += 1;
+                    *state = State::Resync;
+                    continue;
+                }
+                *state = State::ChunkSize;
+            }
+            State::Trailers => {
+                let Some(eol) = rest.iter().position(|&b| b == b'\n') else {
+                    if rest.len() > MAX_HEAD_BYTES {
+                        stats.parse_errors += 1;
+                        *state = State::Resync;
+                        continue;
+                    }
+                    break;
+                };
+                let line_is_empty = eol == 0 || (eol == 1 && rest[0] == b'\r');
+                pos += eol + 1;
+                if line_is_empty {
+                    *state = State::Head;
+                }
+            }
+        }
+    }
+    pos
+}
+
+enum HeadOutcome {
+    Done { len: usize, next: State },
+    Partial,
+    Invalid,
+}
+
+fn parse_head(input: &[u8], stats: &mut HttpStats, on_request: &mut impl FnMut(&RequestHead<'_>)) -> HeadOutcome {
+    // Uninitialised header slots: no per-request memset of the whole array.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(input, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return HeadOutcome::Partial,
+        Err(_) => return HeadOutcome::Invalid,
+    };
+    let (Some(method), Some(target), Some(minor_version)) = (req.method, req.path, req.version) else {
+        return HeadOutcome::Invalid;
+    };
+    let Some(next) = body_framing(req.headers) else {
+        // The body length cannot be known: resynchronise after this head.
+        stats.parse_errors += 1;
+        return HeadOutcome::Done { len, next: State::Resync };
+    };
+    stats.requests += 1;
+    on_request(&RequestHead {
+        method,
+        target,
+        minor_version,
+        headers: req.headers,
+    });
+    HeadOutcome::Done { len, next }
+}
+
+/// How the request's body is delimited (RFC 9112 §6.3), as the state after the head;
+/// `None` when it cannot be known (unknown transfer coding, conflicting lengths).
+fn body_framing(headers: &[httparse::Header<'_>]) -> Option<State> {
+    let mut transfer_encoding: Option<&[u8]> = None;
+    let mut content_length: Option<u64> = None;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_encoding = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            let n = parse_content_length(h.value)?;
+            if content_length.is_some_and(|c| c != n) {
+                return None;
+            }
+            content_length = Some(n);
+        }
+    }
+    if let Some(te) = transfer_encoding {
+        // Transfer-Encoding wins over Content-Length; chunked must be the final coding.
+        let last = te.rsplit(|&b| b == b',').next().unwrap_or(te);
+        return last.trim_ascii().eq_ignore_ascii_case(b"chunked").then_some(State::ChunkSize);
+    }
+    Some(match content_length {
+        Some(n) if n > 0 => State::Body(n),
+        _ => State::Head,
+    })
+}
+
+fn parse_content_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+}
+
+enum Resync {
+    /// A request line starts this many bytes in.
+    Found(usize),
+    /// None yet; bytes before this offset can be dropped, the rest may still become one.
+    NeedMore(usize),
+}
+
+/// Finds the next line that looks like an HTTP/1.x request line.
+fn find_request_line(input: &[u8]) -> Resync {
+    let mut start = 0;
+    loop {
+        let line = &input[start..];
+        match line.iter().position(|&b| b == b'\n') {
+            Some(eol) => {
+                if looks_like_request_line(&line[..eol]) {
+                    return Resync::Found(start);
+                }
+                start += eol + 1;
+            }
+            None => {
+                let could_be = line.len() <= MAX_REQUEST_LINE && line.iter().take(MAX_METHOD_LEN + 1).all(|&b| is_tchar(b) || b == b' ');
+                return Resync::NeedMore(if could_be { start } else { input.len() });
+            }
+        }
+    }
+}
+
+fn looks_like_request_line(line: &[u8]) -> bool {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut parts = line.splitn(3, |&b| b == b' ');
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    (1..=MAX_METHOD_LEN).contains(&method.len())
+        && method.iter().all(|&b| is_tchar(b))
+        && !target.is_empty()
+        && target.iter().all(|&b| (0x21..0x7f).contains(&b))
+        && (version == b"HTTP/1.1" || version == b"HTTP/1.0")
+}
+
+/// RFC 9110 §5.6.2 token characters.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Feeds the pieces and returns "METHOD target" of each request, plus the stats.
+    fn run(pieces: &[Piece<'_>]) -> (Vec<String>, HttpStats) {
+        let mut stream = HttpStream::default();
+        let mut stats = HttpStats::default();
+        let mut seen = Vec::new();
+        for p in pieces {
+            stream.feed(*p, &mut stats, &mut |r: &RequestHead<'_>| {
+                seen.push(format!("{} {}", r.method, r.target));
+            });
+        }
+        (seen, stats)
+    }
+
+    fn data(s: &str) -> Piece<'_> {
+        Piece::Data(s.as_bytes())
+    }
+
+    #[test]
+    fn pipelined_requests_in_one_piece() {
+        let (seen, stats) = run(&[data("GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")]);
+        assert_eq!(seen, ["GET /a", "GET /b"]);
+        assert_eq!(stats.requests, 2);
+    }
+
+    #[test]
+    fn head_split_anywhere() {
+        let (seen, _) = run(&[data("GE"), data("T /a HT"), data("TP/1.1\r\nHo"), data("st: x\r\n\r"), data("\n")]);
+        assert_eq!(seen, ["GET /a"]);
+    }
+
+    #[test]
+    fn content_length_body_is_skipped() {
+        let body = "GET /evil HTTP/1.1\r\n\r\n";
+        let req = format!("POST /p HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}GET /b HTTP/1.1\r\n\r\n", body.len());
+        let (seen, stats) = run(&[data(&req)]);
+        assert_eq!(seen, ["POST /p", "GET /b"]);
+        assert_eq!(stats.parse_errors, 0);
+    }
+
+    #[test]
+    fn chunked_body_is_skipped() {
+        let req = "POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+                   16\r\nGET /evil HTTP/1.1\r\n\r\n\r\n3;ext=1\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n\
+                   GET /b HTTP/1.1\r\n\r\n";
+        for split in 0..req.len() {
+            let (a, b) = req.split_at(split);
+            let (seen, stats) = run(&[data(a), data(b)]);
+            assert_eq!(seen, ["POST /p", "GET /b"], "split at {split}");
+            assert_eq!(stats.parse_errors, 0);
+        }
+    }
+
+    #[test]
+    fn invalid_chunk_size_resyncs() {
+        let req = "POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nGET /b HTTP/1.1\r\n\r\n";
+        let (seen, stats) = run(&[data(req)]);
+        assert_eq!(seen, ["POST /p", "GET /b"]);
+        assert_eq!(stats.parse_errors, 1);
+    }
+
+    #[test]
+    fn http_1_0() {
+        let (seen, _) = run(&[data("GET /old HTTP/1.0\r\n\r\n")]);
+        assert_eq!(seen, ["GET /old"]);
+    }
+
+    #[test]
+    fn garbage_is_counted_and_skipped() {
+        let (seen, stats) = run(&[data("\x16\x03\x01garbage\r\nmore junk\r\nGET /ok HTTP/1.1\r\n\r\n")]);
+        assert_eq!(seen, ["GET /ok"]);
+        assert_eq!(stats.parse_errors, 1);
+    }
+
+    #[test]
+    fn endless_header_lines_are_bounded() {
+        let mut stream = HttpStream::default();
+        let mut stats = HttpStats::default();
+        stream.feed(data("GET / HTTP/1.1\r\n"), &mut stats, &mut |_: &RequestHead<'_>| {});
+        let line = "X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+        for _ in 0..10_000 {
+            stream.feed(data(line), &mut stats, &mut |_: &RequestHead<'_>| {});
+            assert!(stream.carry.len() <= MAX_HEAD_BYTES + line.len());
+        }
+        assert!(stats.parse_errors >= 1);
+        assert_eq!(stats.requests, 0);
+    }
+
+    #[test]
+    fn gap_inside_a_body_is_skipped_without_resync() {
+        let (seen, stats) = run(&[
+            data("POST /p HTTP/1.1\r\nContent-Length: 100\r\n\r\nab"),
+            Piece::Gap(Some(90)),
+            data("cdefghijGET /b HTTP/1.1\r\n\r\n"),
+        ]);
+        assert_eq!(seen, ["POST /p", "GET /b"]);
+        assert_eq!(stats.parse_errors, 0);
+    }
+
+    #[test]
+    fn gap_inside_a_head_counts_a_truncated_request() {
+        let (seen, stats) = run(&[
+            data("GET /a HTTP/1.1\r\nX-Big: aaaa"),
+            Piece::Gap(Some(3000)),
+            data("aaaa\r\n\r\nGET /b HTTP/1.1\r\n\r\n"),
+        ]);
+        assert_eq!(seen, ["GET /b"]);
+        assert_eq!(stats.truncated_requests, 1);
+    }
+
+    #[test]
+    fn mid_stream_start_finds_the_next_request() {
+        let (seen, stats) = run(&[Piece::Gap(None), data("dy bytes\r\nGET /b HTTP/1.1\r\n\r\n")]);
+        assert_eq!(seen, ["GET /b"]);
+        assert_eq!(stats.parse_errors, 0);
+    }
+
+    #[test]
+    fn unknown_transfer_coding_is_an_error() {
+        let (seen, stats) = run(&[data("POST /p HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\nxx\r\nGET /b HTTP/1.1\r\n\r\n")]);
+        assert_eq!(seen, ["GET /b"]);
+        assert_eq!(stats.parse_errors, 1);
+    }
+
+    fn pipelined() -> String {
+        let mut s = String::new();
+        for i in 0..6 {
+            s.push_str(&format!("GET /r/{i} HTTP/1.1\r\nHost: h\r\nCookie: sid=s{i}\r\n\r\n"));
+            s.push_str("POST /b HTTP/1.1\r\nContent-Length: 19\r\n\r\nGET /no HTTP/1.1\r\n\r\n");
+        }
+        s
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_yields_the_same_requests(cuts in proptest::collection::vec(0usize..2000, 0..30)) {
+            let text = pipelined();
+            let bytes = text.as_bytes();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut last = 0;
+            for c in cuts.into_iter().chain([bytes.len()]) {
+                pieces.push(Piece::Data(&bytes[last..c]));
+                last = c;
+            }
+            let (seen, stats) = run(&pieces);
+            let (whole, _) = run(&[Piece::Data(bytes)]);
+            prop_assert_eq!(seen.len(), 12);
+            prop_assert_eq!(seen, whole);
+            prop_assert_eq!(stats.parse_errors, 0);
+        }
+
+        #[test]
+        fn garbage_never_panics(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..20)) {
+            let mut stream = HttpStream::default();
+            let mut stats = HttpStats::default();
+            for c in &chunks {
+                stream.feed(Piece::Data(c), &mut stats, &mut |_: &RequestHead<'_>| {});
+                prop_assert!(stream.carry.len() <= MAX_HEAD_BYTES + 300);
+            }
+        }
+    }
+}

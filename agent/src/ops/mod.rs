@@ -1,0 +1,410 @@
+//! API operations (SPEC §1): configured endpoints and OpenAPI imports matched first, then
+//! discovery; every operation is interned to a small [`OpId`] for the hot path and has a
+//! stable text id derived from (method, host, template).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use crate::config::{Config, ConfigError, EndpointConfig};
+
+mod discovery;
+mod openapi;
+
+pub use discovery::{is_discovered_template, normalise_path};
+
+/// Index of an operation in the [`Catalog`].
+pub type OpId = u16;
+
+/// Hard ceiling on operations (configured + discovered): ids must fit an [`OpId`].
+pub const MAX_CATALOG: usize = u16::MAX as usize - 1;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    /// Stable across restarts and hosts: a hash of method, host and template.
+    pub id: String,
+    pub host: String,
+    pub method: String,
+    /// Path template, as configured or as discovered.
+    pub path: String,
+    pub configured: bool,
+}
+
+impl Operation {
+    fn new(host: &str, method: &str, path: &str, configured: bool) -> Self {
+        Self {
+            id: stable_id(host, method, path),
+            host: host.to_string(),
+            method: method.to_string(),
+            path: path.to_string(),
+            configured,
+        }
+    }
+
+    /// `"METHOD host/path-template"`, the form rules and reports use.
+    pub fn human(&self) -> String {
+        human_form(&self.method, &self.host, &self.path)
+    }
+}
+
+fn human_form(method: &str, host: &str, path: &str) -> String {
+    format!("{method} {host}{path}")
+}
+
+/// 12 hex characters of BLAKE3 over the operation's parts: short, and the same on every
+/// host and across restarts.
+pub fn stable_id(host: &str, method: &str, path: &str) -> String {
+    let mut h = blake3::Hasher::new();
+    for part in [method, host, path] {
+        h.update(part.as_bytes());
+        h.update(&[0]);
+    }
+    let digest = h.finalize();
+    let mut id = String::with_capacity(12);
+    for b in &digest.as_bytes()[..6] {
+        let _ = write!(id, "{b:02x}");
+    }
+    id
+}
+
+/// What a request maps to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolved {
+    Op(OpId),
+    /// No endpoint matched and discovery is off.
+    Unmatched,
+    /// Discovery is full (`max_operations`): counted as `other`, not sequenced.
+    Other,
+}
+
+#[derive(Debug, Clone)]
+enum Segment {
+    Literal(String),
+    Param,
+}
+
+#[derive(Debug, Clone)]
+struct Template {
+    /// Empty matches any host.
+    host: String,
+    method: String,
+    segments: Vec<Segment>,
+    op: OpId,
+}
+
+impl Template {
+    fn matches(&self, host: &str, path: &str) -> bool {
+        if !self.host.is_empty() && self.host != host {
+            return false;
+        }
+        let mut parts = path.strip_prefix('/').unwrap_or(path).split('/');
+        for seg in &self.segments {
+            match (seg, parts.next()) {
+                (Segment::Literal(l), Some(p)) if l == p => {}
+                (Segment::Param, Some(p)) if !p.is_empty() => {}
+                _ => return false,
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+/// Every known operation, and the matcher from requests to them.
+#[derive(Debug)]
+pub struct Catalog {
+    ops: Vec<Operation>,
+    /// `"METHOD host/path"` → id, for discovered lookups and rule references.
+    by_human: HashMap<String, OpId, foldhash::fast::RandomState>,
+    /// Configured templates by method, most literal segments first, then file order.
+    templates: HashMap<String, Vec<Template>, foldhash::fast::RandomState>,
+    discovery: bool,
+    max_discovered: usize,
+    discovered: usize,
+    /// Reused to build discovered keys without allocating per request.
+    scratch: String,
+}
+
+impl Catalog {
+    /// Builds the catalog from `[[endpoint]]` and the OpenAPI file of a config.
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let mut endpoints = config.endpoints.clone();
+        if let Some(path) = config.openapi_path() {
+            endpoints.extend(openapi::endpoints(&path).map_err(|reason| {
+                ConfigError::new(&config.source, "operations.openapi", format!("{}: {reason}", path.display()))
+            })?);
+        }
+        let mut catalog = Self {
+            ops: Vec::new(),
+            by_human: HashMap::default(),
+            templates: HashMap::default(),
+            discovery: config.operations.discovery,
+            max_discovered: config.operations.max_operations,
+            discovered: 0,
+            scratch: String::new(),
+        };
+        for ep in &endpoints {
+            catalog.add_endpoint(ep).map_err(|reason| ConfigError::new(&config.source, "endpoint", reason))?;
+        }
+        for list in catalog.templates.values_mut() {
+            // Stable sort: ties keep file order (SPEC §1).
+            list.sort_by_key(|t| std::cmp::Reverse(t.segments.iter().filter(|s| matches!(s, Segment::Literal(_))).count()));
+        }
+        Ok(catalog)
+    }
+
+    fn add_endpoint(&mut self, ep: &EndpointConfig) -> Result<(), String> {
+        let host = ep.host.to_ascii_lowercase();
+        let human = human_form(&ep.method, &host, &ep.path);
+        if self.by_human.contains_key(&human) {
+            return Ok(()); // The same endpoint twice (config and OpenAPI): one operation.
+        }
+        let op = self.intern(Operation::new(&host, &ep.method, &ep.path, true))?;
+        let segments = ep
+            .path
+            .strip_prefix('/')
+            .unwrap_or(&ep.path)
+            .split('/')
+            .map(|s| {
+                if s.len() > 2 && s.starts_with('{') && s.ends_with('}') {
+                    Segment::Param
+                } else {
+                    Segment::Literal(s.to_string())
+                }
+            })
+            .collect();
+        self.templates.entry(ep.method.clone()).or_default().push(Template {
+            host,
+            method: ep.method.clone(),
+            segments,
+            op,
+        });
+        Ok(())
+    }
+
+    fn intern(&mut self, op: Operation) -> Result<OpId, String> {
+        if self.ops.len() >= MAX_CATALOG {
+            return Err(format!("more than {MAX_CATALOG} operations"));
+        }
+        let id = self.ops.len() as OpId;
+        self.by_human.insert(op.human(), id);
+        self.ops.push(op);
+        Ok(id)
+    }
+
+    pub fn get(&self, id: OpId) -> &Operation {
+        &self.ops[usize::from(id)]
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (OpId, &Operation)> {
+        self.ops.iter().enumerate().map(|(i, op)| (i as OpId, op))
+    }
+
+    /// Maps a request (host already normalised, path without query) to its operation.
+    pub fn resolve(&mut self, host: &str, method: &str, path: &str) -> Resolved {
+        if let Some(list) = self.templates.get(method)
+            && let Some(t) = list.iter().find(|t| t.matches(host, path))
+        {
+            debug_assert_eq!(t.method, method);
+            return Resolved::Op(t.op);
+        }
+        if !self.discovery {
+            return Resolved::Unmatched;
+        }
+        let mut key = std::mem::take(&mut self.scratch);
+        key.clear();
+        key.push_str(method);
+        key.push(' ');
+        key.push_str(host);
+        let template_at = key.len();
+        normalise_path(path, &mut key);
+        let resolved = match self.by_human.get(key.as_str()) {
+            Some(&op) => Resolved::Op(op),
+            None if self.discovered >= self.max_discovered => Resolved::Other,
+            None => {
+                let op = Operation::new(host, method, &key[template_at..], false);
+                match self.intern(op) {
+                    Ok(id) => {
+                        self.discovered += 1;
+                        Resolved::Op(id)
+                    }
+                    Err(_) => Resolved::Other,
+                }
+            }
+        };
+        self.scratch = key;
+        resolved
+    }
+
+    /// Finds the operation a rule names, by stable id or `"METHOD host/path-template"`.
+    /// With discovery on, a human form that discovery would produce is accepted and
+    /// interned ahead of its first request.
+    pub fn lookup_for_rule(&mut self, name: &str) -> Result<OpId, String> {
+        if let Some(&op) = self.by_human.get(name) {
+            return Ok(op);
+        }
+        if let Some((i, _)) = self.ops.iter().enumerate().find(|(_, op)| op.id == name) {
+            return Ok(i as OpId);
+        }
+        let parsed = name.split_once(' ').and_then(|(method, rest)| {
+            let slash = rest.find('/')?;
+            Some((method, &rest[..slash], &rest[slash..]))
+        });
+        let Some((method, host, path)) = parsed else {
+            return Err(format!(
+                "unknown operation {name:?}: not an operation id, and not of the form \"METHOD host/path\""
+            ));
+        };
+        if !self.discovery {
+            return Err(format!("unknown operation {name:?}: no [[endpoint]] matches it and discovery is off"));
+        }
+        let host = host.to_ascii_lowercase();
+        if !is_discovered_template(path) {
+            return Err(format!(
+                "unknown operation {name:?}: no [[endpoint]] has this template, and discovery would not produce it \
+                 (discovered placeholders are {{var1}}, {{var2}}, ...)"
+            ));
+        }
+        if let Resolved::Op(op) = self.resolve(&host, method, path) {
+            return Ok(op);
+        }
+        Err(format!("unknown operation {name:?}: the operation catalog is full"))
+    }
+}
+
+/// Splits a request target into its authority (absolute-form, RFC 9112 §3.2.2) and its
+/// path without query or fragment.
+pub fn split_target(target: &str) -> (Option<&str>, &str) {
+    let (authority, rest) = match target.find("://") {
+        Some(i) if !target[..i].contains('/') => {
+            let after = &target[i + 3..];
+            let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+            (Some(&after[..end]), &after[end..])
+        }
+        _ => (None, target),
+    };
+    let path_end = rest.find(['?', '#']).unwrap_or(rest.len());
+    let path = &rest[..path_end];
+    match (authority, path.is_empty()) {
+        (Some(_), true) => (authority, "/"),
+        _ => (authority, path),
+    }
+}
+
+/// Lowercases a host and drops a `:port` suffix (keeping IPv6 brackets), into `out`.
+pub fn normalise_host(raw: &[u8], out: &mut String) {
+    out.clear();
+    let raw = raw.trim_ascii();
+    // Userinfo in an absolute-form authority is not part of the host.
+    let raw = match raw.iter().rposition(|&b| b == b'@') {
+        Some(at) => &raw[at + 1..],
+        None => raw,
+    };
+    let host = if raw.first() == Some(&b'[') {
+        match raw.iter().position(|&b| b == b']') {
+            Some(end) => &raw[..=end],
+            None => raw,
+        }
+    } else {
+        match raw.iter().rposition(|&b| b == b':') {
+            Some(colon) if raw[colon + 1..].iter().all(u8::is_ascii_digit) => &raw[..colon],
+            _ => raw,
+        }
+    };
+    for &b in host {
+        out.push(if b.is_ascii() { b.to_ascii_lowercase() as char } else { char::REPLACEMENT_CHARACTER });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn catalog(toml: &str) -> Catalog {
+        let config = Config::parse(toml, Path::new("t.toml")).unwrap();
+        Catalog::from_config(&config).unwrap()
+    }
+
+    #[test]
+    fn more_literal_segments_win_then_file_order() {
+        let mut c = catalog(
+            r#"
+[[endpoint]]
+host = "bank.test"
+method = "GET"
+path = "/api/{a}/{b}"
+[[endpoint]]
+host = "bank.test"
+method = "GET"
+path = "/api/users/{id}"
+[[endpoint]]
+host = "bank.test"
+method = "GET"
+path = "/api/{x}/me"
+"#,
+        );
+        let Resolved::Op(op) = c.resolve("bank.test", "GET", "/api/users/7") else { panic!() };
+        assert_eq!(c.get(op).path, "/api/users/{id}");
+        let Resolved::Op(op) = c.resolve("bank.test", "GET", "/api/users/me") else { panic!() };
+        assert_eq!(c.get(op).path, "/api/users/{id}", "equal literals: the earlier one");
+        let Resolved::Op(op) = c.resolve("bank.test", "GET", "/api/a/b") else { panic!() };
+        assert_eq!(c.get(op).path, "/api/{a}/{b}");
+        // A param never matches an empty segment; the method is case-sensitive.
+        let Resolved::Op(op) = c.resolve("bank.test", "GET", "/api/users/") else { panic!() };
+        assert!(!c.get(op).configured);
+        let Resolved::Op(op) = c.resolve("bank.test", "get", "/api/users/7") else { panic!() };
+        assert_eq!(c.get(op).path, "/api/users/{var1}");
+    }
+
+    #[test]
+    fn discovery_is_capped_and_can_be_off() {
+        let mut c = catalog("[operations]\nmax_operations = 2\n");
+        assert!(matches!(c.resolve("h", "GET", "/a"), Resolved::Op(_)));
+        assert!(matches!(c.resolve("h", "GET", "/b/12"), Resolved::Op(_)));
+        assert!(matches!(c.resolve("h", "GET", "/b/13"), Resolved::Op(_)), "same template");
+        assert_eq!(c.resolve("h", "GET", "/c"), Resolved::Other);
+        let mut c = catalog("[operations]\ndiscovery = false\n");
+        assert_eq!(c.resolve("h", "GET", "/a"), Resolved::Unmatched);
+    }
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        assert_eq!(stable_id("bank.test", "GET", "/a"), stable_id("bank.test", "GET", "/a"));
+        assert_ne!(stable_id("bank.test", "GET", "/a"), stable_id("bank.test", "POST", "/a"));
+        assert_eq!(stable_id("h", "GET", "/a").len(), 12);
+    }
+
+    #[test]
+    fn rules_name_operations_by_id_or_human_form() {
+        let mut c = catalog("[[endpoint]]\nhost = \"b\"\nmethod = \"GET\"\npath = \"/x/{id}\"\n");
+        let id = c.get(0).id.clone();
+        assert_eq!(c.lookup_for_rule(&id), Ok(0));
+        assert_eq!(c.lookup_for_rule("GET b/x/{id}"), Ok(0));
+        let op = c.lookup_for_rule("POST b/transfer").unwrap();
+        assert_eq!(c.resolve("b", "POST", "/transfer"), Resolved::Op(op));
+        assert!(c.lookup_for_rule("POST b/users/{name}").is_err());
+        assert!(c.lookup_for_rule("nonsense").is_err());
+    }
+
+    #[test]
+    fn targets_and_hosts() {
+        assert_eq!(split_target("/a/b?x=1#f"), (None, "/a/b"));
+        assert_eq!(split_target("http://Bank.Test:8080/a?q"), (Some("Bank.Test:8080"), "/a"));
+        assert_eq!(split_target("http://h"), (Some("h"), "/"));
+        assert_eq!(split_target("*"), (None, "*"));
+        let mut out = String::new();
+        normalise_host(b"Bank.TEST:8080", &mut out);
+        assert_eq!(out, "bank.test");
+        normalise_host(b"[2001:DB8::1]:80", &mut out);
+        assert_eq!(out, "[2001:db8::1]");
+        normalise_host(b"user@h", &mut out);
+        assert_eq!(out, "h");
+    }
+}

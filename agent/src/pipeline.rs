@@ -1,0 +1,252 @@
+//! The one path every request takes, whatever the source: segments → reassembly → HTTP
+//! → operation → session → analytics and rules → alerts. Replay and the live agent both
+//! drive a [`Pipeline`]; only where segments come from differs.
+
+use std::io::Read;
+
+use crate::alerts::{Alert, AlertAction, AlertSink, SEQUENCE_VIOLATION, rfc3339};
+use crate::analytics::Analytics;
+use crate::config::{Config, ConfigError, EnforceMode, RuleAction};
+use crate::flow::FlowTable;
+use crate::http::{HttpStats, HttpStream, RequestHead};
+use crate::ops::{Catalog, OpId, Resolved, normalise_host, split_target};
+use crate::report::{OperationReport, Report, SequenceReport, Stats};
+use crate::rules::RuleSet;
+use crate::session::{Entry, SessionIdentifier, Sessions};
+use crate::source::pcap::{PcapCounters, PcapError, for_each_segment};
+use crate::source::{FlowKey, Segment};
+use crate::{Nanos, duration_nanos};
+
+/// Request outcomes that are not visible in the stages' own stats.
+#[derive(Debug, Default, Clone, Copy)]
+struct RequestCounters {
+    unidentified: u64,
+    unmatched: u64,
+    other: u64,
+    alerts: u64,
+}
+
+/// Everything after HTTP extraction: it sees one request at a time.
+struct Analysis {
+    catalog: Catalog,
+    identifier: SessionIdentifier,
+    sessions: Sessions,
+    analytics: Analytics,
+    rules: RuleSet,
+    mode: EnforceMode,
+    lookback_ops: usize,
+    lookback: Nanos,
+    counters: RequestCounters,
+    /// Reused for the normalised host of each request.
+    host: String,
+}
+
+pub struct Pipeline {
+    flows: FlowTable<HttpStream>,
+    http: HttpStats,
+    analysis: Analysis,
+    packets: u64,
+    lost_events: u64,
+    newest: Nanos,
+    min_support: u64,
+    window: Nanos,
+}
+
+impl Pipeline {
+    /// Builds the pipeline for a config; `secret` is the install's session-hash key.
+    pub fn new(config: &Config, secret: &[u8; 32]) -> Result<Self, ConfigError> {
+        let mut catalog = Catalog::from_config(config)?;
+        let rules = RuleSet::compile(&config.rules, &mut catalog, &config.source)?;
+        let seq = &config.sequence;
+        let window = duration_nanos(seq.window);
+        Ok(Self {
+            flows: FlowTable::default(),
+            http: HttpStats::default(),
+            analysis: Analysis {
+                catalog,
+                identifier: SessionIdentifier::new(&config.session.identifiers, secret),
+                sessions: Sessions::new(seq.max_sessions, duration_nanos(seq.idle_timeout)),
+                analytics: Analytics::new(window, seq.max_ops, seq.max_sequences),
+                rules,
+                mode: config.enforce.mode,
+                lookback_ops: config.enforce.lookback_ops,
+                lookback: duration_nanos(config.enforce.lookback),
+                counters: RequestCounters::default(),
+                host: String::new(),
+            },
+            packets: 0,
+            lost_events: 0,
+            newest: 0,
+            min_support: seq.min_support,
+            window,
+        })
+    }
+
+    /// Takes one client → server segment; alerts for the requests it completes go to
+    /// `alerts` before this returns.
+    pub fn process(&mut self, seg: &Segment<'_>, alerts: &mut dyn AlertSink) {
+        self.packets += 1;
+        self.newest = self.newest.max(seg.ts);
+        let ts = seg.ts;
+        let Self { flows, http, analysis, .. } = self;
+        flows.push(seg, &mut |stream: &mut HttpStream, key: &FlowKey, piece| {
+            stream.feed(piece, http, &mut |head: &RequestHead<'_>| analysis.on_request(ts, key, head, alerts));
+        });
+    }
+
+    /// Runs a whole pcap / pcapng capture through the pipeline.
+    pub fn replay_pcap<R: Read>(
+        &mut self,
+        capture: R,
+        ports: &[u16],
+        alerts: &mut dyn AlertSink,
+    ) -> Result<PcapCounters, PcapError> {
+        for_each_segment(capture, ports, |seg| self.process(&seg, alerts))
+    }
+
+    /// Events the live source lost before they reached the pipeline.
+    pub fn add_lost_events(&mut self, n: u64) {
+        self.lost_events += n;
+    }
+
+    /// Time of the newest packet seen: the report time of a replay.
+    pub fn newest(&self) -> Nanos {
+        self.newest
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.analysis.catalog
+    }
+
+    pub fn rules(&self) -> &RuleSet {
+        &self.analysis.rules
+    }
+
+    pub fn stats(&self) -> Stats {
+        let c = self.analysis.counters;
+        Stats {
+            packets: self.packets,
+            requests: self.http.requests,
+            unidentified_requests: c.unidentified,
+            parse_errors: self.http.parse_errors,
+            lost_events: self.lost_events,
+            truncated_requests: self.http.truncated_requests,
+            unmatched_requests: c.unmatched,
+            other_requests: c.other,
+            alerts: c.alerts,
+            sequences_evicted: self.analysis.analytics.sequences_evicted(),
+            flows: self.flows.stats(),
+            sessions: self.analysis.sessions.stats(),
+        }
+    }
+
+    /// The report for the window ending at `now`.
+    pub fn report(&self, now: Nanos) -> Report {
+        let a = &self.analysis;
+        let operations = a
+            .catalog
+            .iter()
+            .filter_map(|(id, op)| {
+                let totals = a.analytics.op_totals(id, now);
+                (op.configured || totals.requests > 0).then(|| OperationReport {
+                    id: op.id.clone(),
+                    host: op.host.clone(),
+                    method: op.method.clone(),
+                    path: op.path.clone(),
+                    requests: totals.requests,
+                    occurrences: totals.occurrences,
+                })
+            })
+            .collect();
+        let sequences = a
+            .analytics
+            .scores(now, self.min_support)
+            .into_iter()
+            .map(|s| SequenceReport {
+                operations: s.ops.iter().map(|&op| a.catalog.get(op).id.clone()).collect(),
+                count: s.count,
+                last_op_count: s.last_op_count,
+                score: s.score,
+                score_lower: s.score_lower,
+            })
+            .collect();
+        Report {
+            generated_at: rfc3339(now),
+            window_secs: self.window / crate::NANOS_PER_SEC,
+            operations,
+            sequences,
+            stats: self.stats(),
+        }
+    }
+}
+
+impl Analysis {
+    fn on_request(&mut self, ts: Nanos, flow: &FlowKey, head: &RequestHead<'_>, alerts: &mut dyn AlertSink) {
+        let (authority, path) = split_target(head.target);
+        let host_raw = authority.map(str::as_bytes).or_else(|| head.header("host")).unwrap_or_default();
+        normalise_host(host_raw, &mut self.host);
+        let op = match self.catalog.resolve(&self.host, head.method, path) {
+            Resolved::Op(op) => Some(op),
+            Resolved::Unmatched => {
+                self.counters.unmatched += 1;
+                None
+            }
+            Resolved::Other => {
+                self.counters.other += 1;
+                None
+            }
+        };
+        if let Some(op) = op {
+            self.analytics.record_request(op, ts);
+        }
+        let Some(session_id) = self.identifier.identify(head) else {
+            self.counters.unidentified += 1;
+            return;
+        };
+        // Requests with no operation leave session state alone (SPEC §3).
+        let Some(op) = op else { return };
+        let session = self.sessions.touch(session_id, ts);
+        if session.history.record(op, ts) {
+            self.analytics.record_occurrence(session.history.entries(), ts);
+        }
+        if !self.rules.applies_to(op) {
+            return;
+        }
+        let entries = session.history.entries();
+        let earlier = &entries[..entries.len() - 1];
+        let mut lookback = [Entry::default(); crate::session::HISTORY_LEN];
+        let mut n = 0;
+        for e in &earlier[earlier.len().saturating_sub(self.lookback_ops)..] {
+            if ts.saturating_sub(e.at) <= self.lookback {
+                lookback[n] = *e;
+                n += 1;
+            }
+        }
+        let lookback = &lookback[..n];
+        let Some(rule) = self.rules.evaluate(op, lookback, ts) else {
+            return;
+        };
+        let action = match (rule.action, self.mode) {
+            (RuleAction::Log, _) => AlertAction::Log,
+            (RuleAction::Block, EnforceMode::Monitor) => AlertAction::WouldBlock,
+            (RuleAction::Block, EnforceMode::Enforce) => AlertAction::Block,
+        };
+        self.counters.alerts += 1;
+        let human = |op: OpId| self.catalog.get(op).human();
+        alerts.emit(Alert {
+            timestamp: rfc3339(ts),
+            event: SEQUENCE_VIOLATION.to_string(),
+            rule_id: rule.id.clone(),
+            rule_title: rule.title.clone(),
+            action,
+            session: session_id.to_string(),
+            client: flow.client.to_string(),
+            server: flow.server.to_string(),
+            host: self.host.clone(),
+            method: head.method.to_string(),
+            path: path.to_string(),
+            operation: human(op),
+            previous_operations: lookback.iter().rev().map(|e| human(e.op)).collect(),
+        });
+    }
+}

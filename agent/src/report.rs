@@ -1,0 +1,107 @@
+//! The report (SPEC §6): operations, scored sequences and run totals, as JSON for machines
+//! and as a table for the person deciding which allow rules to write.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::flow::FlowStats;
+use crate::session::SessionStats;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub generated_at: String,
+    pub window_secs: u64,
+    pub operations: Vec<OperationReport>,
+    pub sequences: Vec<SequenceReport>,
+    pub stats: Stats,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationReport {
+    pub id: String,
+    pub host: String,
+    pub method: String,
+    pub path: String,
+    /// Every request to the operation in the window, repeats and unidentified included.
+    pub requests: u64,
+    /// N(x): new occurrences in identified sessions.
+    pub occurrences: u64,
+}
+
+impl OperationReport {
+    pub fn human(&self) -> String {
+        format!("{} {}{}", self.method, self.host, self.path)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SequenceReport {
+    /// Operation ids, first to final.
+    pub operations: Vec<String>,
+    /// N(s)
+    pub count: u64,
+    /// N(final operation)
+    pub last_op_count: u64,
+    pub score: f64,
+    /// Wilson 95% lower bound of the score.
+    pub score_lower: f64,
+}
+
+/// Totals for the whole run (not windowed).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Stats {
+    /// Client → server packets on the analysed ports.
+    pub packets: u64,
+    /// HTTP requests parsed on the analysed ports, matched or not.
+    pub requests: u64,
+    pub unidentified_requests: u64,
+    pub parse_errors: u64,
+    /// Packets the kernel could not hand over (ring buffer full); 0 in replay.
+    pub lost_events: u64,
+    pub truncated_requests: u64,
+    /// Requests matching no endpoint with discovery off.
+    pub unmatched_requests: u64,
+    /// Requests beyond `max_operations` discovered operations.
+    pub other_requests: u64,
+    pub alerts: u64,
+    pub sequences_evicted: u64,
+    #[serde(flatten)]
+    pub flows: FlowStats,
+    #[serde(flatten)]
+    pub sessions: SessionStats,
+}
+
+impl Report {
+    /// The readable view: operations with their ids, then sequences by score.
+    pub fn to_table(&self) -> String {
+        let name = |id: &str| {
+            self.operations
+                .iter()
+                .find(|o| o.id == id)
+                .map_or_else(|| id.to_string(), OperationReport::human)
+        };
+        let mut out = String::new();
+        let _ = writeln!(out, "report at {} (window {} h)", self.generated_at, self.window_secs / 3600);
+        let _ = writeln!(out, "\nOPERATIONS\n{:<12}  {:>9}  {:>11}  operation", "id", "requests", "occurrences");
+        for o in &self.operations {
+            let _ = writeln!(out, "{:<12}  {:>9}  {:>11}  {}", o.id, o.requests, o.occurrences, o.human());
+        }
+        let _ = writeln!(out, "\nSEQUENCES\n{:>6}  {:>6}  {:>7}  sequence", "score", "lower", "count");
+        if self.sequences.is_empty() {
+            let _ = writeln!(out, "(none with enough support yet)");
+        }
+        for s in &self.sequences {
+            let ops: Vec<String> = s.operations.iter().map(|id| name(id)).collect();
+            let _ = writeln!(out, "{:>6.3}  {:>6.3}  {:>7}  {}", s.score, s.score_lower, s.count, ops.join(" → "));
+        }
+        let st = &self.stats;
+        let _ = writeln!(
+            out,
+            "\npackets {}  requests {}  unidentified {}  parse errors {}  truncated {}  lost events {}  alerts {}",
+            st.packets, st.requests, st.unidentified_requests, st.parse_errors, st.truncated_requests, st.lost_events, st.alerts
+        );
+        out
+    }
+}

@@ -1,0 +1,353 @@
+//! Sessions (SPEC §2, §3): which session a request belongs to, and each session's
+//! history of recent operations, in a bounded table.
+//!
+//! Raw identifier values never leave this module: a session is named by a keyed BLAKE3
+//! hash of its value, with one key per configured identifier derived from the install's
+//! secret, so cookie `sid=X` and JWT `sub=X` are different sessions.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use base64::Engine as _;
+
+use crate::Nanos;
+use crate::config::Identifier;
+use crate::http::RequestHead;
+use crate::ops::OpId;
+
+/// Operations a session remembers (SPEC §3).
+pub const HISTORY_LEN: usize = 10;
+/// Sessions looked at to pick one to evict when the table is full.
+const EVICTION_SAMPLE: usize = 8;
+
+/// A session, named by the keyed hash of its identifier value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// Finds a request's session from the configured identifiers, in order.
+pub struct SessionIdentifier {
+    identifiers: Vec<(Identifier, [u8; 32])>,
+}
+
+impl SessionIdentifier {
+    /// `secret` is the install's key (state dir); each identifier gets its own derived key.
+    pub fn new(identifiers: &[Identifier], secret: &[u8; 32]) -> Self {
+        let identifiers = identifiers
+            .iter()
+            .map(|ident| {
+                let key = blake3::keyed_hash(secret, ident.to_string().as_bytes());
+                (ident.clone(), *key.as_bytes())
+            })
+            .collect();
+        Self { identifiers }
+    }
+
+    /// The session of a request, or `None` when it carries no identifier (unidentified).
+    pub fn identify(&self, head: &RequestHead<'_>) -> Option<SessionId> {
+        self.identifiers.iter().find_map(|(ident, key)| {
+            let hash = |value: &[u8]| SessionId(hash64(key, value));
+            match ident {
+                Identifier::Header(name) => head
+                    .header(name)
+                    .map(<[u8]>::trim_ascii)
+                    .filter(|v| !v.is_empty())
+                    .map(hash),
+                Identifier::Cookie(name) => head
+                    .headers_named("cookie")
+                    .find_map(|v| cookie_value(v, name.as_bytes()))
+                    .map(hash),
+                Identifier::JwtClaim(path) => head
+                    .header("authorization")
+                    .and_then(|v| jwt_claim(v, path))
+                    .map(|v| hash(v.as_bytes())),
+            }
+        })
+    }
+
+    /// Hash of `value` under each configured identifier, for `seqshield session-hash`.
+    pub fn hashes_of(&self, value: &str) -> Vec<(String, SessionId)> {
+        self.identifiers
+            .iter()
+            .map(|(ident, key)| (ident.to_string(), SessionId(hash64(key, value.as_bytes()))))
+            .collect()
+    }
+}
+
+fn hash64(key: &[u8; 32], value: &[u8]) -> u64 {
+    let h = blake3::keyed_hash(key, value);
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// The value of cookie `name` in one `Cookie` header (RFC 6265 §5.4 `name=value; ...`).
+fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    header.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        let value = pair[eq + 1..].trim_ascii();
+        let value = value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value);
+        (pair[..eq].trim_ascii() == name && !value.is_empty()).then_some(value)
+    })
+}
+
+/// A claim (dotted path) from the payload of an `Authorization: Bearer` JWT. The signature
+/// is not checked: the claim only names a session, it grants nothing.
+fn jwt_claim(authorization: &[u8], path: &str) -> Option<String> {
+    let auth = std::str::from_utf8(authorization).ok()?.trim();
+    let (scheme, token) = auth.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let payload = token.trim().split('.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    let value = path.split('.').try_fold(&claims, |v, key| v.get(key))?;
+    let text = match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::Bool(b) => b.to_string(),
+        _ => return None,
+    };
+    (!text.is_empty()).then_some(text)
+}
+
+/// One remembered request to an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Entry {
+    pub op: OpId,
+    /// Time of the latest request to this operation at this position.
+    pub at: Nanos,
+}
+
+/// A session's most recent operations, oldest first, repeats collapsed.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    entries: [Entry; HISTORY_LEN],
+    len: u8,
+}
+
+impl History {
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries[..usize::from(self.len)]
+    }
+
+    /// Records a request; returns whether it is a new occurrence (not a collapsed repeat).
+    pub fn record(&mut self, op: OpId, at: Nanos) -> bool {
+        let len = usize::from(self.len);
+        if len > 0 && self.entries[len - 1].op == op {
+            self.entries[len - 1].at = at;
+            return false;
+        }
+        if len == HISTORY_LEN {
+            self.entries.copy_within(1.., 0);
+            self.entries[HISTORY_LEN - 1] = Entry { op, at };
+        } else {
+            self.entries[len] = Entry { op, at };
+            self.len += 1;
+        }
+        true
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    pub history: History,
+    pub last_seen: Nanos,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionStats {
+    /// Removed because the table was full (`max_sessions`).
+    pub sessions_evicted: u64,
+    /// Removed after `idle_timeout` without a request.
+    pub sessions_expired: u64,
+}
+
+/// Live sessions, bounded by `max_sessions`.
+pub struct Sessions {
+    map: HashMap<SessionId, Session, foldhash::fast::RandomState>,
+    max_sessions: usize,
+    idle_timeout: Nanos,
+    last_sweep: Nanos,
+    stats: SessionStats,
+}
+
+impl Sessions {
+    pub fn new(max_sessions: usize, idle_timeout: Nanos) -> Self {
+        Self {
+            map: HashMap::default(),
+            max_sessions: max_sessions.max(1),
+            idle_timeout,
+            last_sweep: 0,
+            stats: SessionStats::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
+    pub fn get(&self, id: SessionId) -> Option<&Session> {
+        self.map.get(&id)
+    }
+
+    /// The session for a request at `now`, created if new; its history is cleared first
+    /// when its previous request was more than `idle_timeout` ago.
+    pub fn touch(&mut self, id: SessionId, now: Nanos) -> &mut Session {
+        self.expire_idle(now);
+        if self.map.len() >= self.max_sessions && !self.map.contains_key(&id) {
+            self.evict_one();
+        }
+        let idle_timeout = self.idle_timeout;
+        let session = self.map.entry(id).or_default();
+        if session.history.len > 0 && now.saturating_sub(session.last_seen) > idle_timeout {
+            session.history.clear();
+        }
+        session.last_seen = session.last_seen.max(now);
+        session
+    }
+
+    /// Forgets idle sessions, at most once per idle timeout of capture time.
+    fn expire_idle(&mut self, now: Nanos) {
+        if now.saturating_sub(self.last_sweep) < self.idle_timeout.max(1) {
+            return;
+        }
+        self.last_sweep = now;
+        let before = self.map.len();
+        let idle_timeout = self.idle_timeout;
+        self.map.retain(|_, s| now.saturating_sub(s.last_seen) <= idle_timeout);
+        self.stats.sessions_expired += (before - self.map.len()) as u64;
+    }
+
+    /// Evicts the least recently seen of a few sessions: O(1) approximate LRU, so a flood
+    /// of new sessions costs no scans.
+    fn evict_one(&mut self) {
+        let victim = self
+            .map
+            .iter()
+            .take(EVICTION_SAMPLE)
+            .min_by_key(|(_, s)| s.last_seen)
+            .map(|(id, _)| *id);
+        if let Some(id) = victim {
+            self.map.remove(&id);
+            self.stats.sessions_evicted += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head_with<'a>(headers: &'a [httparse::Header<'a>]) -> RequestHead<'a> {
+        RequestHead {
+            method: "GET",
+            target: "/",
+            minor_version: 1,
+            headers,
+        }
+    }
+
+    fn ident() -> SessionIdentifier {
+        SessionIdentifier::new(
+            &[
+                Identifier::Cookie("sid".into()),
+                Identifier::Header("X-Session-Id".into()),
+                Identifier::JwtClaim("user.id".into()),
+            ],
+            &[7; 32],
+        )
+    }
+
+    fn jwt(payload: &str) -> String {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!("Bearer {}.{}.sig", b64.encode(r#"{"alg":"none"}"#), b64.encode(payload))
+    }
+
+    #[test]
+    fn identifiers_in_order_and_distinct_per_identifier() {
+        let id = ident();
+        let cookie = [httparse::Header { name: "Cookie", value: b"a=1; sid=X; b=2" }];
+        let header = [httparse::Header { name: "x-session-id", value: b"X" }];
+        let both = [cookie[0], header[0]];
+        let by_cookie = id.identify(&head_with(&cookie)).unwrap();
+        let by_header = id.identify(&head_with(&header)).unwrap();
+        assert_ne!(by_cookie, by_header, "cookie sid=X and header X are different sessions");
+        assert_eq!(id.identify(&head_with(&both)), Some(by_cookie), "first identifier wins");
+        let hashes = id.hashes_of("X");
+        assert_eq!(hashes[0], ("cookie:sid".into(), by_cookie));
+        assert_eq!(hashes[1], ("header:x-session-id".into(), by_header));
+    }
+
+    #[test]
+    fn empty_values_do_not_identify() {
+        let id = ident();
+        let h = [
+            httparse::Header { name: "Cookie", value: b"sid=" },
+            httparse::Header { name: "X-Session-Id", value: b"  " },
+        ];
+        assert_eq!(id.identify(&head_with(&h)), None);
+    }
+
+    #[test]
+    fn jwt_claim_by_dotted_path() {
+        let id = ident();
+        let token = jwt(r#"{"user":{"id":42}}"#);
+        let h = [httparse::Header { name: "Authorization", value: token.as_bytes() }];
+        let got = id.identify(&head_with(&h)).unwrap();
+        assert_eq!(got, id.hashes_of("42")[2].1);
+        let bad = [httparse::Header { name: "Authorization", value: b"Bearer not-a-jwt" }];
+        assert_eq!(id.identify(&head_with(&bad)), None);
+    }
+
+    #[test]
+    fn history_collapses_repeats_and_keeps_ten() {
+        let mut h = History::default();
+        assert!(h.record(1, 10));
+        assert!(!h.record(1, 20));
+        assert_eq!(h.entries(), &[Entry { op: 1, at: 20 }]);
+        for op in 2..=12 {
+            assert!(h.record(op, u64::from(op)));
+        }
+        assert_eq!(h.entries().len(), HISTORY_LEN);
+        assert_eq!(h.entries()[0].op, 3);
+        assert_eq!(h.entries()[9].op, 12);
+    }
+
+    #[test]
+    fn idle_reset_is_strictly_more_than_the_timeout() {
+        let mut s = Sessions::new(10, 100);
+        s.touch(SessionId(1), 0).history.record(1, 0);
+        assert_eq!(s.touch(SessionId(1), 100).history.entries().len(), 1);
+        assert_eq!(s.touch(SessionId(1), 201).history.entries().len(), 0);
+    }
+
+    #[test]
+    fn table_is_bounded() {
+        let mut s = Sessions::new(100, u64::MAX);
+        for i in 0..10_000u64 {
+            s.touch(SessionId(i), i);
+            assert!(s.len() <= 100);
+        }
+        assert_eq!(s.stats().sessions_evicted, 9_900);
+    }
+}

@@ -1,0 +1,87 @@
+//! The state directory: the per-install session-hash key (created on first use, 0600).
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// File in the state dir holding the session-hash key (64 hex characters).
+pub const KEY_FILE: &str = "session.key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state dir {dir}: {source}; set [state] dir to a directory this user can write")]
+    Dir { dir: PathBuf, source: std::io::Error },
+    #[error("{file}: {reason}; remove the file to create a new key (past session hashes will change)")]
+    BadKey { file: PathBuf, reason: String },
+    #[error("no randomness for a new key: {0}")]
+    Random(getrandom::Error),
+}
+
+/// Reads the session-hash key from `dir`, creating the directory (0700) and the key (0600)
+/// when missing.
+pub fn load_or_create_key(dir: &Path) -> Result<[u8; 32], StateError> {
+    let dir_err = |source| StateError::Dir { dir: dir.to_path_buf(), source };
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(dir_err)?;
+    let file = dir.join(KEY_FILE);
+    match fs::read_to_string(&file) {
+        Ok(text) => parse_key(text.trim()).ok_or_else(|| StateError::BadKey {
+            file,
+            reason: "not 64 hex characters".into(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut key = [0u8; 32];
+            getrandom::fill(&mut key).map_err(StateError::Random)?;
+            let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+            // Write to a temp file and rename: a crash never leaves half a key.
+            let tmp = dir.join(format!("{KEY_FILE}.tmp"));
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(dir_err)?;
+            f.write_all(hex.as_bytes()).and_then(|_| f.sync_all()).map_err(dir_err)?;
+            fs::rename(&tmp, &file).map_err(dir_err)?;
+            Ok(key)
+        }
+        Err(e) => Err(dir_err(e)),
+    }
+}
+
+fn parse_key(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn key_is_created_once_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let k1 = load_or_create_key(&state).unwrap();
+        let k2 = load_or_create_key(&state).unwrap();
+        assert_eq!(k1, k2);
+        let mode = fs::metadata(state.join(KEY_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+
+    #[test]
+    fn corrupt_key_is_an_error_not_a_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(KEY_FILE), "nope").unwrap();
+        assert!(matches!(load_or_create_key(dir.path()), Err(StateError::BadKey { .. })));
+    }
+}
