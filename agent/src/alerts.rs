@@ -75,7 +75,12 @@ impl<W: Write> AlertSink for JsonLines<W> {
     fn emit(&mut self, alert: Alert) {
         let mut line = serde_json::to_vec(&alert).expect("alerts serialise");
         line.push(b'\n');
-        if self.out.write_all(&line).and_then(|_| self.out.flush()).is_err() {
+        if self
+            .out
+            .write_all(&line)
+            .and_then(|_| self.out.flush())
+            .is_err()
+        {
             self.failures += 1;
         }
     }
@@ -87,6 +92,9 @@ mod tests {
 
     #[test]
     fn timestamps_are_rfc3339_utc() {
-        assert_eq!(rfc3339(1_700_000_000_123_456_000), "2023-11-14T22:13:20.123456Z");
+        assert_eq!(
+            rfc3339(1_700_000_000_123_456_000),
+            "2023-11-14T22:13:20.123456Z"
+        );
     }
 }

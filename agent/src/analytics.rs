@@ -55,12 +55,16 @@ impl Hourly {
     /// Sum over the window ending in hour `now`.
     pub fn total(&self, now: u32) -> u64 {
         let n = self.slots.len() as u32;
-        let from = now.saturating_sub(n - 1).max(self.last_hour.saturating_sub(n - 1));
+        let from = now
+            .saturating_sub(n - 1)
+            .max(self.last_hour.saturating_sub(n - 1));
         let to = now.min(self.last_hour);
         if from > to {
             return 0;
         }
-        (from..=to).map(|h| u64::from(self.slots[(h % n) as usize])).sum()
+        (from..=to)
+            .map(|h| u64::from(self.slots[(h % n) as usize]))
+            .sum()
     }
 }
 
@@ -88,7 +92,10 @@ impl SeqKey {
 
     /// From operations in chronological order.
     pub fn from_ops(ops: &[OpId]) -> Self {
-        ops.iter().rev().enumerate().fold(Self::default(), |k, (i, &op)| k.with(i, op))
+        ops.iter()
+            .rev()
+            .enumerate()
+            .fold(Self::default(), |k, (i, &op)| k.with(i, op))
     }
 }
 
@@ -213,10 +220,12 @@ impl Analytics {
 
     pub fn op_totals(&self, op: OpId, now: Nanos) -> OpTotals {
         let hour = hour_of(now);
-        self.ops.get(usize::from(op)).map_or(OpTotals::default(), |c| OpTotals {
-            requests: c.requests.total(hour),
-            occurrences: c.occurrences.total(hour),
-        })
+        self.ops
+            .get(usize::from(op))
+            .map_or(OpTotals::default(), |c| OpTotals {
+                requests: c.requests.total(hour),
+                occurrences: c.occurrences.total(hour),
+            })
     }
 
     /// Sequences with at least `min_support` occurrences in the window ending at `now`,
@@ -290,8 +299,18 @@ mod tests {
         a.record_occurrence(&hist(&[1, 2]), 0);
         a.record_occurrence(&hist(&[1, 2, 3]), 0);
         let s = a.scores(0, 1);
-        let got: Vec<_> = s.iter().map(|s| (s.ops.clone(), s.count, s.last_op_count)).collect();
-        assert_eq!(got, [(vec![1, 2], 1, 1), (vec![1, 2, 3], 1, 1), (vec![2, 3], 1, 1)]);
+        let got: Vec<_> = s
+            .iter()
+            .map(|s| (s.ops.clone(), s.count, s.last_op_count))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (vec![1, 2], 1, 1),
+                (vec![1, 2, 3], 1, 1),
+                (vec![2, 3], 1, 1)
+            ]
+        );
     }
 
     #[test]
@@ -320,7 +339,10 @@ mod tests {
             assert!(a.tracked_sequences() <= 100);
         }
         assert!(a.sequences_evicted() > 0);
-        assert!(a.scores(0, 50).iter().any(|s| s.ops == [1, 2]), "the well-supported sequence stays");
+        assert!(
+            a.scores(0, 50).iter().any(|s| s.ops == [1, 2]),
+            "the well-supported sequence stays"
+        );
     }
 
     #[test]

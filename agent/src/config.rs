@@ -315,10 +315,16 @@ impl Config {
         let err = |key: &str, reason: String| Err(ConfigError::new(&self.source, key, reason));
         let seq = &self.sequence;
         if !(2..=9).contains(&seq.max_ops) {
-            return err("sequence.max_ops", format!("must be 2..=9, got {}", seq.max_ops));
+            return err(
+                "sequence.max_ops",
+                format!("must be 2..=9, got {}", seq.max_ops),
+            );
         }
         if seq.window < Duration::from_secs(3600) {
-            return err("sequence.window", "must be at least 1h (hourly buckets)".into());
+            return err(
+                "sequence.window",
+                "must be at least 1h (hourly buckets)".into(),
+            );
         }
         if seq.max_sessions == 0 || seq.max_sequences == 0 {
             return err(
@@ -329,14 +335,20 @@ impl Config {
         if self.session.identifiers.len() > MAX_IDENTIFIERS {
             return err(
                 "session.identifiers",
-                format!("at most {MAX_IDENTIFIERS} identifiers, got {}", self.session.identifiers.len()),
+                format!(
+                    "at most {MAX_IDENTIFIERS} identifiers, got {}",
+                    self.session.identifiers.len()
+                ),
             );
         }
         for (i, ident) in self.session.identifiers.iter().enumerate() {
             let (Identifier::Header(name) | Identifier::Cookie(name) | Identifier::JwtClaim(name)) =
                 ident;
             if name.is_empty() {
-                return err(&format!("session.identifiers[{i}]"), "name must not be empty".into());
+                return err(
+                    &format!("session.identifiers[{i}]"),
+                    "name must not be empty".into(),
+                );
             }
         }
         if self.capture.ports.is_empty() {
@@ -347,10 +359,16 @@ impl Config {
         }
         for (i, ep) in self.endpoints.iter().enumerate() {
             if !ep.path.starts_with('/') {
-                return err(&format!("endpoint[{i}].path"), format!("must start with '/', got {:?}", ep.path));
+                return err(
+                    &format!("endpoint[{i}].path"),
+                    format!("must start with '/', got {:?}", ep.path),
+                );
             }
             if ep.method.is_empty() || ep.method.contains(' ') {
-                return err(&format!("endpoint[{i}].method"), format!("not an HTTP method: {:?}", ep.method));
+                return err(
+                    &format!("endpoint[{i}].method"),
+                    format!("not an HTTP method: {:?}", ep.method),
+                );
             }
         }
         for (i, rule) in self.rules.iter().enumerate() {
@@ -384,7 +402,10 @@ impl Config {
 
     /// The OpenAPI file path, resolved against the config file's directory.
     pub fn openapi_path(&self) -> Option<PathBuf> {
-        self.operations.openapi.as_ref().map(|p| self.base_dir.join(p))
+        self.operations
+            .openapi
+            .as_ref()
+            .map(|p| self.base_dir.join(p))
     }
 }
 
@@ -398,8 +419,9 @@ fn one_line(s: &str) -> String {
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text)
-        .map_err(|e| format!("invalid duration {text:?} ({e}); write e.g. \"500ms\", \"10m\", \"24h\""))
+    humantime::parse_duration(text).map_err(|e| {
+        format!("invalid duration {text:?} ({e}); write e.g. \"500ms\", \"10m\", \"24h\"")
+    })
 }
 
 fn human_duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
@@ -506,8 +528,10 @@ dir = "/var/lib/seqshield"
         ))
         .unwrap_err();
         assert_eq!(e.key, "rule[1].title");
-        let e = parse("[[rule]]\ntitle = \"t\"\nkind = \"block\"\naction = \"log\"\nsequence = [\"a\"]\n")
-            .unwrap_err();
+        let e = parse(
+            "[[rule]]\ntitle = \"t\"\nkind = \"block\"\naction = \"log\"\nsequence = [\"a\"]\n",
+        )
+        .unwrap_err();
         assert_eq!(e.key, "rule[0].sequence");
         assert!(e.reason.contains("2 or more"));
     }

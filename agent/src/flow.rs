@@ -110,7 +110,11 @@ impl<S: Default> FlowTable<S> {
 
     /// Takes one segment; calls `deliver` with the connection's state for every piece that
     /// is now in order (possibly none, possibly several when a hole fills).
-    pub fn push(&mut self, seg: &Segment<'_>, deliver: &mut impl FnMut(&mut S, &FlowKey, Piece<'_>)) {
+    pub fn push(
+        &mut self,
+        seg: &Segment<'_>,
+        deliver: &mut impl FnMut(&mut S, &FlowKey, Piece<'_>),
+    ) {
         self.sweep(seg.ts, deliver);
         if seg.flags.rst {
             if self.flows.remove(&seg.flow).is_some() {
@@ -118,7 +122,11 @@ impl<S: Default> FlowTable<S> {
             }
             return;
         }
-        let data_seq = if seg.flags.syn { seg.seq.wrapping_add(1) } else { seg.seq };
+        let data_seq = if seg.flags.syn {
+            seg.seq.wrapping_add(1)
+        } else {
+            seg.seq
+        };
         let opens = seg.flags.syn || seg.wire_len > 0;
         if opens && self.flows.len() >= self.max_flows && !self.flows.contains_key(&seg.flow) {
             evict_one(&mut self.flows);
@@ -141,7 +149,11 @@ impl<S: Default> FlowTable<S> {
                     return;
                 }
                 self.stats.flows_opened += 1;
-                let flow = v.insert(Flow::new(data_seq, seg.flags.syn.then_some(seg.seq), seg.ts));
+                let flow = v.insert(Flow::new(
+                    data_seq,
+                    seg.flags.syn.then_some(seg.seq),
+                    seg.ts,
+                ));
                 if !seg.flags.syn {
                     // Joined mid-stream: the consumer must find a message start.
                     deliver(&mut flow.app, &seg.flow, Piece::Gap(None));
@@ -152,7 +164,15 @@ impl<S: Default> FlowTable<S> {
         let stats = &mut self.stats;
         flow.last_seen = seg.ts;
         if seg.wire_len > 0 {
-            flow.accept(data_seq, seg.payload, seg.wire_len, seg.ts, stats, &seg.flow, deliver);
+            flow.accept(
+                data_seq,
+                seg.payload,
+                seg.wire_len,
+                seg.ts,
+                stats,
+                &seg.flow,
+                deliver,
+            );
         } else if seg.flags.syn && flow.isn == Some(seg.seq) && flow.next_seq != data_seq {
             stats.retransmitted_segments += 1;
         }
@@ -294,7 +314,11 @@ impl<S> Flow<S> {
         }
         if fresh_wire as usize > fresh.len() {
             // The capture kept fewer bytes than the segment carried (snaplen).
-            deliver(&mut self.app, key, Piece::Gap(Some(fresh_wire - fresh.len() as u32)));
+            deliver(
+                &mut self.app,
+                key,
+                Piece::Gap(Some(fresh_wire - fresh.len() as u32)),
+            );
         }
         self.next_seq = self.next_seq.wrapping_add(fresh_wire);
     }
@@ -359,9 +383,21 @@ mod tests {
         }
     }
 
-    const SYN: TcpFlags = TcpFlags { syn: true, fin: false, rst: false };
-    const NONE: TcpFlags = TcpFlags { syn: false, fin: false, rst: false };
-    const FIN: TcpFlags = TcpFlags { syn: false, fin: true, rst: false };
+    const SYN: TcpFlags = TcpFlags {
+        syn: true,
+        fin: false,
+        rst: false,
+    };
+    const NONE: TcpFlags = TcpFlags {
+        syn: false,
+        fin: false,
+        rst: false,
+    };
+    const FIN: TcpFlags = TcpFlags {
+        syn: false,
+        fin: true,
+        rst: false,
+    };
 
     /// Collects what the consumer sees, as text with gaps marked.
     #[derive(Default)]
@@ -371,10 +407,13 @@ mod tests {
         let mut table: FlowTable<Seen> = FlowTable::default();
         let mut out = String::new();
         for s in segments {
-            table.push(s, &mut |app: &mut Seen, _k: &FlowKey, piece: Piece<'_>| match piece {
-                Piece::Data(d) => app.0.push_str(std::str::from_utf8(d).unwrap()),
-                Piece::Gap(n) => app.0.push_str(&format!("<gap {n:?}>")),
-            });
+            table.push(
+                s,
+                &mut |app: &mut Seen, _k: &FlowKey, piece: Piece<'_>| match piece {
+                    Piece::Data(d) => app.0.push_str(std::str::from_utf8(d).unwrap()),
+                    Piece::Gap(n) => app.0.push_str(&format!("<gap {n:?}>")),
+                },
+            );
             if let Some(f) = table.flows.get(&key()) {
                 out = f.app.0.clone();
             }
@@ -384,7 +423,11 @@ mod tests {
 
     #[test]
     fn in_order_with_handshake() {
-        let (out, stats, _) = run(&[seg(0, 99, SYN, b""), seg(1, 100, NONE, b"abc"), seg(2, 103, NONE, b"def")]);
+        let (out, stats, _) = run(&[
+            seg(0, 99, SYN, b""),
+            seg(1, 100, NONE, b"abc"),
+            seg(2, 103, NONE, b"def"),
+        ]);
         assert_eq!(out, "abcdef");
         assert_eq!(stats.flows_opened, 1);
     }

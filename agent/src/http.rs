@@ -96,7 +96,12 @@ impl Default for HttpStream {
 impl HttpStream {
     /// Takes the next piece of the connection; calls `on_request` for each complete
     /// request head, in order.
-    pub fn feed(&mut self, piece: Piece<'_>, stats: &mut HttpStats, on_request: &mut impl FnMut(&RequestHead<'_>)) {
+    pub fn feed(
+        &mut self,
+        piece: Piece<'_>,
+        stats: &mut HttpStats,
+        on_request: &mut impl FnMut(&RequestHead<'_>),
+    ) {
         match piece {
             Piece::Gap(len) => self.gap(len, stats),
             Piece::Data(data) if self.carry.is_empty() => {
@@ -119,7 +124,9 @@ impl HttpStream {
         self.state = match (self.state, len) {
             (State::Body(left), Some(n)) if left > u64::from(n) => State::Body(left - u64::from(n)),
             (State::Body(left), Some(n)) if left == u64::from(n) => State::Head,
-            (State::ChunkData(left), Some(n)) if left > u64::from(n) => State::ChunkData(left - u64::from(n)),
+            (State::ChunkData(left), Some(n)) if left > u64::from(n) => {
+                State::ChunkData(left - u64::from(n))
+            }
             (State::ChunkData(left), Some(n)) if left == u64::from(n) => State::ChunkDataEnd,
             (State::Head, _) => {
                 if !self.carry.is_empty() {
@@ -134,7 +141,12 @@ impl HttpStream {
 }
 
 /// Runs the state machine over `input`; returns how many bytes it is done with.
-fn consume(state: &mut State, input: &[u8], stats: &mut HttpStats, on_request: &mut impl FnMut(&RequestHead<'_>)) -> usize {
+fn consume(
+    state: &mut State,
+    input: &[u8],
+    stats: &mut HttpStats,
+    on_request: &mut impl FnMut(&RequestHead<'_>),
+) -> usize {
     let mut pos = 0;
     while pos < input.len() {
         let rest = &input[pos..];
@@ -186,7 +198,11 @@ fn consume(state: &mut State, input: &[u8], stats: &mut HttpStats, on_request: &
             State::ChunkSize => match httparse::parse_chunk_size(rest) {
                 Ok(httparse::Status::Complete((len, size))) => {
                     pos += len;
-                    *state = if size == 0 { State::Trailers } else { State::ChunkData(size) };
+                    *state = if size == 0 {
+                        State::Trailers
+                    } else {
+                        State::ChunkData(size)
+                    };
                 }
                 Ok(httparse::Status::Partial) if rest.len() <= MAX_REQUEST_LINE => break,
                 _ => {
@@ -234,7 +250,11 @@ enum HeadOutcome {
     Invalid,
 }
 
-fn parse_head(input: &[u8], stats: &mut HttpStats, on_request: &mut impl FnMut(&RequestHead<'_>)) -> HeadOutcome {
+fn parse_head(
+    input: &[u8],
+    stats: &mut HttpStats,
+    on_request: &mut impl FnMut(&RequestHead<'_>),
+) -> HeadOutcome {
     // Uninitialised header slots: no per-request memset of the whole array.
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
@@ -243,13 +263,17 @@ fn parse_head(input: &[u8], stats: &mut HttpStats, on_request: &mut impl FnMut(&
         Ok(httparse::Status::Partial) => return HeadOutcome::Partial,
         Err(_) => return HeadOutcome::Invalid,
     };
-    let (Some(method), Some(target), Some(minor_version)) = (req.method, req.path, req.version) else {
+    let (Some(method), Some(target), Some(minor_version)) = (req.method, req.path, req.version)
+    else {
         return HeadOutcome::Invalid;
     };
     let Some(next) = body_framing(req.headers) else {
         // The body length cannot be known: resynchronise after this head.
         stats.parse_errors += 1;
-        return HeadOutcome::Done { len, next: State::Resync };
+        return HeadOutcome::Done {
+            len,
+            next: State::Resync,
+        };
     };
     stats.requests += 1;
     on_request(&RequestHead {
@@ -280,7 +304,10 @@ fn body_framing(headers: &[httparse::Header<'_>]) -> Option<State> {
     if let Some(te) = transfer_encoding {
         // Transfer-Encoding wins over Content-Length; chunked must be the final coding.
         let last = te.rsplit(|&b| b == b',').next().unwrap_or(te);
-        return last.trim_ascii().eq_ignore_ascii_case(b"chunked").then_some(State::ChunkSize);
+        return last
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"chunked")
+            .then_some(State::ChunkSize);
     }
     Some(match content_length {
         Some(n) if n > 0 => State::Body(n),
@@ -293,7 +320,9 @@ fn parse_content_length(value: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    digits.iter().try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+    digits.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 enum Resync {
@@ -316,7 +345,11 @@ fn find_request_line(input: &[u8]) -> Resync {
                 start += eol + 1;
             }
             None => {
-                let could_be = line.len() <= MAX_REQUEST_LINE && line.iter().take(MAX_METHOD_LEN + 1).all(|&b| is_tchar(b) || b == b' ');
+                let could_be = line.len() <= MAX_REQUEST_LINE
+                    && line
+                        .iter()
+                        .take(MAX_METHOD_LEN + 1)
+                        .all(|&b| is_tchar(b) || b == b' ');
                 return Resync::NeedMore(if could_be { start } else { input.len() });
             }
         }
@@ -326,7 +359,8 @@ fn find_request_line(input: &[u8]) -> Resync {
 fn looks_like_request_line(line: &[u8]) -> bool {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let mut parts = line.splitn(3, |&b| b == b' ');
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
         return false;
     };
     (1..=MAX_METHOD_LEN).contains(&method.len())
@@ -365,21 +399,32 @@ mod tests {
 
     #[test]
     fn pipelined_requests_in_one_piece() {
-        let (seen, stats) = run(&[data("GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")]);
+        let (seen, stats) = run(&[data(
+            "GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+        )]);
         assert_eq!(seen, ["GET /a", "GET /b"]);
         assert_eq!(stats.requests, 2);
     }
 
     #[test]
     fn head_split_anywhere() {
-        let (seen, _) = run(&[data("GE"), data("T /a HT"), data("TP/1.1\r\nHo"), data("st: x\r\n\r"), data("\n")]);
+        let (seen, _) = run(&[
+            data("GE"),
+            data("T /a HT"),
+            data("TP/1.1\r\nHo"),
+            data("st: x\r\n\r"),
+            data("\n"),
+        ]);
         assert_eq!(seen, ["GET /a"]);
     }
 
     #[test]
     fn content_length_body_is_skipped() {
         let body = "GET /evil HTTP/1.1\r\n\r\n";
-        let req = format!("POST /p HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}GET /b HTTP/1.1\r\n\r\n", body.len());
+        let req = format!(
+            "POST /p HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}GET /b HTTP/1.1\r\n\r\n",
+            body.len()
+        );
         let (seen, stats) = run(&[data(&req)]);
         assert_eq!(seen, ["POST /p", "GET /b"]);
         assert_eq!(stats.parse_errors, 0);
@@ -400,7 +445,8 @@ mod tests {
 
     #[test]
     fn invalid_chunk_size_resyncs() {
-        let req = "POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nGET /b HTTP/1.1\r\n\r\n";
+        let req =
+            "POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nGET /b HTTP/1.1\r\n\r\n";
         let (seen, stats) = run(&[data(req)]);
         assert_eq!(seen, ["POST /p", "GET /b"]);
         assert_eq!(stats.parse_errors, 1);
@@ -414,7 +460,9 @@ mod tests {
 
     #[test]
     fn garbage_is_counted_and_skipped() {
-        let (seen, stats) = run(&[data("\x16\x03\x01garbage\r\nmore junk\r\nGET /ok HTTP/1.1\r\n\r\n")]);
+        let (seen, stats) = run(&[data(
+            "\x16\x03\x01garbage\r\nmore junk\r\nGET /ok HTTP/1.1\r\n\r\n",
+        )]);
         assert_eq!(seen, ["GET /ok"]);
         assert_eq!(stats.parse_errors, 1);
     }
@@ -423,8 +471,13 @@ mod tests {
     fn endless_header_lines_are_bounded() {
         let mut stream = HttpStream::default();
         let mut stats = HttpStats::default();
-        stream.feed(data("GET / HTTP/1.1\r\n"), &mut stats, &mut |_: &RequestHead<'_>| {});
-        let line = "X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+        stream.feed(
+            data("GET / HTTP/1.1\r\n"),
+            &mut stats,
+            &mut |_: &RequestHead<'_>| {},
+        );
+        let line =
+            "X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
         for _ in 0..10_000 {
             stream.feed(data(line), &mut stats, &mut |_: &RequestHead<'_>| {});
             assert!(stream.carry.len() <= MAX_HEAD_BYTES + line.len());
@@ -457,14 +510,19 @@ mod tests {
 
     #[test]
     fn mid_stream_start_finds_the_next_request() {
-        let (seen, stats) = run(&[Piece::Gap(None), data("dy bytes\r\nGET /b HTTP/1.1\r\n\r\n")]);
+        let (seen, stats) = run(&[
+            Piece::Gap(None),
+            data("dy bytes\r\nGET /b HTTP/1.1\r\n\r\n"),
+        ]);
         assert_eq!(seen, ["GET /b"]);
         assert_eq!(stats.parse_errors, 0);
     }
 
     #[test]
     fn unknown_transfer_coding_is_an_error() {
-        let (seen, stats) = run(&[data("POST /p HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\nxx\r\nGET /b HTTP/1.1\r\n\r\n")]);
+        let (seen, stats) = run(&[data(
+            "POST /p HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\nxx\r\nGET /b HTTP/1.1\r\n\r\n",
+        )]);
         assert_eq!(seen, ["GET /b"]);
         assert_eq!(stats.parse_errors, 1);
     }
@@ -472,7 +530,9 @@ mod tests {
     fn pipelined() -> String {
         let mut s = String::new();
         for i in 0..6 {
-            s.push_str(&format!("GET /r/{i} HTTP/1.1\r\nHost: h\r\nCookie: sid=s{i}\r\n\r\n"));
+            s.push_str(&format!(
+                "GET /r/{i} HTTP/1.1\r\nHost: h\r\nCookie: sid=s{i}\r\n\r\n"
+            ));
             s.push_str("POST /b HTTP/1.1\r\nContent-Length: 19\r\n\r\nGET /no HTTP/1.1\r\n\r\n");
         }
         s

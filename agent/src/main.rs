@@ -14,7 +14,10 @@ use seqshield::session::SessionIdentifier;
 use seqshield::state;
 
 #[derive(Parser)]
-#[command(version, about = "Sequence analytics and sequence mitigation for API hosts")]
+#[command(
+    version,
+    about = "Sequence analytics and sequence mitigation for API hosts"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -59,7 +62,11 @@ fn main() -> Result<()> {
         )
         .init();
     match Cli::parse().command {
-        Command::Replay { config, pcap, report_out } => replay(&config, &pcap, report_out.as_deref()),
+        Command::Replay {
+            config,
+            pcap,
+            report_out,
+        } => replay(&config, &pcap, report_out.as_deref()),
         Command::Report { file, json } => print_report(&file, json),
         Command::SessionHash { config, value } => session_hash(&config, &value),
         Command::CheckConfig { config } => {
@@ -75,7 +82,8 @@ fn replay(config_path: &Path, pcap: &Path, report_out: Option<&Path>) -> Result<
     let config = Config::load(config_path)?;
     let key = state::load_or_create_key(&config.state.dir)?;
     let mut pipeline = Pipeline::new(&config, &key)?;
-    let file = File::open(pcap).with_context(|| format!("cannot open capture {}", pcap.display()))?;
+    let file =
+        File::open(pcap).with_context(|| format!("cannot open capture {}", pcap.display()))?;
     let stdout = std::io::stdout().lock();
     let mut alerts = JsonLines::new(stdout);
     let counters = pipeline
@@ -101,7 +109,8 @@ fn replay(config_path: &Path, pcap: &Path, report_out: Option<&Path>) -> Result<
 }
 
 fn write_report(report: &Report, path: &Path) -> Result<()> {
-    let file = File::create(path).with_context(|| format!("cannot create report {}", path.display()))?;
+    let file =
+        File::create(path).with_context(|| format!("cannot create report {}", path.display()))?;
     let mut out = BufWriter::new(file);
     serde_json::to_writer_pretty(&mut out, report)?;
     out.write_all(b"\n")?;
@@ -110,7 +119,8 @@ fn write_report(report: &Report, path: &Path) -> Result<()> {
 }
 
 fn print_report(path: &Path, json: bool) -> Result<()> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read report {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read report {}", path.display()))?;
     let report: Report = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a seqshield report", path.display()))?;
     if json {
@@ -126,7 +136,10 @@ fn session_hash(config_path: &Path, value: &str) -> Result<()> {
     let key = state::load_or_create_key(&config.state.dir)?;
     let identifier = SessionIdentifier::new(&config.session.identifiers, &key);
     if config.session.identifiers.is_empty() {
-        bail!("{}: [session] identifiers is empty: no session can be named", config_path.display());
+        bail!(
+            "{}: [session] identifiers is empty: no session can be named",
+            config_path.display()
+        );
     }
     for (ident, hash) in identifier.hashes_of(value) {
         println!("{hash}  {ident}");

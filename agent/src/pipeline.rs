@@ -88,9 +88,16 @@ impl Pipeline {
         self.packets += 1;
         self.newest = self.newest.max(seg.ts);
         let ts = seg.ts;
-        let Self { flows, http, analysis, .. } = self;
+        let Self {
+            flows,
+            http,
+            analysis,
+            ..
+        } = self;
         flows.push(seg, &mut |stream: &mut HttpStream, key: &FlowKey, piece| {
-            stream.feed(piece, http, &mut |head: &RequestHead<'_>| analysis.on_request(ts, key, head, alerts));
+            stream.feed(piece, http, &mut |head: &RequestHead<'_>| {
+                analysis.on_request(ts, key, head, alerts)
+            });
         });
     }
 
@@ -163,7 +170,11 @@ impl Pipeline {
             .scores(now, self.min_support)
             .into_iter()
             .map(|s| SequenceReport {
-                operations: s.ops.iter().map(|&op| a.catalog.get(op).id.clone()).collect(),
+                operations: s
+                    .ops
+                    .iter()
+                    .map(|&op| a.catalog.get(op).id.clone())
+                    .collect(),
                 count: s.count,
                 last_op_count: s.last_op_count,
                 score: s.score,
@@ -181,9 +192,18 @@ impl Pipeline {
 }
 
 impl Analysis {
-    fn on_request(&mut self, ts: Nanos, flow: &FlowKey, head: &RequestHead<'_>, alerts: &mut dyn AlertSink) {
+    fn on_request(
+        &mut self,
+        ts: Nanos,
+        flow: &FlowKey,
+        head: &RequestHead<'_>,
+        alerts: &mut dyn AlertSink,
+    ) {
         let (authority, path) = split_target(head.target);
-        let host_raw = authority.map(str::as_bytes).or_else(|| head.header("host")).unwrap_or_default();
+        let host_raw = authority
+            .map(str::as_bytes)
+            .or_else(|| head.header("host"))
+            .unwrap_or_default();
         normalise_host(host_raw, &mut self.host);
         let op = match self.catalog.resolve(&self.host, head.method, path) {
             Resolved::Op(op) => Some(op),
@@ -207,7 +227,8 @@ impl Analysis {
         let Some(op) = op else { return };
         let session = self.sessions.touch(session_id, ts);
         if session.history.record(op, ts) {
-            self.analytics.record_occurrence(session.history.entries(), ts);
+            self.analytics
+                .record_occurrence(session.history.entries(), ts);
         }
         if !self.rules.applies_to(op) {
             return;

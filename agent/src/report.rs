@@ -83,24 +83,57 @@ impl Report {
                 .map_or_else(|| id.to_string(), OperationReport::human)
         };
         let mut out = String::new();
-        let _ = writeln!(out, "report at {} (window {} h)", self.generated_at, self.window_secs / 3600);
-        let _ = writeln!(out, "\nOPERATIONS\n{:<12}  {:>9}  {:>11}  operation", "id", "requests", "occurrences");
+        let _ = writeln!(
+            out,
+            "report at {} (window {} h)",
+            self.generated_at,
+            self.window_secs / 3600
+        );
+        let _ = writeln!(
+            out,
+            "\nOPERATIONS\n{:<12}  {:>9}  {:>11}  operation",
+            "id", "requests", "occurrences"
+        );
         for o in &self.operations {
-            let _ = writeln!(out, "{:<12}  {:>9}  {:>11}  {}", o.id, o.requests, o.occurrences, o.human());
+            let _ = writeln!(
+                out,
+                "{:<12}  {:>9}  {:>11}  {}",
+                o.id,
+                o.requests,
+                o.occurrences,
+                o.human()
+            );
         }
-        let _ = writeln!(out, "\nSEQUENCES\n{:>6}  {:>6}  {:>7}  sequence", "score", "lower", "count");
+        let _ = writeln!(
+            out,
+            "\nSEQUENCES\n{:>6}  {:>6}  {:>7}  sequence",
+            "score", "lower", "count"
+        );
         if self.sequences.is_empty() {
             let _ = writeln!(out, "(none with enough support yet)");
         }
         for s in &self.sequences {
             let ops: Vec<String> = s.operations.iter().map(|id| name(id)).collect();
-            let _ = writeln!(out, "{:>6.3}  {:>6.3}  {:>7}  {}", s.score, s.score_lower, s.count, ops.join(" → "));
+            let _ = writeln!(
+                out,
+                "{:>6.3}  {:>6.3}  {:>7}  {}",
+                s.score,
+                s.score_lower,
+                s.count,
+                ops.join(" → ")
+            );
         }
         let st = &self.stats;
         let _ = writeln!(
             out,
             "\npackets {}  requests {}  unidentified {}  parse errors {}  truncated {}  lost events {}  alerts {}",
-            st.packets, st.requests, st.unidentified_requests, st.parse_errors, st.truncated_requests, st.lost_events, st.alerts
+            st.packets,
+            st.requests,
+            st.unidentified_requests,
+            st.parse_errors,
+            st.truncated_requests,
+            st.lost_events,
+            st.alerts
         );
         out
     }

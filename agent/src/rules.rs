@@ -48,7 +48,11 @@ pub struct RuleSet {
 
 impl RuleSet {
     /// Compiles `[[rule]]` entries; an unknown operation is an error naming the rule.
-    pub fn compile(configs: &[RuleConfig], catalog: &mut Catalog, file: &Path) -> Result<Self, ConfigError> {
+    pub fn compile(
+        configs: &[RuleConfig],
+        catalog: &mut Catalog,
+        file: &Path,
+    ) -> Result<Self, ConfigError> {
         let mut rules = Vec::with_capacity(configs.len());
         for (i, rc) in configs.iter().enumerate() {
             let ops = rc
@@ -56,13 +60,16 @@ impl RuleSet {
                 .iter()
                 .enumerate()
                 .map(|(j, name)| {
-                    catalog
-                        .lookup_for_rule(name)
-                        .map_err(|reason| ConfigError::new(file, format!("rule[{i}].sequence[{j}]"), reason))
+                    catalog.lookup_for_rule(name).map_err(|reason| {
+                        ConfigError::new(file, format!("rule[{i}].sequence[{j}]"), reason)
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             rules.push(Rule {
-                id: rc.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                id: rc
+                    .id
+                    .clone()
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
                 title: rc.title.clone(),
                 kind: rc.kind,
                 action: rc.action,
@@ -90,7 +97,9 @@ impl RuleSet {
 
     /// Whether any rule ends with `op` (the cheap test before building a lookback).
     pub fn applies_to(&self, op: OpId) -> bool {
-        self.by_final_op.get(usize::from(op)).is_some_and(|r| !r.is_empty())
+        self.by_final_op
+            .get(usize::from(op))
+            .is_some_and(|r| !r.is_empty())
     }
 
     /// The rule a request to `op` at `now` violates, if any. `lookback` holds the
@@ -156,11 +165,29 @@ priority = 5
         let transfer = c.lookup_for_rule("POST h/transfer").unwrap();
         let other = c.lookup_for_rule("GET h/other").unwrap();
         let ms = 1_000_000;
-        assert!(rules.evaluate(transfer, &entries(&[(balance, 0), (other, 100 * ms)]), 1000 * ms).is_none());
-        let v = rules.evaluate(transfer, &entries(&[(other, 0)]), 1000 * ms).unwrap();
+        assert!(
+            rules
+                .evaluate(
+                    transfer,
+                    &entries(&[(balance, 0), (other, 100 * ms)]),
+                    1000 * ms
+                )
+                .is_none()
+        );
+        let v = rules
+            .evaluate(transfer, &entries(&[(other, 0)]), 1000 * ms)
+            .unwrap();
         assert_eq!(v.title, "transfer needs balance");
-        assert!(rules.evaluate(transfer, &entries(&[(balance, 700 * ms)]), 1000 * ms).is_some(), "too fast");
-        assert!(rules.evaluate(other, &[], 0).is_none(), "no rule ends with `other`");
+        assert!(
+            rules
+                .evaluate(transfer, &entries(&[(balance, 700 * ms)]), 1000 * ms)
+                .is_some(),
+            "too fast"
+        );
+        assert!(
+            rules.evaluate(other, &[], 0).is_none(),
+            "no rule ends with `other`"
+        );
     }
 
     #[test]

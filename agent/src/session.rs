@@ -90,7 +90,10 @@ fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
         let pair = pair.trim_ascii();
         let eq = pair.iter().position(|&b| b == b'=')?;
         let value = pair[eq + 1..].trim_ascii();
-        let value = value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value);
+        let value = value
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(value);
         (pair[..eq].trim_ascii() == name && !value.is_empty()).then_some(value)
     })
 }
@@ -234,7 +237,8 @@ impl Sessions {
         self.last_sweep = now;
         let before = self.map.len();
         let idle_timeout = self.idle_timeout;
-        self.map.retain(|_, s| now.saturating_sub(s.last_seen) <= idle_timeout);
+        self.map
+            .retain(|_, s| now.saturating_sub(s.last_seen) <= idle_timeout);
         self.stats.sessions_expired += (before - self.map.len()) as u64;
     }
 
@@ -280,19 +284,36 @@ mod tests {
 
     fn jwt(payload: &str) -> String {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        format!("Bearer {}.{}.sig", b64.encode(r#"{"alg":"none"}"#), b64.encode(payload))
+        format!(
+            "Bearer {}.{}.sig",
+            b64.encode(r#"{"alg":"none"}"#),
+            b64.encode(payload)
+        )
     }
 
     #[test]
     fn identifiers_in_order_and_distinct_per_identifier() {
         let id = ident();
-        let cookie = [httparse::Header { name: "Cookie", value: b"a=1; sid=X; b=2" }];
-        let header = [httparse::Header { name: "x-session-id", value: b"X" }];
+        let cookie = [httparse::Header {
+            name: "Cookie",
+            value: b"a=1; sid=X; b=2",
+        }];
+        let header = [httparse::Header {
+            name: "x-session-id",
+            value: b"X",
+        }];
         let both = [cookie[0], header[0]];
         let by_cookie = id.identify(&head_with(&cookie)).unwrap();
         let by_header = id.identify(&head_with(&header)).unwrap();
-        assert_ne!(by_cookie, by_header, "cookie sid=X and header X are different sessions");
-        assert_eq!(id.identify(&head_with(&both)), Some(by_cookie), "first identifier wins");
+        assert_ne!(
+            by_cookie, by_header,
+            "cookie sid=X and header X are different sessions"
+        );
+        assert_eq!(
+            id.identify(&head_with(&both)),
+            Some(by_cookie),
+            "first identifier wins"
+        );
         let hashes = id.hashes_of("X");
         assert_eq!(hashes[0], ("cookie:sid".into(), by_cookie));
         assert_eq!(hashes[1], ("header:x-session-id".into(), by_header));
@@ -302,8 +323,14 @@ mod tests {
     fn empty_values_do_not_identify() {
         let id = ident();
         let h = [
-            httparse::Header { name: "Cookie", value: b"sid=" },
-            httparse::Header { name: "X-Session-Id", value: b"  " },
+            httparse::Header {
+                name: "Cookie",
+                value: b"sid=",
+            },
+            httparse::Header {
+                name: "X-Session-Id",
+                value: b"  ",
+            },
         ];
         assert_eq!(id.identify(&head_with(&h)), None);
     }
@@ -312,10 +339,16 @@ mod tests {
     fn jwt_claim_by_dotted_path() {
         let id = ident();
         let token = jwt(r#"{"user":{"id":42}}"#);
-        let h = [httparse::Header { name: "Authorization", value: token.as_bytes() }];
+        let h = [httparse::Header {
+            name: "Authorization",
+            value: token.as_bytes(),
+        }];
         let got = id.identify(&head_with(&h)).unwrap();
         assert_eq!(got, id.hashes_of("42")[2].1);
-        let bad = [httparse::Header { name: "Authorization", value: b"Bearer not-a-jwt" }];
+        let bad = [httparse::Header {
+            name: "Authorization",
+            value: b"Bearer not-a-jwt",
+        }];
         assert_eq!(id.identify(&head_with(&bad)), None);
     }
 

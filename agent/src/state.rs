@@ -11,8 +11,13 @@ pub const KEY_FILE: &str = "session.key";
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state dir {dir}: {source}; set [state] dir to a directory this user can write")]
-    Dir { dir: PathBuf, source: std::io::Error },
-    #[error("{file}: {reason}; remove the file to create a new key (past session hashes will change)")]
+    Dir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{file}: {reason}; remove the file to create a new key (past session hashes will change)"
+    )]
     BadKey { file: PathBuf, reason: String },
     #[error("no randomness for a new key: {0}")]
     Random(getrandom::Error),
@@ -21,8 +26,15 @@ pub enum StateError {
 /// Reads the session-hash key from `dir`, creating the directory (0700) and the key (0600)
 /// when missing.
 pub fn load_or_create_key(dir: &Path) -> Result<[u8; 32], StateError> {
-    let dir_err = |source| StateError::Dir { dir: dir.to_path_buf(), source };
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(dir_err)?;
+    let dir_err = |source| StateError::Dir {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(dir_err)?;
     let file = dir.join(KEY_FILE);
     match fs::read_to_string(&file) {
         Ok(text) => parse_key(text.trim()).ok_or_else(|| StateError::BadKey {
@@ -42,7 +54,9 @@ pub fn load_or_create_key(dir: &Path) -> Result<[u8; 32], StateError> {
                 .mode(0o600)
                 .open(&tmp)
                 .map_err(dir_err)?;
-            f.write_all(hex.as_bytes()).and_then(|_| f.sync_all()).map_err(dir_err)?;
+            f.write_all(hex.as_bytes())
+                .and_then(|_| f.sync_all())
+                .map_err(dir_err)?;
             fs::rename(&tmp, &file).map_err(dir_err)?;
             Ok(key)
         }
@@ -73,15 +87,24 @@ mod tests {
         let k1 = load_or_create_key(&state).unwrap();
         let k2 = load_or_create_key(&state).unwrap();
         assert_eq!(k1, k2);
-        let mode = fs::metadata(state.join(KEY_FILE)).unwrap().permissions().mode();
+        let mode = fs::metadata(state.join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
     }
 
     #[test]
     fn corrupt_key_is_an_error_not_a_new_key() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(KEY_FILE), "nope").unwrap();
-        assert!(matches!(load_or_create_key(dir.path()), Err(StateError::BadKey { .. })));
+        assert!(matches!(
+            load_or_create_key(dir.path()),
+            Err(StateError::BadKey { .. })
+        ));
     }
 }

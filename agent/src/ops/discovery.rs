@@ -63,9 +63,13 @@ fn is_identifier(seg: &str) -> bool {
 
 fn is_uuid(b: &[u8]) -> bool {
     b.len() == 36
-        && b.iter()
-            .enumerate()
-            .all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { *c == b'-' } else { c.is_ascii_hexdigit() })
+        && b.iter().enumerate().all(|(i, c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                *c == b'-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        })
 }
 
 #[cfg(test)]
@@ -88,7 +92,10 @@ mod tests {
 
     #[test]
     fn identifier_like_segments_are_numbered() {
-        assert_eq!(norm("/api/v1/users/42/accounts"), "/api/v1/users/{var1}/accounts");
+        assert_eq!(
+            norm("/api/v1/users/42/accounts"),
+            "/api/v1/users/{var1}/accounts"
+        );
         assert_eq!(
             norm("/o/123e4567-e89b-12d3-a456-426614174000/x/deadbeefdeadbeef"),
             "/o/{var1}/x/{var2}"
@@ -96,8 +103,14 @@ mod tests {
         assert_eq!(norm("/t/abcdefghij0123456789"), "/t/{var1}");
         // Words, short hex, long letters-only stay literal.
         assert_eq!(norm("/api/v1/transferFunds"), "/api/v1/transferFunds");
-        assert_eq!(norm("/c/cafe/abcdefghijklmnopqrstuvwxyz"), "/c/cafe/abcdefghijklmnopqrstuvwxyz");
+        assert_eq!(
+            norm("/c/cafe/abcdefghijklmnopqrstuvwxyz"),
+            "/c/cafe/abcdefghijklmnopqrstuvwxyz"
+        );
         assert_eq!(norm("/"), "/");
-        assert_eq!(norm("/a/1/2/3/4/5/6/7/8/9/10"), "/a/{var1}/{var2}/{var3}/{var4}/{var5}/{var6}/{var7}/{var8}/{var9}/{var10}");
+        assert_eq!(
+            norm("/a/1/2/3/4/5/6/7/8/9/10"),
+            "/a/{var1}/{var2}/{var3}/{var4}/{var5}/{var6}/{var7}/{var8}/{var9}/{var10}"
+        );
     }
 }

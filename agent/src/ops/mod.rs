@@ -129,7 +129,11 @@ impl Catalog {
         let mut endpoints = config.endpoints.clone();
         if let Some(path) = config.openapi_path() {
             endpoints.extend(openapi::endpoints(&path).map_err(|reason| {
-                ConfigError::new(&config.source, "operations.openapi", format!("{}: {reason}", path.display()))
+                ConfigError::new(
+                    &config.source,
+                    "operations.openapi",
+                    format!("{}: {reason}", path.display()),
+                )
             })?);
         }
         let mut catalog = Self {
@@ -142,11 +146,20 @@ impl Catalog {
             scratch: String::new(),
         };
         for ep in &endpoints {
-            catalog.add_endpoint(ep).map_err(|reason| ConfigError::new(&config.source, "endpoint", reason))?;
+            catalog
+                .add_endpoint(ep)
+                .map_err(|reason| ConfigError::new(&config.source, "endpoint", reason))?;
         }
         for list in catalog.templates.values_mut() {
             // Stable sort: ties keep file order (SPEC §1).
-            list.sort_by_key(|t| std::cmp::Reverse(t.segments.iter().filter(|s| matches!(s, Segment::Literal(_))).count()));
+            list.sort_by_key(|t| {
+                std::cmp::Reverse(
+                    t.segments
+                        .iter()
+                        .filter(|s| matches!(s, Segment::Literal(_)))
+                        .count(),
+                )
+            });
         }
         Ok(catalog)
     }
@@ -171,12 +184,15 @@ impl Catalog {
                 }
             })
             .collect();
-        self.templates.entry(ep.method.clone()).or_default().push(Template {
-            host,
-            method: ep.method.clone(),
-            segments,
-            op,
-        });
+        self.templates
+            .entry(ep.method.clone())
+            .or_default()
+            .push(Template {
+                host,
+                method: ep.method.clone(),
+                segments,
+                op,
+            });
         Ok(())
     }
 
@@ -262,7 +278,9 @@ impl Catalog {
             ));
         };
         if !self.discovery {
-            return Err(format!("unknown operation {name:?}: no [[endpoint]] matches it and discovery is off"));
+            return Err(format!(
+                "unknown operation {name:?}: no [[endpoint]] matches it and discovery is off"
+            ));
         }
         let host = host.to_ascii_lowercase();
         if !is_discovered_template(path) {
@@ -274,7 +292,9 @@ impl Catalog {
         if let Resolved::Op(op) = self.resolve(&host, method, path) {
             return Ok(op);
         }
-        Err(format!("unknown operation {name:?}: the operation catalog is full"))
+        Err(format!(
+            "unknown operation {name:?}: the operation catalog is full"
+        ))
     }
 }
 
@@ -318,7 +338,11 @@ pub fn normalise_host(raw: &[u8], out: &mut String) {
         }
     };
     for &b in host {
-        out.push(if b.is_ascii() { b.to_ascii_lowercase() as char } else { char::REPLACEMENT_CHARACTER });
+        out.push(if b.is_ascii() {
+            b.to_ascii_lowercase() as char
+        } else {
+            char::REPLACEMENT_CHARACTER
+        });
     }
 }
 
@@ -350,16 +374,30 @@ method = "GET"
 path = "/api/{x}/me"
 "#,
         );
-        let Resolved::Op(op) = c.resolve("bank.test", "GET", "/api/users/7") else { panic!() };
+        let Resolved::Op(op) = c.resolve("bank.test", "GET", "/api/users/7") else {
+            panic!()
+        };
         assert_eq!(c.get(op).path, "/api/users/{id}");
-        let Resolved::Op(op) = c.resolve("bank.test", "GET", "/api/users/me") else { panic!() };
-        assert_eq!(c.get(op).path, "/api/users/{id}", "equal literals: the earlier one");
-        let Resolved::Op(op) = c.resolve("bank.test", "GET", "/api/a/b") else { panic!() };
+        let Resolved::Op(op) = c.resolve("bank.test", "GET", "/api/users/me") else {
+            panic!()
+        };
+        assert_eq!(
+            c.get(op).path,
+            "/api/users/{id}",
+            "equal literals: the earlier one"
+        );
+        let Resolved::Op(op) = c.resolve("bank.test", "GET", "/api/a/b") else {
+            panic!()
+        };
         assert_eq!(c.get(op).path, "/api/{a}/{b}");
         // A param never matches an empty segment; the method is case-sensitive.
-        let Resolved::Op(op) = c.resolve("bank.test", "GET", "/api/users/") else { panic!() };
+        let Resolved::Op(op) = c.resolve("bank.test", "GET", "/api/users/") else {
+            panic!()
+        };
         assert!(!c.get(op).configured);
-        let Resolved::Op(op) = c.resolve("bank.test", "get", "/api/users/7") else { panic!() };
+        let Resolved::Op(op) = c.resolve("bank.test", "get", "/api/users/7") else {
+            panic!()
+        };
         assert_eq!(c.get(op).path, "/api/users/{var1}");
     }
 
@@ -368,7 +406,10 @@ path = "/api/{x}/me"
         let mut c = catalog("[operations]\nmax_operations = 2\n");
         assert!(matches!(c.resolve("h", "GET", "/a"), Resolved::Op(_)));
         assert!(matches!(c.resolve("h", "GET", "/b/12"), Resolved::Op(_)));
-        assert!(matches!(c.resolve("h", "GET", "/b/13"), Resolved::Op(_)), "same template");
+        assert!(
+            matches!(c.resolve("h", "GET", "/b/13"), Resolved::Op(_)),
+            "same template"
+        );
         assert_eq!(c.resolve("h", "GET", "/c"), Resolved::Other);
         let mut c = catalog("[operations]\ndiscovery = false\n");
         assert_eq!(c.resolve("h", "GET", "/a"), Resolved::Unmatched);
@@ -376,8 +417,14 @@ path = "/api/{x}/me"
 
     #[test]
     fn ids_are_stable_and_distinct() {
-        assert_eq!(stable_id("bank.test", "GET", "/a"), stable_id("bank.test", "GET", "/a"));
-        assert_ne!(stable_id("bank.test", "GET", "/a"), stable_id("bank.test", "POST", "/a"));
+        assert_eq!(
+            stable_id("bank.test", "GET", "/a"),
+            stable_id("bank.test", "GET", "/a")
+        );
+        assert_ne!(
+            stable_id("bank.test", "GET", "/a"),
+            stable_id("bank.test", "POST", "/a")
+        );
         assert_eq!(stable_id("h", "GET", "/a").len(), 12);
     }
 
@@ -396,7 +443,10 @@ path = "/api/{x}/me"
     #[test]
     fn targets_and_hosts() {
         assert_eq!(split_target("/a/b?x=1#f"), (None, "/a/b"));
-        assert_eq!(split_target("http://Bank.Test:8080/a?q"), (Some("Bank.Test:8080"), "/a"));
+        assert_eq!(
+            split_target("http://Bank.Test:8080/a?q"),
+            (Some("Bank.Test:8080"), "/a")
+        );
         assert_eq!(split_target("http://h"), (Some("h"), "/"));
         assert_eq!(split_target("*"), (None, "*"));
         let mut out = String::new();

@@ -8,7 +8,9 @@ use serde_json::Value;
 use crate::config::EndpointConfig;
 
 /// Path item keys that are HTTP methods (OpenAPI 3.x "Path Item Object").
-const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+const METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
 
 pub fn endpoints(path: &Path) -> Result<Vec<EndpointConfig>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
@@ -23,7 +25,11 @@ pub fn endpoints(path: &Path) -> Result<Vec<EndpointConfig>, String> {
 fn from_document(doc: &Value) -> Result<Vec<EndpointConfig>, String> {
     match doc.get("openapi").and_then(Value::as_str) {
         Some(v) if v.starts_with("3.") => {}
-        Some(v) => return Err(format!("OpenAPI {v} is not supported; export the spec as OpenAPI 3.x")),
+        Some(v) => {
+            return Err(format!(
+                "OpenAPI {v} is not supported; export the spec as OpenAPI 3.x"
+            ));
+        }
         None => return Err("no `openapi: 3.x` field: not an OpenAPI v3 document".into()),
     }
     let paths = doc
@@ -36,7 +42,9 @@ fn from_document(doc: &Value) -> Result<Vec<EndpointConfig>, String> {
         if !template.starts_with('/') {
             return Err(format!("path {template:?} does not start with '/'"));
         }
-        let Some(item) = item.as_object() else { continue };
+        let Some(item) = item.as_object() else {
+            continue;
+        };
         for method in METHODS.iter().filter(|m| item.contains_key(**m)) {
             for (host, base) in &servers {
                 out.push(EndpointConfig {
@@ -104,15 +112,32 @@ paths:
         )
         .unwrap();
         let eps = from_document(&doc).unwrap();
-        let got: Vec<_> = eps.iter().map(|e| format!("{} {}{}", e.method, e.host, e.path)).collect();
-        assert_eq!(got, ["GET bank.test/api/v1/users/{user_id}/accounts", "POST bank.test/api/v1/transferFunds"]);
+        let got: Vec<_> = eps
+            .iter()
+            .map(|e| format!("{} {}{}", e.method, e.host, e.path))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "GET bank.test/api/v1/users/{user_id}/accounts",
+                "POST bank.test/api/v1/transferFunds"
+            ]
+        );
     }
 
     #[test]
     fn json_without_servers_matches_any_host() {
-        let doc: Value = serde_json::from_str(r#"{"openapi":"3.1.0","paths":{"/a":{"delete":{}}}}"#).unwrap();
+        let doc: Value =
+            serde_json::from_str(r#"{"openapi":"3.1.0","paths":{"/a":{"delete":{}}}}"#).unwrap();
         let eps = from_document(&doc).unwrap();
-        assert_eq!((eps[0].host.as_str(), eps[0].method.as_str(), eps[0].path.as_str()), ("", "DELETE", "/a"));
+        assert_eq!(
+            (
+                eps[0].host.as_str(),
+                eps[0].method.as_str(),
+                eps[0].path.as_str()
+            ),
+            ("", "DELETE", "/a")
+        );
     }
 
     #[test]

@@ -44,7 +44,10 @@ pub fn for_each_segment<R: Read>(
     mut on_segment: impl FnMut(Segment<'_>),
 ) -> Result<PcapCounters, PcapError> {
     let mut reader = BufReader::with_capacity(1 << 16, reader);
-    let magic = reader.fill_buf()?.get(..4).map(|m| [m[0], m[1], m[2], m[3]]);
+    let magic = reader
+        .fill_buf()?
+        .get(..4)
+        .map(|m| [m[0], m[1], m[2], m[3]]);
     let mut decoder = Decoder {
         ports,
         counters: PcapCounters::default(),
@@ -111,7 +114,10 @@ fn read_pcapng<R: Read>(
             }
             Block::SimplePacket(spb) => {
                 // No timestamp in a simple packet block: it inherits "unknown" (0).
-                let link = interfaces.first().map(|i| i.0).unwrap_or(DataLink::ETHERNET);
+                let link = interfaces
+                    .first()
+                    .map(|i| i.0)
+                    .unwrap_or(DataLink::ETHERNET);
                 let cut = spb.original_len.saturating_sub(spb.data.len() as u32);
                 decoder.frame(link, 0, &spb.data, cut, on_segment);
             }
@@ -121,7 +127,9 @@ fn read_pcapng<R: Read>(
     Ok(())
 }
 
-fn nanos_per_unit(options: &[pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption<'_>]) -> u64 {
+fn nanos_per_unit(
+    options: &[pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption<'_>],
+) -> u64 {
     use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
     let resol = options.iter().find_map(|o| match o {
         InterfaceDescriptionOption::IfTsResol(r) => Some(*r),
@@ -130,7 +138,10 @@ fn nanos_per_unit(options: &[pcap_file::pcapng::blocks::interface_description::I
     match resol {
         None => 1_000,
         // High bit clear: a power of ten (pcapng spec §4.2, if_tsresol).
-        Some(r) if r & 0x80 == 0 => 10u64.checked_pow(9u32.saturating_sub(u32::from(r))).unwrap_or(1).max(1),
+        Some(r) if r & 0x80 == 0 => 10u64
+            .checked_pow(9u32.saturating_sub(u32::from(r)))
+            .unwrap_or(1)
+            .max(1),
         // Powers of two are rare; approximate to the nearest nanosecond.
         Some(r) => (1_000_000_000u64 >> u32::from(r & 0x7f).min(63)).max(1),
     }
@@ -191,7 +202,11 @@ impl Decoder<'_> {
                     self.counters.undecodable += 1;
                     return;
                 }
-                (IpAddr::V4(h.source_addr()), IpAddr::V4(h.destination_addr()), p.incomplete)
+                (
+                    IpAddr::V4(h.source_addr()),
+                    IpAddr::V4(h.destination_addr()),
+                    p.incomplete,
+                )
             }
             Some(LaxNetSlice::Ipv6(ip)) => {
                 let h = ip.header();
@@ -200,7 +215,11 @@ impl Decoder<'_> {
                     self.counters.undecodable += 1;
                     return;
                 }
-                (IpAddr::V6(h.source_addr()), IpAddr::V6(h.destination_addr()), p.incomplete)
+                (
+                    IpAddr::V6(h.source_addr()),
+                    IpAddr::V6(h.destination_addr()),
+                    p.incomplete,
+                )
             }
             _ => {
                 self.counters.ignored += 1;
@@ -256,14 +275,22 @@ fn slice_frame(link: DataLink, data: &[u8]) -> Option<LaxSlicedPacket<'_>> {
         DataLink::LINUX_SLL => {
             let proto = data.get(14..16)?;
             let ether_type = EtherType(u16::from_be_bytes([proto[0], proto[1]]));
-            Some(LaxSlicedPacket::from_ether_type(ether_type, data.get(SLL_HEADER_LEN..)?))
+            Some(LaxSlicedPacket::from_ether_type(
+                ether_type,
+                data.get(SLL_HEADER_LEN..)?,
+            ))
         }
         DataLink::LINUX_SLL2 => {
             let proto = data.get(0..2)?;
             let ether_type = EtherType(u16::from_be_bytes([proto[0], proto[1]]));
-            Some(LaxSlicedPacket::from_ether_type(ether_type, data.get(SLL2_HEADER_LEN..)?))
+            Some(LaxSlicedPacket::from_ether_type(
+                ether_type,
+                data.get(SLL2_HEADER_LEN..)?,
+            ))
         }
-        DataLink::NULL | DataLink::LOOP => LaxSlicedPacket::from_ip(data.get(NULL_HEADER_LEN..)?).ok(),
+        DataLink::NULL | DataLink::LOOP => {
+            LaxSlicedPacket::from_ip(data.get(NULL_HEADER_LEN..)?).ok()
+        }
         _ => LaxSlicedPacket::from_ip(data).ok(),
     }
 }
