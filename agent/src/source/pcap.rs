@@ -66,14 +66,21 @@ fn read_pcap<R: Read>(
     on_segment: &mut impl FnMut(Segment<'_>),
 ) -> Result<(), PcapError> {
     let mut pcap = PcapReader::new(reader).map_err(PcapError::Format)?;
-    let link = pcap.header().datalink;
-    check_link(link)?;
-    while let Some(packet) = pcap.next_packet() {
+    let header = pcap.header();
+    check_link(header.datalink)?;
+    let frac_nanos: u64 = match header.ts_resolution {
+        pcap_file::TsResolution::MicroSecond => 1_000,
+        pcap_file::TsResolution::NanoSecond => 1,
+    };
+    // Raw records: pcap-file 2.0 refuses packets whose wire length exceeds the file's
+    // snaplen, which is exactly what a `tcpdump -s N` capture holds
+    // (courvoif/pcap-file#36, fixed after 2.0.0).
+    while let Some(packet) = pcap.next_raw_packet() {
         match packet {
             Ok(p) => {
-                let ts = u64::try_from(p.timestamp.as_nanos()).unwrap_or(u64::MAX);
+                let ts = u64::from(p.ts_sec) * 1_000_000_000 + u64::from(p.ts_frac) * frac_nanos;
                 let cut = p.orig_len.saturating_sub(p.data.len() as u32);
-                decoder.frame(link, ts, &p.data, cut, on_segment);
+                decoder.frame(header.datalink, ts, &p.data, cut, on_segment);
             }
             Err(e) => return decoder.end_of_file(e),
         }
