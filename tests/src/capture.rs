@@ -76,8 +76,13 @@ impl Capture {
     /// Three-way handshake; the client's initial sequence number derives from its port
     /// so conversations differ.
     pub fn open(&mut self, ts: u64, client: &str, server: &str) -> Conn {
+        let isn = 1_000_000u32.wrapping_mul(u32::from(addr(client).port()) + 1);
+        self.open_with_isn(ts, client, server, isn)
+    }
+
+    /// Three-way handshake with a chosen client initial sequence number.
+    pub fn open_with_isn(&mut self, ts: u64, client: &str, server: &str, isn: u32) -> Conn {
         let (client, server) = (addr(client), addr(server));
-        let isn = 1_000_000u32.wrapping_mul(u32::from(client.port()) + 1);
         let mut conn = Conn {
             client,
             server,
