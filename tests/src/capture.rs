@@ -180,6 +180,11 @@ impl Capture {
         self.tcp(ts, conn, true, conn.seq, 0, Flags::RST, b"");
     }
 
+    /// Whether a frame is too short to carry an Ethernet header.
+    pub fn has_short_frames(&self) -> bool {
+        self.frames.iter().any(|f| f.data.len() < ETHERNET_HEADER_LEN)
+    }
+
     /// An arbitrary Ethernet frame (garbage, other protocols).
     pub fn raw_frame(&mut self, ts: u64, data: Vec<u8>) {
         self.frames.push(Frame { ts, data });
@@ -293,12 +298,14 @@ fn datalink(link: Link) -> DataLink {
 
 /// Swaps the Ethernet header of a frame for the link's own header.
 fn reframe(link: Link, eth: &[u8]) -> Vec<u8> {
+    if link == Link::Ethernet {
+        return eth.to_vec();
+    }
     let ether_type = [eth[12], eth[13]];
     let ip = &eth[ETHERNET_HEADER_LEN..];
     let mut out = Vec::with_capacity(eth.len() + 8);
     match link {
-        Link::Ethernet => return eth.to_vec(),
-        Link::RawIp => {}
+        Link::Ethernet | Link::RawIp => {}
         Link::LinuxSll => {
             // packet type "sent to us", ARPHRD_ETHER, 6-byte address padded to 8, protocol.
             out.extend_from_slice(&[0, 0, 0, 1, 0, 6]);
