@@ -413,9 +413,17 @@ impl Config {
 fn one_line(s: &str) -> String {
     s.split('\n')
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^'))
+        .filter(|l| !l.is_empty() && !is_excerpt_line(l))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// Source excerpt lines of a toml error: `4 | key = 1`, `|`, `^^^`.
+fn is_excerpt_line(line: &str) -> bool {
+    let rest = line
+        .trim_start_matches(|c: char| c.is_ascii_digit())
+        .trim_start();
+    rest.starts_with('|') || line.chars().all(|c| c == '^' || c == ' ')
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

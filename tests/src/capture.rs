@@ -182,7 +182,9 @@ impl Capture {
 
     /// Whether a frame is too short to carry an Ethernet header.
     pub fn has_short_frames(&self) -> bool {
-        self.frames.iter().any(|f| f.data.len() < ETHERNET_HEADER_LEN)
+        self.frames
+            .iter()
+            .any(|f| f.data.len() < ETHERNET_HEADER_LEN)
     }
 
     /// An arbitrary Ethernet frame (garbage, other protocols).

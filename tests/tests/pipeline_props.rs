@@ -13,7 +13,9 @@ const CONFIG: &str = "[capture]\nports = [80]\n[session]\nidentifiers = [{ cooki
 fn stream() -> Vec<u8> {
     let mut s = Vec::new();
     for i in 0..8 {
-        s.extend(format!("GET /step/{i}/a HTTP/1.1\r\nHost: api.test\r\nCookie: sid=p\r\n\r\n").bytes());
+        s.extend(
+            format!("GET /step/{i}/a HTTP/1.1\r\nHost: api.test\r\nCookie: sid=p\r\n\r\n").bytes(),
+        );
         s.extend(
             format!("POST /step/{i}/b HTTP/1.1\r\nHost: api.test\r\nCookie: sid=p\r\nContent-Length: 22\r\n\r\nGET /body HTTP/1.1\r\n\r\n")
                 .bytes(),
@@ -40,7 +42,10 @@ const SECOND: u64 = 1_000 * MS;
 
 /// Cut points, then for each piece: sent twice or not, and how far back it moves.
 fn mangling() -> impl Strategy<Value = (Vec<usize>, Vec<(bool, u8)>)> {
-    (proptest::collection::vec(0usize..4000, 0..80), proptest::collection::vec(any::<(bool, u8)>(), 100))
+    (
+        proptest::collection::vec(0usize..4000, 0..80),
+        proptest::collection::vec(any::<(bool, u8)>(), 100),
+    )
 }
 
 fn pieces(len: usize, cuts: Vec<usize>, noise: &[(bool, u8)]) -> Vec<(usize, usize)> {

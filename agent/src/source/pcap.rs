@@ -182,6 +182,10 @@ impl Decoder<'_> {
                 self.counters.truncated_file = true;
                 Ok(())
             }
+            pcap_file::PcapError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                self.counters.truncated_file = true;
+                Ok(())
+            }
             pcap_file::PcapError::IoError(io) => Err(PcapError::Io(io)),
             other => Err(PcapError::Format(other)),
         }

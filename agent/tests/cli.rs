@@ -1,0 +1,277 @@
+//! The `seqshield` binary end to end: replaying a real tcpdump capture of curl clients
+//! (tests/fixtures/curl-loopback.pcap, recorded by record-curl-fixture.sh), the report
+//! command, session-hash, and refusing bad configs with file, key and reason.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use seqshield::report::Report;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
+}
+
+fn seqshield(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_seqshield"))
+        .args(args)
+        .output()
+        .expect("run seqshield")
+}
+
+const BANK_ENDPOINTS: &str = r#"
+[[endpoint]]
+host = "bank.test"
+method = "POST"
+path = "/api/v1/login"
+[[endpoint]]
+host = "bank.test"
+method = "GET"
+path = "/api/v1/users/{user_id}/accounts"
+[[endpoint]]
+host = "bank.test"
+method = "GET"
+path = "/api/v1/accounts/{account_id}/balance"
+[[endpoint]]
+host = "bank.test"
+method = "POST"
+path = "/api/v1/transferFunds"
+[[rule]]
+id = "0b5c8f3e-2c7a-4a39-a1d7-6f3e1c2b9d40"
+title = "transfer needs a balance check"
+kind = "allow"
+action = "block"
+sequence = ["GET bank.test/api/v1/accounts/{account_id}/balance", "POST bank.test/api/v1/transferFunds"]
+"#;
+
+fn write_config(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    let text = format!("[state]\ndir = {:?}\n{body}", dir.join("state"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn replays_a_real_tcpdump_capture_of_curl_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!("[capture]\nports = [18080]\n[sequence]\nmin_support = 1\n{BANK_ENDPOINTS}"),
+    );
+    let report_path = dir.path().join("report.json");
+    let out = seqshield(&[
+        "replay",
+        "--config",
+        config.to_str().unwrap(),
+        "--pcap",
+        fixture("curl-loopback.pcap").to_str().unwrap(),
+        "--report-out",
+        report_path.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // What the clients sent (see record-curl-fixture.sh): alice (cookie, keep-alive) and
+    // bob (header, a connection per request) log in → accounts → balance → transfer;
+    // mallory (JWT) logs in and transfers twice; one request has no session.
+    let report: Report =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    assert_eq!(report.stats.requests, 12);
+    assert_eq!(report.stats.unidentified_requests, 1);
+    assert_eq!(report.stats.parse_errors, 0);
+    let counts: Vec<(String, u64, u64)> = report
+        .operations
+        .iter()
+        .map(|o| (o.human(), o.requests, o.occurrences))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("POST bank.test/api/v1/login".to_string(), 3, 3),
+            (
+                "GET bank.test/api/v1/users/{user_id}/accounts".to_string(),
+                2,
+                2
+            ),
+            (
+                "GET bank.test/api/v1/accounts/{account_id}/balance".to_string(),
+                2,
+                2
+            ),
+            ("POST bank.test/api/v1/transferFunds".to_string(), 4, 3),
+            ("GET bank.test/api/v1/health".to_string(), 1, 0),
+        ]
+    );
+    assert_eq!(report.sequences.len(), 7);
+    let top = &report.sequences[0];
+    assert_eq!((top.count, top.last_op_count, top.score), (2, 2, 1.0));
+
+    // Two alerts, both mallory's transfers, one JSON object per line.
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let alerts: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(alerts.len(), 2);
+    for a in &alerts {
+        assert_eq!(a["action"], "would_block");
+        assert_eq!(a["rule_id"], "0b5c8f3e-2c7a-4a39-a1d7-6f3e1c2b9d40");
+        assert_eq!(a["server"], "127.0.0.1:18080");
+        assert_eq!(
+            a["previous_operations"],
+            serde_json::json!(["POST bank.test/api/v1/login"])
+        );
+    }
+    assert_eq!(alerts[0]["session"], alerts[1]["session"]);
+
+    // The alert's session is the hash `session-hash` prints for mallory's JWT subject.
+    let hashes = seqshield(&[
+        "session-hash",
+        "--config",
+        config.to_str().unwrap(),
+        "mallory",
+    ]);
+    let hashes = String::from_utf8(hashes.stdout).unwrap();
+    let jwt_line = hashes
+        .lines()
+        .find(|l| l.ends_with("jwt_claim:sub"))
+        .unwrap();
+    assert!(
+        jwt_line.starts_with(alerts[0]["session"].as_str().unwrap()),
+        "{hashes}"
+    );
+
+    // The report command renders the table a person reads.
+    let table = seqshield(&["report", report_path.to_str().unwrap()]);
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(table.contains(
+        "1.000   0.342        2  POST bank.test/api/v1/login → GET bank.test/api/v1/users/{user_id}/accounts"
+    ), "{table}");
+}
+
+#[test]
+fn bad_configs_are_refused_with_file_key_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = fixture("curl-loopback.pcap");
+    let cases = [
+        (
+            "[sequence]\nmin_suport = 3\n",
+            "sequence.min_suport",
+            "unknown field",
+        ),
+        (
+            "[sequence]\nmin_support = \"5\"\n",
+            "sequence.min_support",
+            "invalid type",
+        ),
+        (
+            "[sequence]\nwindow = \"a day\"\n",
+            "sequence.window",
+            "invalid duration",
+        ),
+        (
+            "[operations]\ndiscovery = false\n[[rule]]\ntitle = \"t\"\nkind = \"allow\"\naction = \"log\"\nsequence = [\"GET h/a\", \"GET h/b\"]\n",
+            "rule[0].sequence[0]",
+            "unknown operation",
+        ),
+        (
+            &format!(
+                "[[rule]]\ntitle = \"{}\"\nkind = \"allow\"\naction = \"log\"\nsequence = [\"GET h/a\", \"GET h/b\"]\n",
+                "t".repeat(51)
+            ),
+            "rule[0].title",
+            "1-50 characters",
+        ),
+        (
+            "[[rule]]\ntitle = \"t\"\nkind = \"allow\"\naction = \"log\"\nsequence = [\"GET h/a\"]\n",
+            "rule[0].sequence",
+            "2 or more",
+        ),
+    ];
+    for (body, key, reason) in cases {
+        let config = write_config(dir.path(), body);
+        for args in [
+            vec![
+                "replay",
+                "--config",
+                config.to_str().unwrap(),
+                "--pcap",
+                pcap.to_str().unwrap(),
+            ],
+            vec!["check-config", config.to_str().unwrap()],
+        ] {
+            let out = seqshield(&args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{body}");
+            assert!(
+                stderr.contains(&format!("{}: {key}: ", config.display())),
+                "{key}: {stderr}"
+            );
+            assert!(stderr.contains(reason), "{reason}: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn missing_capture_and_garbage_capture_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let out = seqshield(&[
+        "replay",
+        "--config",
+        config.to_str().unwrap(),
+        "--pcap",
+        "/nonexistent.pcap",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open capture /nonexistent.pcap"));
+    let junk = dir.path().join("junk.pcap");
+    std::fs::write(&junk, b"this is not a capture at all").unwrap();
+    let out = seqshield(&[
+        "replay",
+        "--config",
+        config.to_str().unwrap(),
+        "--pcap",
+        junk.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a pcap or pcapng file"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_capture_cut_off_mid_record_replays_what_is_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[capture]\nports = [18080]\n");
+    let whole = std::fs::read(fixture("curl-loopback.pcap")).unwrap();
+    let cut = dir.path().join("cut.pcap");
+    std::fs::write(&cut, &whole[..whole.len() - 30]).unwrap();
+    let report = dir.path().join("r.json");
+    let out = seqshield(&[
+        "replay",
+        "--config",
+        config.to_str().unwrap(),
+        "--pcap",
+        cut.to_str().unwrap(),
+        "--report-out",
+        report.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cut off"));
+    let report: Report = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(
+        report.stats.requests, 12,
+        "the cut record carried no request"
+    );
+}
