@@ -1,1 +1,79 @@
-fn main() {}
+//! The whole pipeline (pcap bytes → report) against httparse alone on the same request
+//! bytes, side by side in one run. `cargo xtask bench` prints the ratio.
+
+use std::hint::black_box;
+use std::mem::MaybeUninit;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use seqshield::alerts::{Alert, AlertSink};
+use seqshield::config::Config;
+use seqshield::pipeline::Pipeline;
+use seqshield_tests::bank;
+use seqshield_tests::capture::Link;
+
+/// Sessions in the synthetic capture (eleven requests each, attackers four).
+const SESSIONS: usize = 10_000;
+
+/// Counts alerts without keeping them: the benchmark measures the pipeline, not a log.
+#[derive(Default)]
+struct CountingSink(u64);
+
+impl AlertSink for CountingSink {
+    fn emit(&mut self, alert: Alert) {
+        self.0 += 1;
+        black_box(alert);
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let (capture, requests) = bank::synthetic(SESSIONS, 100, 50);
+    let pcap = capture.to_pcap(Link::Ethernet);
+    let config = Config::parse(&bank::config(5, ""), std::path::Path::new("bench.toml")).unwrap();
+    let ports = config.capture.ports.clone();
+    eprintln!(
+        "synthetic capture: {} requests, {} sessions, {} packets, {} bytes",
+        requests.len(),
+        SESSIONS,
+        capture.len(),
+        pcap.len()
+    );
+    assert!(requests.len() >= 100_000);
+
+    // Sanity: the pipeline finds every request.
+    let mut p = Pipeline::new(&config, &[7; 32]).unwrap();
+    p.replay_pcap(pcap.as_slice(), &ports, &mut CountingSink::default()).unwrap();
+    assert_eq!(p.stats().requests, requests.len() as u64);
+
+    let mut group = c.benchmark_group("requests");
+    group.throughput(Throughput::Elements(requests.len() as u64));
+    group.sample_size(20);
+    group.measurement_time(std::time::Duration::from_secs(15));
+    group.bench_function("pipeline", |b| {
+        b.iter_batched(
+            || Pipeline::new(&config, &[7; 32]).unwrap(),
+            |mut pipeline| {
+                let mut sink = CountingSink::default();
+                pipeline.replay_pcap(pcap.as_slice(), &ports, &mut sink).unwrap();
+                pipeline
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.bench_function("httparse", |b| {
+        b.iter(|| {
+            let mut parsed = 0usize;
+            for r in &requests {
+                let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 100];
+                let mut req = httparse::Request::new(&mut []);
+                if let Ok(httparse::Status::Complete(n)) = req.parse_with_uninit_headers(black_box(r), &mut slots) {
+                    parsed += n;
+                }
+            }
+            parsed
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(pipeline, benches);
+criterion_main!(pipeline);

@@ -11,7 +11,7 @@ fn main() {
         std::process::exit(2);
     };
     // 2000 sessions, 50 connections at a time, every 40th session an attacker.
-    let capture = bank::synthetic(2_000, 50, 40);
+    let (capture, _) = bank::synthetic(2_000, 50, 40);
     std::fs::write(pcap, capture.to_pcap(Link::Ethernet)).expect("write the capture");
     let extra = format!("[state]\ndir = {state:?}\n");
     std::fs::write(config, bank::config(5, &extra)).expect("write the config");

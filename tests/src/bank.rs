@@ -204,11 +204,13 @@ pub const SEC: u64 = 1_000 * MS;
 /// 2026-11-26T00:00:00Z: capture times start here.
 pub const T0: u64 = 1_795_651_200 * SEC;
 
-/// Synthetic load for benchmarks and the demo: `sessions` sessions of about ten requests
-/// each, `concurrency` keep-alive connections open at a time, every `attacker_every`-th
-/// session an attacker. Requests are interleaved across connections as on a busy server.
-pub fn synthetic(sessions: usize, concurrency: usize, attacker_every: usize) -> Capture {
+/// Synthetic load for benchmarks and the demo: `sessions` sessions of eleven requests
+/// (attackers: four), `concurrency` keep-alive connections open at a time, every
+/// `attacker_every`-th session an attacker. Requests are interleaved across connections as
+/// on a busy server. Returns the capture and every request sent, in order.
+pub fn synthetic(sessions: usize, concurrency: usize, attacker_every: usize) -> (Capture, Vec<Vec<u8>>) {
     let mut cap = Capture::new();
+    let mut sent = Vec::new();
     let mut t = T0;
     for batch_start in (0..sessions).step_by(concurrency) {
         let batch: Vec<usize> = (batch_start..(batch_start + concurrency).min(sessions)).collect();
@@ -233,6 +235,7 @@ pub fn synthetic(sessions: usize, concurrency: usize, attacker_every: usize) -> 
                     transfer(&ident, 1000 + user, 3000),
                 ]);
                 j.push(accounts(&ident, user));
+                j.push(balance(&ident, 1000 + user));
                 j
             };
             let client = format!(
@@ -251,6 +254,7 @@ pub fn synthetic(sessions: usize, concurrency: usize, attacker_every: usize) -> 
                 if let Some(r) = script.get(step) {
                     t += 10_000;
                     cap.send(t, conn, r);
+                    sent.push(r.clone());
                 }
             }
         }
@@ -259,5 +263,5 @@ pub fn synthetic(sessions: usize, concurrency: usize, attacker_every: usize) -> 
             cap.close(t, conn);
         }
     }
-    cap
+    (cap, sent)
 }
