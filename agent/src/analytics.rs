@@ -19,52 +19,78 @@ pub fn hour_of(ts: Nanos) -> u32 {
     (ts / NANOS_PER_HOUR) as u32
 }
 
-/// Counts per hour for the hours of one window, as a ring.
+/// Counts per hour over one window. The latest hour's count is kept inline, so the
+/// common case (another event in the same hour) touches no other memory; earlier hours
+/// of the window live in a ring allocated only once an entry spans more than one hour.
 #[derive(Debug, Clone)]
 pub struct Hourly {
     last_hour: u32,
-    slots: Box<[u32]>,
+    last_count: u32,
+    /// Hours before `last_hour` still in the window, at index `hour % slots`.
+    earlier: Option<Box<[u32]>>,
 }
 
 impl Hourly {
-    fn new(slots: usize) -> Self {
+    fn new(hour: u32) -> Self {
         Self {
-            last_hour: 0,
-            slots: vec![0; slots].into_boxed_slice(),
+            last_hour: hour,
+            last_count: 0,
+            earlier: None,
         }
     }
 
-    fn add(&mut self, hour: u32) {
-        let n = self.slots.len() as u32;
+    /// `slots`: hours in the window, the latest included.
+    fn add(&mut self, hour: u32, slots: u32) {
+        if hour == self.last_hour {
+            self.last_count = self.last_count.saturating_add(1);
+            return;
+        }
         if hour > self.last_hour {
-            if hour - self.last_hour >= n {
-                self.slots.fill(0);
-            } else {
-                for h in self.last_hour + 1..=hour {
-                    self.slots[(h % n) as usize] = 0;
+            let gap = hour - self.last_hour;
+            if gap >= slots {
+                // Everything recorded so far has left the window.
+                self.earlier = None;
+            } else if self.last_count > 0 || self.earlier.is_some() {
+                let (last_hour, last_count) = (self.last_hour, self.last_count);
+                let ring = self.ring(slots);
+                ring[(last_hour % slots) as usize] = last_count;
+                for h in last_hour + 1..hour {
+                    ring[(h % slots) as usize] = 0;
                 }
             }
             self.last_hour = hour;
-        } else if self.last_hour - hour >= n {
-            return; // Older than the window.
+            self.last_count = 1;
+            return;
         }
-        let slot = &mut self.slots[(hour % n) as usize];
-        *slot = slot.saturating_add(1);
+        if self.last_hour - hour < slots {
+            let slot = &mut self.ring(slots)[(hour % slots) as usize];
+            *slot = slot.saturating_add(1);
+        }
+        // Otherwise older than the window: dropped.
     }
 
-    /// Sum over the window ending in hour `now`.
-    pub fn total(&self, now: u32) -> u64 {
-        let n = self.slots.len() as u32;
-        let from = now
-            .saturating_sub(n - 1)
-            .max(self.last_hour.saturating_sub(n - 1));
-        let to = now.min(self.last_hour);
-        if from > to {
-            return 0;
+    fn ring(&mut self, slots: u32) -> &mut [u32] {
+        self.earlier
+            .get_or_insert_with(|| vec![0; slots as usize].into_boxed_slice())
+    }
+
+    /// Sum over the `slots` hours ending with hour `now`.
+    pub fn total(&self, now: u32, slots: u32) -> u64 {
+        let oldest = now.saturating_sub(slots - 1);
+        let mut sum = 0;
+        if (oldest..=now).contains(&self.last_hour) {
+            sum += u64::from(self.last_count);
         }
-        (from..=to)
-            .map(|h| u64::from(self.slots[(h % n) as usize]))
-            .sum()
+        if let Some(ring) = &self.earlier {
+            let from = oldest.max(self.last_hour.saturating_sub(slots - 1));
+            let to = now.min(self.last_hour.saturating_sub(1));
+            if self.last_hour > 0 && from <= to {
+                sum += (from..=to)
+                    .map(|h| u64::from(ring[(h % slots) as usize]))
+                    .sum::<u64>();
+            }
+        }
+        sum
     }
 }
 
@@ -123,7 +149,8 @@ struct OpCounts {
 
 /// Learned counts.
 pub struct Analytics {
-    slots: usize,
+    /// Hours in the window, the report's own hour included.
+    slots: u32,
     max_ops: usize,
     max_sequences: usize,
     ops: Vec<OpCounts>,
@@ -134,7 +161,7 @@ pub struct Analytics {
 impl Analytics {
     /// `window` rounds up to whole hours; `max_ops` is the longest sequence counted.
     pub fn new(window: Nanos, max_ops: usize, max_sequences: usize) -> Self {
-        let hours = window.div_ceil(NANOS_PER_HOUR).max(1) as usize;
+        let hours = window.div_ceil(NANOS_PER_HOUR).max(1) as u32;
         Self {
             slots: hours + 1,
             max_ops: max_ops.clamp(2, MAX_SEQUENCE_OPS),
@@ -145,17 +172,12 @@ impl Analytics {
         }
     }
 
-    pub fn window_hours(&self) -> usize {
-        self.slots - 1
-    }
-
-    fn op(&mut self, op: OpId) -> &mut OpCounts {
+    fn op(&mut self, op: OpId, hour: u32) -> &mut OpCounts {
         let i = usize::from(op);
         if i >= self.ops.len() {
-            let slots = self.slots;
             self.ops.resize_with(i + 1, || OpCounts {
-                requests: Hourly::new(slots),
-                occurrences: Hourly::new(slots),
+                requests: Hourly::new(hour),
+                occurrences: Hourly::new(hour),
             });
         }
         &mut self.ops[i]
@@ -163,28 +185,29 @@ impl Analytics {
 
     /// Any request mapped to `op` (identified or not, repeats included).
     pub fn record_request(&mut self, op: OpId, now: Nanos) {
-        self.op(op).requests.add(hour_of(now));
+        let (hour, slots) = (hour_of(now), self.slots);
+        self.op(op, hour).requests.add(hour, slots);
     }
 
     /// A new occurrence of the final entry of `history` (oldest first): N(x) and N(s)
     /// of every suffix of 2..=max_ops operations.
     pub fn record_occurrence(&mut self, history: &[Entry], now: Nanos) {
         let Some(last) = history.last() else { return };
-        let hour = hour_of(now);
-        self.op(last.op).occurrences.add(hour);
+        let (hour, slots) = (hour_of(now), self.slots);
+        self.op(last.op, hour).occurrences.add(hour, slots);
         let mut key = SeqKey::default().with(0, last.op);
         let longest = self.max_ops.min(history.len());
         for k in 2..=longest {
             key = key.with(k - 1, history[history.len() - k].op);
             if let Some(counts) = self.sequences.get_mut(&key) {
-                counts.add(hour);
+                counts.add(hour, slots);
                 continue;
             }
             if self.sequences.len() >= self.max_sequences {
                 self.evict_low_support(hour);
             }
-            let mut counts = Hourly::new(self.slots);
-            counts.add(hour);
+            let mut counts = Hourly::new(hour);
+            counts.add(hour, slots);
             self.sequences.insert(key, counts);
         }
     }
@@ -192,12 +215,17 @@ impl Analytics {
     /// Frees a tenth of the table, lowest window counts first.
     fn evict_low_support(&mut self, now: u32) {
         let target = (self.sequences.len() / EVICT_FRACTION).max(1);
-        let mut totals: Vec<u64> = self.sequences.values().map(|c| c.total(now)).collect();
+        let slots = self.slots;
+        let mut totals: Vec<u64> = self
+            .sequences
+            .values()
+            .map(|c| c.total(now, slots))
+            .collect();
         let (_, &mut cutoff, _) = totals.select_nth_unstable(target - 1);
         let mut at_cutoff_budget = target - totals.iter().filter(|&&t| t < cutoff).count();
         let before = self.sequences.len();
         self.sequences.retain(|_, c| {
-            let t = c.total(now);
+            let t = c.total(now, slots);
             if t < cutoff {
                 return false;
             }
@@ -223,8 +251,8 @@ impl Analytics {
         self.ops
             .get(usize::from(op))
             .map_or(OpTotals::default(), |c| OpTotals {
-                requests: c.requests.total(hour),
-                occurrences: c.occurrences.total(hour),
+                requests: c.requests.total(hour, self.slots),
+                occurrences: c.occurrences.total(hour, self.slots),
             })
     }
 
@@ -236,7 +264,7 @@ impl Analytics {
             .sequences
             .iter()
             .filter_map(|(key, counts)| {
-                let count = counts.total(hour);
+                let count = counts.total(hour, self.slots);
                 if count < min_support.max(1) {
                     return None;
                 }
@@ -315,17 +343,45 @@ mod tests {
 
     #[test]
     fn window_drops_old_hours() {
-        let mut h = Hourly::new(25);
-        h.add(100);
-        h.add(110);
-        assert_eq!(h.total(110), 2);
-        assert_eq!(h.total(124), 2);
-        assert_eq!(h.total(125), 1, "hour 100 left the window");
-        assert_eq!(h.total(135), 0);
-        h.add(90); // older than the window of the latest hour (110): still counts
-        assert_eq!(h.total(110), 3);
-        h.add(80); // older than 24 h before hour 110: dropped
-        assert_eq!(h.total(110), 3);
+        let mut h = Hourly::new(100);
+        h.add(100, 25);
+        h.add(110, 25);
+        assert_eq!(h.total(110, 25), 2);
+        assert_eq!(h.total(124, 25), 2);
+        assert_eq!(h.total(125, 25), 1, "hour 100 left the window");
+        assert_eq!(h.total(135, 25), 0);
+        h.add(90, 25); // before the latest hour (110) but within its window: counts
+        assert_eq!(h.total(110, 25), 3);
+        h.add(80, 25); // older than 24 h before hour 110: dropped
+        assert_eq!(h.total(110, 25), 3);
+        h.add(111, 25);
+        h.add(111, 25);
+        assert_eq!(h.total(111, 25), 5);
+        h.add(140, 25); // everything earlier left the window
+        assert_eq!(h.total(140, 25), 1);
+    }
+
+    #[test]
+    fn hourly_matches_a_plain_model() {
+        // Model: a list of event hours; total = events in [now - 24, now].
+        let mut h = Hourly::new(1000);
+        let mut events = Vec::new();
+        let mut x: u32 = 12345;
+        for _ in 0..2000 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let hour = 1000 + (x >> 16) % 100;
+            h.add(hour, 25);
+            let latest = events.iter().copied().max().unwrap_or(0).max(hour);
+            if latest - hour < 25 {
+                events.push(hour);
+            }
+            let now = latest + (x >> 8) % 3;
+            let want = events
+                .iter()
+                .filter(|&&e| e + 24 >= now && e <= now)
+                .count() as u64;
+            assert_eq!(h.total(now, 25), want);
+        }
     }
 
     #[test]

@@ -122,6 +122,10 @@ impl<S: Default> FlowTable<S> {
             }
             return;
         }
+        if !seg.flags.syn && !seg.flags.fin && seg.wire_len == 0 {
+            // A bare ACK: no bytes, no state change for this direction.
+            return;
+        }
         let data_seq = if seg.flags.syn {
             seg.seq.wrapping_add(1)
         } else {

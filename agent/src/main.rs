@@ -83,12 +83,11 @@ fn replay(config_path: &Path, pcap: &Path, report_out: Option<&Path>) -> Result<
     let config = Config::load(config_path)?;
     let key = state::load_or_create_key(&config.state.dir)?;
     let mut pipeline = Pipeline::new(&config, &key)?;
-    let file =
-        File::open(pcap).with_context(|| format!("cannot open capture {}", pcap.display()))?;
+    let capture = map_capture(pcap)?;
     let stdout = std::io::stdout().lock();
     let mut alerts = JsonLines::new(stdout);
     let counters = pipeline
-        .replay_pcap(file, &config.capture.ports, &mut alerts)
+        .replay_pcap(&capture, &config.capture.ports, &mut alerts)
         .with_context(|| format!("replaying {}", pcap.display()))?;
     if counters.truncated_file {
         tracing::warn!(capture = %pcap.display(), "the capture ends inside a packet (cut off); replayed what was whole");
@@ -107,6 +106,39 @@ fn replay(config_path: &Path, pcap: &Path, report_out: Option<&Path>) -> Result<
         None => eprint!("{}", report.to_table()),
     }
     Ok(())
+}
+
+/// The capture's bytes: mapped when it is a regular file (no copy, memory stays
+/// bounded by the page cache), read otherwise (a pipe).
+fn map_capture(path: &Path) -> Result<CaptureBytes> {
+    let file =
+        File::open(path).with_context(|| format!("cannot open capture {}", path.display()))?;
+    // SAFETY: the map is read-only and private to this process. If another process
+    // truncates the file while we replay it, reads past the new end fault (SIGBUS): replay
+    // finished captures, not ones still being written.
+    match unsafe { memmap2::Mmap::map(&file) } {
+        Ok(map) => Ok(CaptureBytes::Mapped(map)),
+        Err(_) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read capture {}", path.display()))?;
+            Ok(CaptureBytes::Read(bytes))
+        }
+    }
+}
+
+enum CaptureBytes {
+    Mapped(memmap2::Mmap),
+    Read(Vec<u8>),
+}
+
+impl std::ops::Deref for CaptureBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            CaptureBytes::Mapped(m) => m,
+            CaptureBytes::Read(v) => v,
+        }
+    }
 }
 
 fn write_report(report: &Report, path: &Path) -> Result<()> {

@@ -2,8 +2,6 @@
 //! → operation → session → analytics and rules → alerts. Replay and the live agent both
 //! drive a [`Pipeline`]; only where segments come from differs.
 
-use std::io::Read;
-
 use crate::alerts::{Alert, AlertAction, AlertSink, SEQUENCE_VIOLATION, rfc3339};
 use crate::analytics::Analytics;
 use crate::config::{Config, ConfigError, EnforceMode, RuleAction};
@@ -12,7 +10,7 @@ use crate::http::{HttpStats, HttpStream, RequestHead};
 use crate::ops::{Catalog, OpId, Resolved, normalise_host, split_target};
 use crate::report::{OperationReport, Report, SequenceReport, Stats};
 use crate::rules::RuleSet;
-use crate::session::{Entry, SessionIdentifier, Sessions};
+use crate::session::{Entry, SessionCache, SessionIdentifier, Sessions};
 use crate::source::pcap::{PcapCounters, PcapError, for_each_segment};
 use crate::source::{FlowKey, Segment};
 use crate::{Nanos, duration_nanos};
@@ -41,8 +39,15 @@ struct Analysis {
     host: String,
 }
 
+/// Per-connection state: the request stream, and the session its requests last named.
+#[derive(Default)]
+struct Connection {
+    http: HttpStream,
+    session: SessionCache,
+}
+
 pub struct Pipeline {
-    flows: FlowTable<HttpStream>,
+    flows: FlowTable<Connection>,
     http: HttpStats,
     analysis: Analysis,
     packets: u64,
@@ -94,17 +99,21 @@ impl Pipeline {
             analysis,
             ..
         } = self;
-        flows.push(seg, &mut |stream: &mut HttpStream, key: &FlowKey, piece| {
+        flows.push(seg, &mut |conn: &mut Connection, key: &FlowKey, piece| {
+            let Connection {
+                http: stream,
+                session,
+            } = conn;
             stream.feed(piece, http, &mut |head: &RequestHead<'_>| {
-                analysis.on_request(ts, key, head, alerts)
+                analysis.on_request(ts, key, head, session, alerts)
             });
         });
     }
 
-    /// Runs a whole pcap / pcapng capture through the pipeline.
-    pub fn replay_pcap<R: Read>(
+    /// Runs a whole pcap / pcapng capture (its bytes: map a file) through the pipeline.
+    pub fn replay_pcap(
         &mut self,
-        capture: R,
+        capture: &[u8],
         ports: &[u16],
         alerts: &mut dyn AlertSink,
     ) -> Result<PcapCounters, PcapError> {
@@ -197,6 +206,7 @@ impl Analysis {
         ts: Nanos,
         flow: &FlowKey,
         head: &RequestHead<'_>,
+        session_cache: &mut SessionCache,
         alerts: &mut dyn AlertSink,
     ) {
         let (authority, path) = split_target(head.target);
@@ -219,7 +229,7 @@ impl Analysis {
         if let Some(op) = op {
             self.analytics.record_request(op, ts);
         }
-        let Some(session_id) = self.identifier.identify(head) else {
+        let Some(session_id) = self.identifier.identify(head, session_cache) else {
             self.counters.unidentified += 1;
             return;
         };

@@ -21,7 +21,7 @@ pub const HISTORY_LEN: usize = 10;
 const EVICTION_SAMPLE: usize = 8;
 
 /// A session, named by the keyed hash of its identifier value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub u64);
 
 impl fmt::Display for SessionId {
@@ -49,25 +49,34 @@ impl SessionIdentifier {
     }
 
     /// The session of a request, or `None` when it carries no identifier (unidentified).
-    pub fn identify(&self, head: &RequestHead<'_>) -> Option<SessionId> {
-        self.identifiers.iter().find_map(|(ident, key)| {
-            let hash = |value: &[u8]| SessionId(hash64(key, value));
-            match ident {
-                Identifier::Header(name) => head
-                    .header(name)
-                    .map(<[u8]>::trim_ascii)
-                    .filter(|v| !v.is_empty())
-                    .map(hash),
+    /// `cache` belongs to the request's connection.
+    pub fn identify(&self, head: &RequestHead<'_>, cache: &mut SessionCache) -> Option<SessionId> {
+        for (i, (ident, key)) in self.identifiers.iter().enumerate() {
+            let raw = match ident {
+                Identifier::Header(name) => head.header(name).map(<[u8]>::trim_ascii),
                 Identifier::Cookie(name) => head
                     .headers_named("cookie")
-                    .find_map(|v| cookie_value(v, name.as_bytes()))
-                    .map(hash),
-                Identifier::JwtClaim(path) => head
-                    .header("authorization")
-                    .and_then(|v| jwt_claim(v, path))
-                    .map(|v| hash(v.as_bytes())),
+                    .find_map(|v| cookie_value(v, name.as_bytes())),
+                // The whole Authorization value: the same token names the same claim.
+                Identifier::JwtClaim(_) => head.header("authorization").map(<[u8]>::trim_ascii),
+            };
+            let Some(raw) = raw.filter(|v| !v.is_empty()) else {
+                continue;
+            };
+            if let Some(id) = cache.get(i, raw) {
+                return Some(id);
             }
-        })
+            let id = match ident {
+                Identifier::JwtClaim(path) => match jwt_claim(raw, path) {
+                    Some(claim) => SessionId(hash64(key, claim.as_bytes())),
+                    None => continue,
+                },
+                _ => SessionId(hash64(key, raw)),
+            };
+            cache.put(i, raw, id);
+            return Some(id);
+        }
+        None
     }
 
     /// Hash of `value` under each configured identifier, for `seqshield session-hash`.
@@ -119,6 +128,35 @@ fn jwt_claim(authorization: &[u8], path: &str) -> Option<String> {
         _ => return None,
     };
     (!text.is_empty()).then_some(text)
+}
+
+/// The identifier value a connection last sent and the session it named. Keep-alive
+/// connections repeat the same cookie or token on every request, so it is hashed (or
+/// decoded) once per connection, not once per request.
+#[derive(Debug, Default)]
+pub struct SessionCache {
+    /// Index of the identifier, +1 (0: empty).
+    identifier: usize,
+    raw: Vec<u8>,
+    id: SessionId,
+}
+
+/// Longer identifier values are not cached (they are rare and would pin memory).
+const MAX_CACHED_VALUE: usize = 4096;
+
+impl SessionCache {
+    fn get(&self, identifier: usize, raw: &[u8]) -> Option<SessionId> {
+        (self.identifier == identifier + 1 && self.raw == raw).then_some(self.id)
+    }
+
+    fn put(&mut self, identifier: usize, raw: &[u8], id: SessionId) {
+        if raw.len() <= MAX_CACHED_VALUE {
+            self.identifier = identifier + 1;
+            self.raw.clear();
+            self.raw.extend_from_slice(raw);
+            self.id = id;
+        }
+    }
 }
 
 /// One remembered request to an operation.
@@ -303,14 +341,18 @@ mod tests {
             value: b"X",
         }];
         let both = [cookie[0], header[0]];
-        let by_cookie = id.identify(&head_with(&cookie)).unwrap();
-        let by_header = id.identify(&head_with(&header)).unwrap();
+        let by_cookie = id
+            .identify(&head_with(&cookie), &mut SessionCache::default())
+            .unwrap();
+        let by_header = id
+            .identify(&head_with(&header), &mut SessionCache::default())
+            .unwrap();
         assert_ne!(
             by_cookie, by_header,
             "cookie sid=X and header X are different sessions"
         );
         assert_eq!(
-            id.identify(&head_with(&both)),
+            id.identify(&head_with(&both), &mut SessionCache::default()),
             Some(by_cookie),
             "first identifier wins"
         );
@@ -332,7 +374,10 @@ mod tests {
                 value: b"  ",
             },
         ];
-        assert_eq!(id.identify(&head_with(&h)), None);
+        assert_eq!(
+            id.identify(&head_with(&h), &mut SessionCache::default()),
+            None
+        );
     }
 
     #[test]
@@ -343,13 +388,18 @@ mod tests {
             name: "Authorization",
             value: token.as_bytes(),
         }];
-        let got = id.identify(&head_with(&h)).unwrap();
+        let got = id
+            .identify(&head_with(&h), &mut SessionCache::default())
+            .unwrap();
         assert_eq!(got, id.hashes_of("42")[2].1);
         let bad = [httparse::Header {
             name: "Authorization",
             value: b"Bearer not-a-jwt",
         }];
-        assert_eq!(id.identify(&head_with(&bad)), None);
+        assert_eq!(
+            id.identify(&head_with(&bad), &mut SessionCache::default()),
+            None
+        );
     }
 
     #[test]

@@ -41,7 +41,8 @@ fn benches(c: &mut Criterion) {
 
     // Sanity: the pipeline finds every request.
     let mut p = Pipeline::new(&config, &[7; 32]).unwrap();
-    p.replay_pcap(pcap.as_slice(), &ports, &mut CountingSink::default()).unwrap();
+    p.replay_pcap(pcap.as_slice(), &ports, &mut CountingSink::default())
+        .unwrap();
     assert_eq!(p.stats().requests, requests.len() as u64);
 
     let mut group = c.benchmark_group("requests");
@@ -53,7 +54,9 @@ fn benches(c: &mut Criterion) {
             || Pipeline::new(&config, &[7; 32]).unwrap(),
             |mut pipeline| {
                 let mut sink = CountingSink::default();
-                pipeline.replay_pcap(pcap.as_slice(), &ports, &mut sink).unwrap();
+                pipeline
+                    .replay_pcap(pcap.as_slice(), &ports, &mut sink)
+                    .unwrap();
                 pipeline
             },
             BatchSize::LargeInput,
@@ -65,7 +68,9 @@ fn benches(c: &mut Criterion) {
             for r in &requests {
                 let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 100];
                 let mut req = httparse::Request::new(&mut []);
-                if let Ok(httparse::Status::Complete(n)) = req.parse_with_uninit_headers(black_box(r), &mut slots) {
+                if let Ok(httparse::Status::Complete(n)) =
+                    req.parse_with_uninit_headers(black_box(r), &mut slots)
+                {
                     parsed += n;
                 }
             }

@@ -208,7 +208,11 @@ pub const T0: u64 = 1_795_651_200 * SEC;
 /// (attackers: four), `concurrency` keep-alive connections open at a time, every
 /// `attacker_every`-th session an attacker. Requests are interleaved across connections as
 /// on a busy server. Returns the capture and every request sent, in order.
-pub fn synthetic(sessions: usize, concurrency: usize, attacker_every: usize) -> (Capture, Vec<Vec<u8>>) {
+pub fn synthetic(
+    sessions: usize,
+    concurrency: usize,
+    attacker_every: usize,
+) -> (Capture, Vec<Vec<u8>>) {
     let mut cap = Capture::new();
     let mut sent = Vec::new();
     let mut t = T0;

@@ -301,15 +301,22 @@ impl Catalog {
 /// Splits a request target into its authority (absolute-form, RFC 9112 §3.2.2) and its
 /// path without query or fragment.
 pub fn split_target(target: &str) -> (Option<&str>, &str) {
-    let (authority, rest) = match target.find("://") {
-        Some(i) if !target[..i].contains('/') => {
-            let after = &target[i + 3..];
-            let end = after.find(['/', '?', '#']).unwrap_or(after.len());
-            (Some(&after[..end]), &after[end..])
-        }
-        _ => (None, target),
+    let (authority, rest) = match target.as_bytes().first() {
+        // Origin form, by far the most common: no authority to look for.
+        Some(b'/') => (None, target),
+        _ => match target.find("://") {
+            Some(i) if !target[..i].contains('/') => {
+                let after = &target[i + 3..];
+                let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+                (Some(&after[..end]), &after[end..])
+            }
+            _ => (None, target),
+        },
     };
-    let path_end = rest.find(['?', '#']).unwrap_or(rest.len());
+    let path_end = rest
+        .bytes()
+        .position(|b| b == b'?' || b == b'#')
+        .unwrap_or(rest.len());
     let path = &rest[..path_end];
     match (authority, path.is_empty()) {
         (Some(_), true) => (authority, "/"),
@@ -337,6 +344,12 @@ pub fn normalise_host(raw: &[u8], out: &mut String) {
             _ => raw,
         }
     };
+    let plain = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-');
+    if host.iter().all(plain) {
+        // Already normal (the common case): one copy.
+        out.push_str(std::str::from_utf8(host).unwrap_or_default());
+        return;
+    }
     for &b in host {
         out.push(if b.is_ascii() {
             b.to_ascii_lowercase() as char

@@ -1,21 +1,21 @@
 //! pcap / pcapng replay: frames (Ethernet, Linux cooked capture v1/v2, raw IP, BSD
 //! loopback; IPv4 and IPv6) decoded with etherparse into client → server [`Segment`]s.
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, SocketAddr};
 
-use etherparse::{EtherType, LaxNetSlice, LaxSlicedPacket, TransportSlice};
+use etherparse::{
+    EtherType, Ipv4HeaderSlice, Ipv6HeaderSlice, LaxNetSlice, LaxSlicedPacket, TcpHeaderSlice,
+    TransportSlice,
+};
 use pcap_file::DataLink;
-use pcap_file::pcap::PcapReader;
-use pcap_file::pcapng::{Block, PcapNgReader};
+use pcap_file::pcap::PcapParser;
+use pcap_file::pcapng::{Block, PcapNgParser};
 
 use super::{FlowKey, Segment, TcpFlags};
 use crate::Nanos;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PcapError {
-    #[error("cannot read the capture: {0}")]
-    Io(#[from] std::io::Error),
     #[error("not a pcap or pcapng file (or a corrupt one): {0}")]
     Format(pcap_file::PcapError),
     #[error("unsupported link type {0:?}: capture on an Ethernet, loopback or `any` interface")]
@@ -36,37 +36,33 @@ pub struct PcapCounters {
     pub truncated_file: bool,
 }
 
-/// Reads every frame of a pcap or pcapng stream and calls `on_segment` for each TCP
+/// Decodes every frame of a pcap or pcapng capture held in memory (a file is mapped, not
+/// read: records are decoded in place, never copied) and calls `on_segment` for each TCP
 /// segment sent to one of `ports`.
-pub fn for_each_segment<R: Read>(
-    reader: R,
+pub fn for_each_segment(
+    capture: &[u8],
     ports: &[u16],
     mut on_segment: impl FnMut(Segment<'_>),
 ) -> Result<PcapCounters, PcapError> {
-    let mut reader = BufReader::with_capacity(1 << 16, reader);
-    let magic = reader
-        .fill_buf()?
-        .get(..4)
-        .map(|m| [m[0], m[1], m[2], m[3]]);
     let mut decoder = Decoder {
         ports,
         counters: PcapCounters::default(),
     };
-    if magic == Some([0x0a, 0x0d, 0x0d, 0x0a]) {
-        read_pcapng(reader, &mut decoder, &mut on_segment)?;
+    if capture.starts_with(&[0x0a, 0x0d, 0x0d, 0x0a]) {
+        read_pcapng(capture, &mut decoder, &mut on_segment)?;
     } else {
-        read_pcap(reader, &mut decoder, &mut on_segment)?;
+        read_pcap(capture, &mut decoder, &mut on_segment)?;
     }
     Ok(decoder.counters)
 }
 
-fn read_pcap<R: Read>(
-    reader: R,
+fn read_pcap(
+    capture: &[u8],
     decoder: &mut Decoder<'_>,
     on_segment: &mut impl FnMut(Segment<'_>),
 ) -> Result<(), PcapError> {
-    let mut pcap = PcapReader::new(reader).map_err(PcapError::Format)?;
-    let header = pcap.header();
+    let (mut rest, parser) = PcapParser::new(capture).map_err(PcapError::Format)?;
+    let header = parser.header();
     check_link(header.datalink)?;
     let frac_nanos: u64 = match header.ts_resolution {
         pcap_file::TsResolution::MicroSecond => 1_000,
@@ -75,12 +71,13 @@ fn read_pcap<R: Read>(
     // Raw records: pcap-file 2.0 refuses packets whose wire length exceeds the file's
     // snaplen, which is exactly what a `tcpdump -s N` capture holds
     // (courvoif/pcap-file#36, fixed after 2.0.0).
-    while let Some(packet) = pcap.next_raw_packet() {
-        match packet {
-            Ok(p) => {
+    while !rest.is_empty() {
+        match parser.next_raw_packet(rest) {
+            Ok((next, p)) => {
                 let ts = u64::from(p.ts_sec) * 1_000_000_000 + u64::from(p.ts_frac) * frac_nanos;
                 let cut = p.orig_len.saturating_sub(p.data.len() as u32);
                 decoder.frame(header.datalink, ts, &p.data, cut, on_segment);
+                rest = next;
             }
             Err(e) => return decoder.end_of_file(e),
         }
@@ -88,17 +85,20 @@ fn read_pcap<R: Read>(
     Ok(())
 }
 
-fn read_pcapng<R: Read>(
-    reader: R,
+fn read_pcapng(
+    capture: &[u8],
     decoder: &mut Decoder<'_>,
     on_segment: &mut impl FnMut(Segment<'_>),
 ) -> Result<(), PcapError> {
-    let mut pcapng = PcapNgReader::new(reader).map_err(PcapError::Format)?;
+    let (mut rest, mut parser) = PcapNgParser::new(capture).map_err(PcapError::Format)?;
     // Per interface: link type and nanoseconds per timestamp unit.
     let mut interfaces: Vec<(DataLink, u64)> = Vec::new();
-    while let Some(block) = pcapng.next_block() {
-        let block = match block {
-            Ok(b) => b,
+    while !rest.is_empty() {
+        let block = match parser.next_block(rest) {
+            Ok((next, block)) => {
+                rest = next;
+                block
+            }
             Err(e) => return decoder.end_of_file(e),
         };
         match block {
@@ -121,10 +121,7 @@ fn read_pcapng<R: Read>(
             }
             Block::SimplePacket(spb) => {
                 // No timestamp in a simple packet block: it inherits "unknown" (0).
-                let link = interfaces
-                    .first()
-                    .map(|i| i.0)
-                    .unwrap_or(DataLink::ETHERNET);
+                let link = interfaces.first().map_or(DataLink::ETHERNET, |i| i.0);
                 let cut = spb.original_len.saturating_sub(spb.data.len() as u32);
                 decoder.frame(link, 0, &spb.data, cut, on_segment);
             }
@@ -182,11 +179,6 @@ impl Decoder<'_> {
                 self.counters.truncated_file = true;
                 Ok(())
             }
-            pcap_file::PcapError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-                self.counters.truncated_file = true;
-                Ok(())
-            }
-            pcap_file::PcapError::IoError(io) => Err(PcapError::Io(io)),
             other => Err(PcapError::Format(other)),
         }
     }
@@ -201,76 +193,187 @@ impl Decoder<'_> {
         on_segment: &mut impl FnMut(Segment<'_>),
     ) {
         self.counters.frames += 1;
-        let Some(packet) = slice_frame(link, data) else {
-            self.counters.undecodable += 1;
-            return;
-        };
-        let (src, dst, payload_incomplete) = match &packet.net {
-            Some(LaxNetSlice::Ipv4(ip)) => {
-                let h = ip.header();
-                let p = ip.payload();
-                if p.fragmented {
-                    self.counters.undecodable += 1;
-                    return;
-                }
-                (
-                    IpAddr::V4(h.source_addr()),
-                    IpAddr::V4(h.destination_addr()),
-                    p.incomplete,
-                )
-            }
-            Some(LaxNetSlice::Ipv6(ip)) => {
-                let h = ip.header();
-                let p = ip.payload();
-                if p.fragmented {
-                    self.counters.undecodable += 1;
-                    return;
-                }
-                (
-                    IpAddr::V6(h.source_addr()),
-                    IpAddr::V6(h.destination_addr()),
-                    p.incomplete,
-                )
-            }
-            _ => {
+        let tcp = match decode(link, data, cut) {
+            Decoded::Tcp(tcp) => tcp,
+            Decoded::NotTcp => {
                 self.counters.ignored += 1;
                 return;
             }
-        };
-        let Some(TransportSlice::Tcp(tcp)) = &packet.transport else {
-            // Not TCP, or a TCP header the capture cut.
-            if matches!(packet.net.as_ref().and_then(|n| n.ip_payload_ref()), Some(p) if p.ip_number == etherparse::IpNumber::TCP)
-            {
+            Decoded::Undecodable => {
                 self.counters.undecodable += 1;
-            } else {
-                self.counters.ignored += 1;
+                return;
             }
-            return;
         };
-        let server_port = tcp.destination_port();
+        let server_port = tcp.header.destination_port();
         if !self.ports.contains(&server_port) {
             self.counters.ignored += 1;
             return;
         }
         self.counters.segments += 1;
-        let payload = tcp.payload();
-        let missing = if payload_incomplete { cut } else { 0 };
         on_segment(Segment {
             ts,
             flow: FlowKey {
-                client: SocketAddr::new(src, tcp.source_port()),
-                server: SocketAddr::new(dst, server_port),
+                client: SocketAddr::new(tcp.src, tcp.header.source_port()),
+                server: SocketAddr::new(tcp.dst, server_port),
             },
-            seq: tcp.sequence_number(),
+            seq: tcp.header.sequence_number(),
             flags: TcpFlags {
-                syn: tcp.syn(),
-                fin: tcp.fin(),
-                rst: tcp.rst(),
+                syn: tcp.header.syn(),
+                fin: tcp.header.fin(),
+                rst: tcp.header.rst(),
             },
-            payload,
-            wire_len: (payload.len() as u32).saturating_add(missing),
+            payload: tcp.payload,
+            wire_len: tcp.wire_len.max(tcp.payload.len() as u32),
         });
     }
+}
+
+/// A decoded TCP segment of a frame.
+struct TcpView<'a> {
+    src: IpAddr,
+    dst: IpAddr,
+    header: TcpHeaderSlice<'a>,
+    /// The payload bytes the capture kept.
+    payload: &'a [u8],
+    /// The payload length on the wire.
+    wire_len: u32,
+}
+
+enum Decoded<'a> {
+    Tcp(TcpView<'a>),
+    /// Another protocol: not ours to look at.
+    NotTcp,
+    /// Cut or broken below TCP, or an IP fragment.
+    Undecodable,
+}
+
+const ETHERNET_HEADER_LEN: usize = 14;
+const IPV6_HEADER_LEN: usize = 40;
+
+/// Decodes a frame down to TCP. The common shapes (Ethernet, cooked or raw framing; IPv4
+/// or IPv6 without extension headers) go through etherparse's header slices, which cost
+/// a few bounds checks; everything else (VLAN tags, IPv6 extension headers) through its
+/// lax full slicer.
+fn decode(link: DataLink, data: &[u8], cut: u32) -> Decoded<'_> {
+    let l3 = match link {
+        DataLink::ETHERNET => data.get(12..14).zip(data.get(ETHERNET_HEADER_LEN..)),
+        DataLink::LINUX_SLL => data.get(14..16).zip(data.get(SLL_HEADER_LEN..)),
+        DataLink::LINUX_SLL2 => data.get(0..2).zip(data.get(SLL2_HEADER_LEN..)),
+        _ => None,
+    };
+    let l3 = match l3 {
+        Some((ether_type, l3)) => match u16::from_be_bytes([ether_type[0], ether_type[1]]) {
+            0x0800 | 0x86dd => Some(l3),
+            _ => None,
+        },
+        None => match link {
+            DataLink::NULL | DataLink::LOOP => data.get(NULL_HEADER_LEN..),
+            DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 => Some(data),
+            _ => None,
+        },
+    };
+    let fast = l3.and_then(|l3| match l3.first().map(|b| b >> 4) {
+        Some(4) => decode_ipv4(l3),
+        Some(6) => decode_ipv6(l3),
+        _ => None,
+    });
+    fast.unwrap_or_else(|| decode_lax(link, data, cut))
+}
+
+/// `None`: not a shape the fast path knows; the lax slicer decides.
+fn decode_ipv4(l3: &[u8]) -> Option<Decoded<'_>> {
+    let Ok(ip) = Ipv4HeaderSlice::from_slice(l3) else {
+        return Some(Decoded::Undecodable);
+    };
+    if ip.protocol() != etherparse::IpNumber::TCP {
+        return Some(Decoded::NotTcp);
+    }
+    if ip.is_fragmenting_payload() {
+        return Some(Decoded::Undecodable);
+    }
+    let header_len = ip.slice().len();
+    let total = usize::from(ip.total_len()).max(header_len);
+    let payload = l3.get(header_len..total.min(l3.len()))?;
+    let (src, dst) = (
+        IpAddr::V4(ip.source_addr()),
+        IpAddr::V4(ip.destination_addr()),
+    );
+    Some(tcp_in(src, dst, payload, total - header_len))
+}
+
+fn decode_ipv6(l3: &[u8]) -> Option<Decoded<'_>> {
+    let Ok(ip) = Ipv6HeaderSlice::from_slice(l3) else {
+        return Some(Decoded::Undecodable);
+    };
+    if ip.next_header() != etherparse::IpNumber::TCP {
+        return None; // Extension headers (or not TCP): the lax slicer walks them.
+    }
+    let wire = usize::from(ip.payload_length());
+    let payload = l3.get(IPV6_HEADER_LEN..(IPV6_HEADER_LEN + wire).min(l3.len()))?;
+    let (src, dst) = (
+        IpAddr::V6(ip.source_addr()),
+        IpAddr::V6(ip.destination_addr()),
+    );
+    Some(tcp_in(src, dst, payload, wire))
+}
+
+fn tcp_in<'a>(
+    src: IpAddr,
+    dst: IpAddr,
+    ip_payload: &'a [u8],
+    wire_ip_payload: usize,
+) -> Decoded<'a> {
+    let Ok(header) = TcpHeaderSlice::from_slice(ip_payload) else {
+        return Decoded::Undecodable;
+    };
+    let header_len = header.slice().len();
+    Decoded::Tcp(TcpView {
+        src,
+        dst,
+        payload: &ip_payload[header_len..],
+        wire_len: wire_ip_payload.saturating_sub(header_len) as u32,
+        header,
+    })
+}
+
+fn decode_lax(link: DataLink, data: &[u8], cut: u32) -> Decoded<'_> {
+    let Some(packet) = slice_frame(link, data) else {
+        return Decoded::Undecodable;
+    };
+    let (src, dst, ip_payload) = match &packet.net {
+        Some(LaxNetSlice::Ipv4(ip)) => (
+            IpAddr::V4(ip.header().source_addr()),
+            IpAddr::V4(ip.header().destination_addr()),
+            ip.payload(),
+        ),
+        Some(LaxNetSlice::Ipv6(ip)) => (
+            IpAddr::V6(ip.header().source_addr()),
+            IpAddr::V6(ip.header().destination_addr()),
+            ip.payload(),
+        ),
+        _ => return Decoded::NotTcp,
+    };
+    if ip_payload.ip_number != etherparse::IpNumber::TCP {
+        return Decoded::NotTcp;
+    }
+    if ip_payload.fragmented {
+        return Decoded::Undecodable;
+    }
+    let Some(TransportSlice::Tcp(tcp)) = &packet.transport else {
+        return Decoded::Undecodable;
+    };
+    let Ok(header) = TcpHeaderSlice::from_slice(tcp.slice()) else {
+        return Decoded::Undecodable;
+    };
+    let payload = tcp.payload();
+    let missing = if ip_payload.incomplete { cut } else { 0 };
+    Decoded::Tcp(TcpView {
+        src,
+        dst,
+        header,
+        payload,
+        wire_len: (payload.len() as u32).saturating_add(missing),
+    })
 }
 
 /// Linux cooked capture headers (`tcpdump -i any`): v1 is 16 bytes with the protocol
