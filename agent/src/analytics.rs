@@ -96,8 +96,17 @@ impl Hourly {
 
 /// A sequence of 2..=9 operation ids, packed most recent first (16 bits each, stored as
 /// id + 1 so that 0 marks the end): cheap to hash, compare and extend backwards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SeqKey([u64; 3]);
+
+impl std::hash::Hash for SeqKey {
+    // Three words, not a byte slice: the hasher's fast integer path.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0[0]);
+        state.write_u64(self.0[1]);
+        state.write_u64(self.0[2]);
+    }
+}
 
 impl SeqKey {
     fn with(mut self, position: usize, op: OpId) -> Self {

@@ -82,30 +82,55 @@ enum Segment {
     Param,
 }
 
+/// Most path segments a configured template may have.
+pub const MAX_TEMPLATE_SEGMENTS: usize = 32;
+
 #[derive(Debug, Clone)]
 struct Template {
     /// Empty matches any host.
     host: String,
-    method: String,
     segments: Vec<Segment>,
     op: OpId,
 }
 
 impl Template {
-    fn matches(&self, host: &str, path: &str) -> bool {
-        if !self.host.is_empty() && self.host != host {
-            return false;
-        }
-        let mut parts = path.strip_prefix('/').unwrap_or(path).split('/');
-        for seg in &self.segments {
-            match (seg, parts.next()) {
-                (Segment::Literal(l), Some(p)) if l == p => {}
-                (Segment::Param, Some(p)) if !p.is_empty() => {}
-                _ => return false,
-            }
-        }
-        parts.next().is_none()
+    /// `parts`: the request path split at '/', without the leading empty part.
+    fn matches(&self, host: &str, parts: &[&str]) -> bool {
+        self.segments.len() == parts.len()
+            && (self.host.is_empty() || self.host == host)
+            && self
+                .segments
+                .iter()
+                .zip(parts)
+                .all(|(seg, part)| match seg {
+                    Segment::Literal(l) => l == part,
+                    Segment::Param => !part.is_empty(),
+                })
     }
+}
+
+/// Configured templates of one method, most literal segments first, then file order.
+#[derive(Debug)]
+struct MethodTemplates {
+    method: String,
+    templates: Vec<Template>,
+}
+
+/// Splits a path at '/' (after the leading one) into `out`; `None` when it has more
+/// segments than any template can.
+fn split_path<'p>(path: &'p str, out: &mut [&'p str; MAX_TEMPLATE_SEGMENTS]) -> Option<usize> {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    let mut n = 0;
+    let mut start = 0;
+    for (i, b) in rest.bytes().enumerate() {
+        if b == b'/' {
+            *out.get_mut(n)? = &rest[start..i];
+            n += 1;
+            start = i + 1;
+        }
+    }
+    *out.get_mut(n)? = &rest[start..];
+    Some(n + 1)
 }
 
 /// Every known operation, and the matcher from requests to them.
@@ -114,8 +139,8 @@ pub struct Catalog {
     ops: Vec<Operation>,
     /// `"METHOD host/path"` → id, for discovered lookups and rule references.
     by_human: HashMap<String, OpId, foldhash::fast::RandomState>,
-    /// Configured templates by method, most literal segments first, then file order.
-    templates: HashMap<String, Vec<Template>, foldhash::fast::RandomState>,
+    /// Configured templates, by method (a handful: a list beats a map).
+    templates: Vec<MethodTemplates>,
     discovery: bool,
     max_discovered: usize,
     discovered: usize,
@@ -139,7 +164,7 @@ impl Catalog {
         let mut catalog = Self {
             ops: Vec::new(),
             by_human: HashMap::default(),
-            templates: HashMap::default(),
+            templates: Vec::new(),
             discovery: config.operations.discovery,
             max_discovered: config.operations.max_operations,
             discovered: 0,
@@ -150,9 +175,9 @@ impl Catalog {
                 .add_endpoint(ep)
                 .map_err(|reason| ConfigError::new(&config.source, "endpoint", reason))?;
         }
-        for list in catalog.templates.values_mut() {
+        for group in &mut catalog.templates {
             // Stable sort: ties keep file order (SPEC §1).
-            list.sort_by_key(|t| {
+            group.templates.sort_by_key(|t| {
                 std::cmp::Reverse(
                     t.segments
                         .iter()
@@ -171,7 +196,7 @@ impl Catalog {
             return Ok(()); // The same endpoint twice (config and OpenAPI): one operation.
         }
         let op = self.intern(Operation::new(&host, &ep.method, &ep.path, true))?;
-        let segments = ep
+        let segments: Vec<Segment> = ep
             .path
             .strip_prefix('/')
             .unwrap_or(&ep.path)
@@ -184,15 +209,20 @@ impl Catalog {
                 }
             })
             .collect();
-        self.templates
-            .entry(ep.method.clone())
-            .or_default()
-            .push(Template {
-                host,
+        if segments.len() > MAX_TEMPLATE_SEGMENTS {
+            return Err(format!(
+                "{}: more than {MAX_TEMPLATE_SEGMENTS} path segments",
+                ep.path
+            ));
+        }
+        let template = Template { host, segments, op };
+        match self.templates.iter_mut().find(|g| g.method == ep.method) {
+            Some(group) => group.templates.push(template),
+            None => self.templates.push(MethodTemplates {
                 method: ep.method.clone(),
-                segments,
-                op,
-            });
+                templates: vec![template],
+            }),
+        }
         Ok(())
     }
 
@@ -224,11 +254,16 @@ impl Catalog {
 
     /// Maps a request (host already normalised, path without query) to its operation.
     pub fn resolve(&mut self, host: &str, method: &str, path: &str) -> Resolved {
-        if let Some(list) = self.templates.get(method)
-            && let Some(t) = list.iter().find(|t| t.matches(host, path))
-        {
-            debug_assert_eq!(t.method, method);
-            return Resolved::Op(t.op);
+        if let Some(group) = self.templates.iter().find(|g| g.method == method) {
+            let mut parts = [""; MAX_TEMPLATE_SEGMENTS];
+            if let Some(n) = split_path(path, &mut parts)
+                && let Some(t) = group
+                    .templates
+                    .iter()
+                    .find(|t| t.matches(host, &parts[..n]))
+            {
+                return Resolved::Op(t.op);
+            }
         }
         if !self.discovery {
             return Resolved::Unmatched;

@@ -1,7 +1,7 @@
 //! Capture sources. Each one turns what it reads (a pcap file, the kernel ring buffer)
 //! into [`Segment`]s of client → server TCP traffic; everything after is shared.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::Nanos;
 
@@ -23,10 +23,25 @@ pub struct Segment<'a> {
 }
 
 /// A connection, named from the client's side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowKey {
     pub client: SocketAddr,
     pub server: SocketAddr,
+}
+
+impl std::hash::Hash for FlowKey {
+    // Addresses and ports as whole words: `SocketAddr`'s derived hash feeds the hasher
+    // byte slices and discriminants, several calls per address.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        for addr in [self.client, self.server] {
+            let ip = match addr.ip() {
+                IpAddr::V4(v4) => u128::from(v4.to_bits()),
+                IpAddr::V6(v6) => v6.to_bits() ^ (1 << 127),
+            };
+            state.write_u128(ip);
+            state.write_u16(addr.port());
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
