@@ -51,17 +51,7 @@ fn main() -> Result<()> {
             )
         }
         Task::Demo => demo(&root),
-        Task::Bench => cargo(
-            &root,
-            &[
-                "bench",
-                "-p",
-                "seqshield-tests",
-                "--bench",
-                "pipeline",
-                "--locked",
-            ],
-        ),
+        Task::Bench => bench(&root),
     }
 }
 
@@ -148,6 +138,53 @@ fn demo(root: &Path) -> Result<()> {
     }
     println!();
     run(Command::new(&seqshield).args(["report", path_str(&report)?]))
+}
+
+/// Runs the pipeline benchmark, then prints what the README records: requests per
+/// second for the whole pipeline and for httparse alone, and their ratio, from this run.
+fn bench(root: &Path) -> Result<()> {
+    cargo(
+        root,
+        &[
+            "bench",
+            "-p",
+            "seqshield-tests",
+            "--bench",
+            "pipeline",
+            "--locked",
+        ],
+    )?;
+    let dir = root.join("target/criterion/requests");
+    let read = |name: &str| -> Result<(f64, f64)> {
+        let bench: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+            dir.join(name).join("new/benchmark.json"),
+        )?)?;
+        let estimates: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+            dir.join(name).join("new/estimates.json"),
+        )?)?;
+        let elements = bench["throughput"]["Elements"]
+            .as_f64()
+            .context("throughput in benchmark.json")?;
+        let mean_ns = estimates["mean"]["point_estimate"]
+            .as_f64()
+            .context("mean in estimates.json")?;
+        Ok((elements, mean_ns))
+    };
+    let (requests, pipeline_ns) = read("pipeline")?;
+    let (_, httparse_ns) = read("httparse")?;
+    println!("\n== {requests} requests per iteration, one core ==");
+    println!(
+        "whole pipeline (pcap -> report): {:.2} M requests/s ({:.0} ns/request)",
+        requests / pipeline_ns * 1e3,
+        pipeline_ns / requests
+    );
+    println!(
+        "httparse alone, same requests:   {:.2} M requests/s ({:.0} ns/request)",
+        requests / httparse_ns * 1e3,
+        httparse_ns / requests
+    );
+    println!("pipeline / httparse: {:.2}x", pipeline_ns / httparse_ns);
+    Ok(())
 }
 
 fn path_str(p: &Path) -> Result<&str> {

@@ -408,3 +408,73 @@ fn slice_frame(link: DataLink, data: &[u8]) -> Option<LaxSlicedPacket<'_>> {
         _ => LaxSlicedPacket::from_ip(data).ok(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{PacketBuilder, VlanId};
+
+    fn frame(builder_vlan: bool, payload: &[u8]) -> Vec<u8> {
+        let eth = PacketBuilder::ethernet2([2; 6], [4; 6]);
+        let mut out = Vec::new();
+        if builder_vlan {
+            eth.single_vlan(VlanId::try_new(10).unwrap())
+                .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+                .tcp(40000, 80, 7, 1000)
+                .write(&mut out, payload)
+                .unwrap();
+        } else {
+            eth.ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+                .tcp(40000, 80, 7, 1000)
+                .write(&mut out, payload)
+                .unwrap();
+        }
+        out
+    }
+
+    fn tcp_of(d: Decoded<'_>) -> (Vec<u8>, u32, u16) {
+        match d {
+            Decoded::Tcp(t) => (t.payload.to_vec(), t.wire_len, t.header.destination_port()),
+            _ => panic!("not decoded as TCP"),
+        }
+    }
+
+    #[test]
+    fn vlan_tagged_frames_take_the_lax_path() {
+        let f = frame(true, b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            tcp_of(decode(DataLink::ETHERNET, &f, 0)),
+            (b"GET / HTTP/1.1\r\n\r\n".to_vec(), 18, 80)
+        );
+    }
+
+    #[test]
+    fn cut_frames_report_the_wire_length_on_both_paths() {
+        let payload = vec![b'x'; 500];
+        for vlan in [false, true] {
+            let f = frame(vlan, &payload);
+            let kept = &f[..f.len() - 400];
+            let (got, wire, _) = tcp_of(decode(DataLink::ETHERNET, kept, 400));
+            assert_eq!((got.len(), wire), (100, 500), "vlan: {vlan}");
+        }
+    }
+
+    #[test]
+    fn non_tcp_and_broken_frames() {
+        let mut udp = Vec::new();
+        PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(53, 53)
+            .write(&mut udp, b"x")
+            .unwrap();
+        assert!(matches!(
+            decode(DataLink::ETHERNET, &udp, 0),
+            Decoded::NotTcp
+        ));
+        let f = frame(false, b"abc");
+        assert!(matches!(
+            decode(DataLink::ETHERNET, &f[..30], 0),
+            Decoded::Undecodable
+        ));
+    }
+}
