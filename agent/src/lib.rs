@@ -5,9 +5,11 @@
 //! `alerts`, with `report` as the read side. Every stage below `pipeline` is pure: data in,
 //! data out, time carried by the segments.
 
+pub mod admin;
 pub mod alerts;
 pub mod analytics;
 pub mod config;
+pub mod daemon;
 pub mod flow;
 pub mod http;
 pub mod ops;

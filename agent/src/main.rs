@@ -35,24 +35,41 @@ enum Command {
         #[arg(long)]
         report_out: Option<PathBuf>,
     },
-    /// Prints a report file as a readable table.
+    /// Runs the live agent: captures on an interface (needs root), serves the admin API,
+    /// writes alerts to stdout. Stops cleanly on SIGTERM / SIGINT.
+    Run {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Interface to capture on (overrides `[capture] interface`).
+        #[arg(long)]
+        iface: Option<String>,
+    },
+    /// Prints a report as a readable table: from a file written by `replay --report-out`,
+    /// or, without a file, from the running agent's admin API.
     Report {
-        /// A report written by `replay --report-out`.
-        file: PathBuf,
+        file: Option<PathBuf>,
         /// Print the JSON instead of the table.
         #[arg(long)]
         json: bool,
+        /// Config of the running agent (for its admin address).
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Admin address of the running agent (overrides the config's).
+        #[arg(long)]
+        admin: Option<String>,
     },
     /// Prints the keyed hash of a session value under each configured identifier, to
     /// search alerts and logs for it.
     SessionHash {
-        #[arg(long, default_value = "/etc/seqshield/config.toml")]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         value: String,
     },
     /// Checks a config file (and its rules and OpenAPI import) without running anything.
     CheckConfig { config: PathBuf },
 }
+
+const DEFAULT_CONFIG: &str = "/etc/seqshield/config.toml";
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -68,7 +85,18 @@ fn main() -> Result<()> {
             pcap,
             report_out,
         } => replay(&config, &pcap, report_out.as_deref()),
-        Command::Report { file, json } => print_report(&file, json),
+        Command::Run { config, iface } => run(&config, iface),
+        Command::Report {
+            file: Some(file),
+            json,
+            ..
+        } => print_report(&read_report(&file)?, json),
+        Command::Report {
+            file: None,
+            json,
+            config,
+            admin,
+        } => print_report(&fetch_report(&config, admin)?, json),
         Command::SessionHash { config, value } => session_hash(&config, &value),
         Command::CheckConfig { config } => {
             let config = Config::load(&config)?;
@@ -151,11 +179,48 @@ fn write_report(report: &Report, path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn print_report(path: &Path, json: bool) -> Result<()> {
+fn run(config_path: &Path, iface: Option<String>) -> Result<()> {
+    let config = Config::load(config_path)?;
+    let Some(interface) = iface.or_else(|| config.capture.interface.clone()) else {
+        bail!(
+            "{}: capture.interface: no interface to capture on; set it or pass --iface",
+            config_path.display()
+        );
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(seqshield::daemon::run(&config, &interface))?;
+    Ok(())
+}
+
+fn read_report(path: &Path) -> Result<Report> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read report {}", path.display()))?;
-    let report: Report = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a seqshield report", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a seqshield report", path.display()))
+}
+
+/// The running agent's report, from its admin API.
+fn fetch_report(config_path: &Path, admin: Option<String>) -> Result<Report> {
+    let addr = match admin {
+        Some(addr) => addr,
+        None if config_path.exists() => Config::load(config_path)?.admin.listen,
+        None => seqshield::config::AdminConfig::default().listen,
+    };
+    let url = format!("http://{addr}/api/v1/report");
+    let mut response = ureq::get(&url)
+        .call()
+        .with_context(|| format!("no agent answering at {url}: is `seqshield run` up, and is [admin] listen this address?"))?;
+    response
+        .body_mut()
+        .read_json::<Report>()
+        .with_context(|| format!("{url} did not return a seqshield report"))
+}
+
+fn print_report(report: &Report, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -5,7 +5,7 @@
 use crate::alerts::{Alert, AlertAction, AlertSink, SEQUENCE_VIOLATION, rfc3339};
 use crate::analytics::Analytics;
 use crate::config::{Config, ConfigError, EnforceMode, RuleAction};
-use crate::flow::FlowTable;
+use crate::flow::{FlowTable, Piece};
 use crate::http::{HttpStats, HttpStream, RequestHead};
 use crate::ops::{Catalog, OpId, Resolved, normalise_host, split_target};
 use crate::report::{OperationReport, Report, SequenceReport, Stats};
@@ -92,21 +92,40 @@ impl Pipeline {
     pub fn process(&mut self, seg: &Segment<'_>, alerts: &mut dyn AlertSink) {
         self.packets += 1;
         self.newest = self.newest.max(seg.ts);
-        let ts = seg.ts;
         let Self {
             flows,
             http,
             analysis,
             ..
         } = self;
+        let mut deliver = Deliver {
+            ts: seg.ts,
+            http,
+            analysis,
+            alerts,
+        };
         flows.push(seg, &mut |conn: &mut Connection, key: &FlowKey, piece| {
-            let Connection {
-                http: stream,
-                session,
-            } = conn;
-            stream.feed(piece, http, &mut |head: &RequestHead<'_>| {
-                analysis.on_request(ts, key, head, session, alerts)
-            });
+            deliver.piece(conn, key, piece)
+        });
+    }
+
+    /// Upkeep when no segment arrives (live): skips stale reassembly holes and forgets
+    /// idle connections as of `now`.
+    pub fn tick(&mut self, now: Nanos, alerts: &mut dyn AlertSink) {
+        let Self {
+            flows,
+            http,
+            analysis,
+            ..
+        } = self;
+        let mut deliver = Deliver {
+            ts: now,
+            http,
+            analysis,
+            alerts,
+        };
+        flows.sweep(now, &mut |conn: &mut Connection, key: &FlowKey, piece| {
+            deliver.piece(conn, key, piece)
         });
     }
 
@@ -120,9 +139,9 @@ impl Pipeline {
         for_each_segment(capture, ports, |seg| self.process(&seg, alerts))
     }
 
-    /// Events the live source lost before they reached the pipeline.
-    pub fn add_lost_events(&mut self, n: u64) {
-        self.lost_events += n;
+    /// Events the live source lost before they reached the pipeline (a running total).
+    pub fn set_lost_events(&mut self, total: u64) {
+        self.lost_events = total;
     }
 
     /// Time of the newest packet seen: the report time of a replay.
@@ -197,6 +216,33 @@ impl Pipeline {
             sequences,
             stats: self.stats(),
         }
+    }
+}
+
+/// Hands a connection's in-order bytes to its HTTP stream, and each request it
+/// completes to the analysis: the one delivery path of `process` and `tick`.
+struct Deliver<'a> {
+    ts: Nanos,
+    http: &'a mut HttpStats,
+    analysis: &'a mut Analysis,
+    alerts: &'a mut dyn AlertSink,
+}
+
+impl Deliver<'_> {
+    fn piece(&mut self, conn: &mut Connection, key: &FlowKey, piece: Piece<'_>) {
+        let Connection {
+            http: stream,
+            session,
+        } = conn;
+        let Self {
+            ts,
+            http,
+            analysis,
+            alerts,
+        } = self;
+        stream.feed(piece, http, &mut |head: &RequestHead<'_>| {
+            analysis.on_request(*ts, key, head, session, *alerts)
+        });
     }
 }
 

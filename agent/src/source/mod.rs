@@ -5,7 +5,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::Nanos;
 
+pub mod live;
 pub mod pcap;
+pub mod ring;
 
 /// One TCP segment travelling from a client to an analysed server port.
 #[derive(Debug, Clone, Copy)]

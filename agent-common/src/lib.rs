@@ -1,0 +1,133 @@
+//! Types shared by seqshield's kernel programs and the agent: `#[repr(C)]` layouts and
+//! map names, no logic. The `user` feature marks them as plain data for aya.
+#![no_std]
+
+/// Payload bytes a capture event can carry (a power of two: the kernel's copy length is
+/// masked to it, which is what the verifier can prove bounded).
+pub const MAX_SNAPLEN: usize = 4096;
+
+/// Bytes of the capture ring buffer (a power of two, a multiple of the page size).
+pub const RING_BYTES: u32 = 32 << 20;
+
+/// Most server ports the capture filter holds.
+pub const MAX_PORTS: u32 = 64;
+
+/// Map names, as the kernel object defines them.
+pub mod maps {
+    /// RingBuf of [`super::CaptureEvent`].
+    pub const EVENTS: &str = "EVENTS";
+    /// HashMap<u16 server port (host order), u8>: the ports whose ingress is captured.
+    pub const PORTS: &str = "PORTS";
+    /// Array<[`super::CaptureConfig`]> of one element.
+    pub const CONFIG: &str = "CONFIG";
+    /// PerCpuArray<u64> indexed by [`super::Counter`].
+    pub const COUNTERS: &str = "COUNTERS";
+}
+
+/// The capture program's name in the object.
+pub const CAPTURE_PROGRAM: &str = "seqshield_ingress";
+
+/// Per-CPU counters the kernel keeps; the agent sums them across CPUs.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Packets the program ran on.
+    Seen = 0,
+    /// Events handed to the ring buffer.
+    Captured = 1,
+    /// Events lost because the ring buffer was full.
+    Lost = 2,
+    /// TCP to a captured port, but a shape the program does not copy (IP options beyond
+    /// the header, IPv6 extension headers, fragments).
+    Unsupported = 3,
+}
+
+pub const COUNTERS: u32 = 4;
+
+/// Settings the agent writes before attaching.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaptureConfig {
+    /// Payload bytes to copy per packet (at most [`MAX_SNAPLEN`]).
+    pub snaplen: u32,
+}
+
+/// Direction of a captured packet.
+pub const DIRECTION_TO_SERVER: u8 = 0;
+
+/// TCP flag bits as they appear in the header's flags byte.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+
+/// The fixed part of a capture event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventHeader {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ktime_ns: u64,
+    /// Client address (IPv4 in the first four bytes), network order.
+    pub client_addr: [u8; 16],
+    /// Server address, likewise.
+    pub server_addr: [u8; 16],
+    /// Host order.
+    pub client_port: u16,
+    pub server_port: u16,
+    /// TCP sequence number, host order.
+    pub seq: u32,
+    /// TCP payload length on the wire.
+    pub wire_len: u32,
+    /// Payload bytes copied into the event.
+    pub copied: u16,
+    /// 4 or 6.
+    pub family: u8,
+    /// TCP flags byte.
+    pub tcp_flags: u8,
+    /// [`DIRECTION_TO_SERVER`].
+    pub direction: u8,
+    /// 1 when `copied < wire_len`.
+    pub truncated: u8,
+    pub _pad: [u8; 6],
+}
+
+/// What the kernel puts in the ring buffer for one packet.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CaptureEvent {
+    pub header: EventHeader,
+    pub data: [u8; MAX_SNAPLEN],
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: repr(C) structs of integers and byte arrays with explicit padding: every bit
+    // pattern is valid.
+    unsafe impl aya::Pod for super::CaptureConfig {}
+    unsafe impl aya::Pod for super::EventHeader {}
+}
+
+impl EventHeader {
+    pub const SIZE: usize = core::mem::size_of::<EventHeader>();
+
+    /// Reads a header from the start of a ring-buffer record.
+    pub fn read(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < Self::SIZE {
+            return None;
+        }
+        // SAFETY: length checked; EventHeader is plain data (any bit pattern is valid) and
+        // read_unaligned makes no alignment assumption about the record.
+        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<EventHeader>()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_layout_is_stable() {
+        assert_eq!(EventHeader::SIZE, 64);
+        assert_eq!(core::mem::size_of::<CaptureEvent>(), 64 + MAX_SNAPLEN);
+        assert!(EventHeader::read(&[0u8; 63]).is_none());
+    }
+}

@@ -1,0 +1,203 @@
+//! seqshield's kernel side: a TC ingress program that copies the start of every client
+//! → server TCP payload on the configured ports into a ring buffer, with the flow key,
+//! sequence number, flags and lengths the agent needs to reassemble. Nothing clever
+//! happens here: parsing stops at TCP, every copy is bounded, and every failure to hand
+//! an event over is counted.
+#![no_std]
+#![no_main]
+
+use agent_common::{
+    CaptureConfig, CaptureEvent, Counter, DIRECTION_TO_SERVER, MAX_PORTS, MAX_SNAPLEN, RING_BYTES,
+    TCP_FIN, TCP_RST, TCP_SYN,
+};
+use aya_ebpf::bindings::TC_ACT_UNSPEC;
+use aya_ebpf::helpers::generated::{bpf_ktime_get_ns, bpf_skb_load_bytes};
+use aya_ebpf::macros::{classifier, map};
+use aya_ebpf::maps::{Array, HashMap, PerCpuArray, RingBuf};
+use aya_ebpf::programs::TcContext;
+use aya_log_ebpf::warn;
+
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+#[map(name = "PORTS")]
+static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
+
+#[map(name = "CONFIG")]
+static CONFIG: Array<CaptureConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(agent_common::COUNTERS, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const IPPROTO_TCP: u8 = 6;
+const IPV6_HLEN: usize = 40;
+/// IPv6 extension headers walked before giving up on finding TCP.
+const MAX_IPV6_EXTENSIONS: usize = 4;
+
+/// Runs on every packet entering the interface. It only observes: the verdict is always
+/// "carry on" (TC_ACT_UNSPEC: the next program, or the stack, decides).
+#[classifier]
+pub fn seqshield_ingress(ctx: TcContext) -> i32 {
+    count(Counter::Seen);
+    let _ = try_capture(&ctx);
+    TC_ACT_UNSPEC
+}
+
+/// Where the packet's TCP header is, and what the IP layer says about it.
+struct L3 {
+    family: u8,
+    client: [u8; 16],
+    server: [u8; 16],
+    l4: usize,
+    /// TCP header + payload length per the IP header.
+    ip_payload_len: usize,
+}
+
+fn try_capture(ctx: &TcContext) -> Result<(), i64> {
+    let ether_type = u16::from_be(ctx.load::<u16>(12)?);
+    let l3 = match ether_type {
+        ETH_P_IP => ipv4(ctx)?,
+        ETH_P_IPV6 => ipv6(ctx)?,
+        _ => return Ok(()),
+    };
+    let server_port = u16::from_be(ctx.load::<u16>(l3.l4 + 2)?);
+    // SAFETY: a map lookup by value; the returned reference is not kept.
+    if unsafe { PORTS.get(server_port) }.is_none() {
+        return Ok(());
+    }
+    let client_port = u16::from_be(ctx.load::<u16>(l3.l4)?);
+    let seq = u32::from_be(ctx.load::<u32>(l3.l4 + 4)?);
+    let data_offset = usize::from(ctx.load::<u8>(l3.l4 + 12)? >> 4) * 4;
+    let tcp_flags = ctx.load::<u8>(l3.l4 + 13)?;
+    let payload_at = l3.l4 + data_offset;
+    let wire_len = l3.ip_payload_len.saturating_sub(data_offset);
+    if wire_len == 0 && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
+        return Ok(()); // A bare ACK: nothing the agent uses.
+    }
+    let Some(mut entry) = EVENTS.reserve::<CaptureEvent>(0) else {
+        count(Counter::Lost);
+        return Ok(());
+    };
+    let snaplen = CONFIG.get(0).map_or(MAX_SNAPLEN as u32, |c| c.snaplen) as usize;
+    let in_skb = (ctx.len() as usize).saturating_sub(payload_at);
+    let want = wire_len.min(snaplen).min(in_skb);
+    let event = entry.as_mut_ptr();
+    let mut copied = 0usize;
+    if want > 0 {
+        // Provably 1..=MAX_SNAPLEN for the verifier: mask a copy it cannot see through.
+        let len = (core::hint::black_box(want - 1) & (MAX_SNAPLEN - 1)) + 1;
+        // SAFETY: `data` has MAX_SNAPLEN bytes and len <= MAX_SNAPLEN; the record is ours
+        // until submitted.
+        let ret = unsafe {
+            bpf_skb_load_bytes(
+                ctx.skb.skb.cast(),
+                payload_at as u32,
+                (*event).data.as_mut_ptr().cast(),
+                len as u32,
+            )
+        };
+        if ret == 0 {
+            copied = len;
+        }
+    }
+    // SAFETY: writing the header of the reserved record we own.
+    unsafe {
+        let h = &mut (*event).header;
+        h.ktime_ns = bpf_ktime_get_ns();
+        h.client_addr = l3.client;
+        h.server_addr = l3.server;
+        h.client_port = client_port;
+        h.server_port = server_port;
+        h.seq = seq;
+        h.wire_len = wire_len as u32;
+        h.copied = copied as u16;
+        h.family = l3.family;
+        h.tcp_flags = tcp_flags;
+        h.direction = DIRECTION_TO_SERVER;
+        h.truncated = u8::from(copied < wire_len);
+        h._pad = [0; 6];
+    }
+    entry.submit(0);
+    count(Counter::Captured);
+    Ok(())
+}
+
+fn ipv4(ctx: &TcContext) -> Result<L3, i64> {
+    let version_ihl = ctx.load::<u8>(ETH_HLEN)?;
+    let header_len = usize::from(version_ihl & 0x0f) * 4;
+    if ctx.load::<u8>(ETH_HLEN + 9)? != IPPROTO_TCP {
+        return Err(0);
+    }
+    let frag = u16::from_be(ctx.load::<u16>(ETH_HLEN + 6)?);
+    if frag & 0x3fff != 0 {
+        // More fragments or a non-zero offset: not a whole segment.
+        count(Counter::Unsupported);
+        warn!(ctx, "IPv4 fragment: packet not captured");
+        return Err(0);
+    }
+    let total_len = usize::from(u16::from_be(ctx.load::<u16>(ETH_HLEN + 2)?));
+    let mut client = [0u8; 16];
+    let mut server = [0u8; 16];
+    client[..4].copy_from_slice(&ctx.load::<[u8; 4]>(ETH_HLEN + 12)?);
+    server[..4].copy_from_slice(&ctx.load::<[u8; 4]>(ETH_HLEN + 16)?);
+    Ok(L3 {
+        family: 4,
+        client,
+        server,
+        l4: ETH_HLEN + header_len,
+        ip_payload_len: total_len.saturating_sub(header_len),
+    })
+}
+
+fn ipv6(ctx: &TcContext) -> Result<L3, i64> {
+    let payload_len = usize::from(u16::from_be(ctx.load::<u16>(ETH_HLEN + 4)?));
+    let mut next_header = ctx.load::<u8>(ETH_HLEN + 6)?;
+    let mut l4 = ETH_HLEN + IPV6_HLEN;
+    // Walk a few extension headers (hop-by-hop, routing, destination options, AH); a
+    // fragment header means not a whole segment. Bounded for the verifier.
+    for _ in 0..MAX_IPV6_EXTENSIONS {
+        let len = match next_header {
+            IPPROTO_TCP => break,
+            0 | 43 | 60 => (usize::from(ctx.load::<u8>(l4 + 1)?) + 1) * 8,
+            51 => (usize::from(ctx.load::<u8>(l4 + 1)?) + 2) * 4,
+            44 => {
+                count(Counter::Unsupported);
+                return Err(0);
+            }
+            _ => return Err(0), // Not TCP.
+        };
+        next_header = ctx.load::<u8>(l4)?;
+        l4 += len;
+    }
+    if next_header != IPPROTO_TCP {
+        count(Counter::Unsupported);
+        warn!(
+            ctx,
+            "IPv6 packet with too many extension headers: not captured"
+        );
+        return Err(0);
+    }
+    Ok(L3 {
+        family: 6,
+        client: ctx.load::<[u8; 16]>(ETH_HLEN + 8)?,
+        server: ctx.load::<[u8; 16]>(ETH_HLEN + 24)?,
+        l4,
+        ip_payload_len: payload_len.saturating_sub(l4 - ETH_HLEN - IPV6_HLEN),
+    })
+}
+
+fn count(counter: Counter) {
+    if let Some(c) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot: no other writer while this program runs on this CPU.
+        unsafe { *c += 1 };
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,13 @@
+//! Builds the kernel programs (agent-ebpf) for the BPF target with the nightly toolchain
+//! and leaves the object in OUT_DIR, where `source::live` embeds it. `AYA_BUILD_SKIP=1`
+//! skips this (clippy or docs on a machine without the eBPF toolchain).
+
+fn main() -> anyhow::Result<()> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../agent-ebpf");
+    let package = aya_build::Package {
+        name: "agent-ebpf",
+        root_dir: root,
+        ..Default::default()
+    };
+    aya_build::build_ebpf([package], aya_build::Toolchain::default())
+}

@@ -1,0 +1,263 @@
+//! Live capture: loads the embedded kernel object, attaches the TC ingress program to an
+//! interface and reads its ring buffer. Records become [`Segment`]s via `ring.rs`, the
+//! same pipeline replay uses takes them from there.
+//!
+//! Attachment uses TCX links on kernels ≥ 6.6 (aya picks them): the link lives as long
+//! as this process's file descriptor, so the program is gone when the agent exits, also
+//! after SIGKILL.
+
+use std::os::fd::AsRawFd;
+
+use agent_common::{CAPTURE_PROGRAM, CaptureConfig, Counter, MAX_SNAPLEN, maps};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::{SchedClassifier, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use super::Segment;
+use super::ring::{KernelClock, segment_from_record};
+
+/// The kernel object built by `agent/build.rs` (empty when built with AYA_BUILD_SKIP=1).
+static KERNEL_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/seqshield"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error(
+        "live capture needs root (or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON): run it with sudo"
+    )]
+    NotRoot,
+    #[error("no network interface {0:?}: see `ip link` for the names on this host")]
+    NoInterface(String),
+    #[error(
+        "this binary was built without its kernel object (AYA_BUILD_SKIP); rebuild with the eBPF toolchain (`cargo xtask setup`)"
+    )]
+    NoKernelObject,
+    #[error("loading the kernel object failed (is BPF available? kernel ≥ 5.8 with BTF): {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the kernel refused the capture program: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("kernel map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("kernel object has no {0}: it does not match this agent")]
+    Missing(&'static str),
+    #[error("reading the ring buffer: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Kernel counters, summed over CPUs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub seen: u64,
+    pub captured: u64,
+    pub lost: u64,
+    pub unsupported: u64,
+}
+
+/// An attached capture. Dropping it detaches the program.
+pub struct LiveCapture {
+    ring: AsyncFd<RingBuf<MapData>>,
+    counters: PerCpuArray<MapData, u64>,
+    logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
+    clock: KernelClock,
+    /// Holds the program, its link, and the remaining maps.
+    _ebpf: Ebpf,
+}
+
+impl LiveCapture {
+    /// Loads the program, sets the captured ports and snaplen, and attaches to the
+    /// ingress of `interface`.
+    pub fn attach(interface: &str, ports: &[u16], snaplen: u32) -> Result<Self, LiveError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 && !has_bpf_capabilities() {
+            return Err(LiveError::NotRoot);
+        }
+        let name = std::ffi::CString::new(interface)
+            .map_err(|_| LiveError::NoInterface(interface.into()))?;
+        // SAFETY: a NUL-terminated name we own.
+        if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
+            return Err(LiveError::NoInterface(interface.into()));
+        }
+        if KERNEL_OBJECT.is_empty() {
+            return Err(LiveError::NoKernelObject);
+        }
+        let mut ebpf = EbpfLoader::new().load(KERNEL_OBJECT)?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(readable(logger)?),
+            Err(e) => {
+                tracing::debug!(error = %e, "no kernel log forwarding");
+                None
+            }
+        };
+        {
+            let map = ebpf
+                .map_mut(maps::PORTS)
+                .ok_or(LiveError::Missing(maps::PORTS))?;
+            let mut port_map: HashMap<_, u16, u8> =
+                HashMap::try_from(map).map_err(|source| LiveError::Map {
+                    name: maps::PORTS,
+                    source,
+                })?;
+            for &port in ports {
+                port_map
+                    .insert(port, 1, 0)
+                    .map_err(|source| LiveError::Map {
+                        name: maps::PORTS,
+                        source,
+                    })?;
+            }
+        }
+        {
+            let map = ebpf
+                .map_mut(maps::CONFIG)
+                .ok_or(LiveError::Missing(maps::CONFIG))?;
+            let mut config: Array<_, CaptureConfig> =
+                Array::try_from(map).map_err(|source| LiveError::Map {
+                    name: maps::CONFIG,
+                    source,
+                })?;
+            let snaplen = snaplen.clamp(1, MAX_SNAPLEN as u32);
+            config
+                .set(0, CaptureConfig { snaplen }, 0)
+                .map_err(|source| LiveError::Map {
+                    name: maps::CONFIG,
+                    source,
+                })?;
+        }
+        let ring = ebpf
+            .take_map(maps::EVENTS)
+            .ok_or(LiveError::Missing(maps::EVENTS))?;
+        let ring = RingBuf::try_from(ring).map_err(|source| LiveError::Map {
+            name: maps::EVENTS,
+            source,
+        })?;
+        let counters = ebpf
+            .take_map(maps::COUNTERS)
+            .ok_or(LiveError::Missing(maps::COUNTERS))?;
+        let counters = PerCpuArray::try_from(counters).map_err(|source| LiveError::Map {
+            name: maps::COUNTERS,
+            source,
+        })?;
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(CAPTURE_PROGRAM)
+            .ok_or(LiveError::Missing(CAPTURE_PROGRAM))?
+            .try_into()?;
+        program.load()?;
+        let tcx = aya::util::KernelVersion::current()
+            .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+        if !tcx {
+            // Before TCX, TC programs hang off a clsact qdisc (it may already exist).
+            let _ = aya::programs::tc::qdisc_add_clsact(interface);
+        }
+        program.attach(interface, TcAttachType::Ingress)?;
+        tracing::info!(interface, ?ports, snaplen, "capture attached");
+        Ok(Self {
+            ring: readable(ring)?,
+            counters,
+            logger,
+            clock: KernelClock::measure(),
+            _ebpf: ebpf,
+        })
+    }
+
+    /// Waits until the ring buffer has records, then takes the consumer from `open`
+    /// (e.g. a lock: taken only once there is work, held for the whole batch) and hands
+    /// it each record as a segment. Returns how many records it read.
+    pub async fn next_batch_with<C>(
+        &mut self,
+        open: impl FnOnce() -> C,
+        mut on_segment: impl FnMut(&mut C, Segment<'_>),
+    ) -> Result<usize, LiveError> {
+        let mut guard = self.ring.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        let mut consumer = open();
+        let mut n = 0;
+        while let Some(record) = ring.next() {
+            if let Some(segment) = segment_from_record(&record, &self.clock) {
+                on_segment(&mut consumer, segment);
+            }
+            n += 1;
+        }
+        guard.clear_ready();
+        Ok(n)
+    }
+
+    /// The kernel's log lines (aya-log), to poll next to the ring buffer.
+    pub fn take_kernel_log(&mut self) -> KernelLog {
+        KernelLog(self.logger.take())
+    }
+
+    /// Re-measures the kernel → wall clock offset (the wall clock may be stepped).
+    pub fn resync_clock(&mut self) {
+        self.clock = KernelClock::measure();
+    }
+
+    pub fn counters(&self) -> KernelCounters {
+        let sum = |c: Counter| {
+            self.counters
+                .get(&(c as u32), 0)
+                .map(|values| values.iter().sum())
+                .unwrap_or(0)
+        };
+        KernelCounters {
+            seen: sum(Counter::Seen),
+            captured: sum(Counter::Captured),
+            lost: sum(Counter::Lost),
+            unsupported: sum(Counter::Unsupported),
+        }
+    }
+
+    /// The ring buffer's file descriptor (for diagnostics).
+    pub fn ring_fd(&self) -> i32 {
+        self.ring.get_ref().as_raw_fd()
+    }
+}
+
+/// Forwards the kernel program's log lines into this process's logs.
+pub struct KernelLog(Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>);
+
+impl KernelLog {
+    /// Waits for kernel log lines and forwards them; never returns without a logger.
+    pub async fn forward(&mut self) {
+        match &mut self.0 {
+            Some(logger) => {
+                if let Ok(mut guard) = logger.readable_mut().await {
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Registers a descriptor-owning map with the runtime, for readiness.
+fn readable<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
+    // SAFETY: `inner` owns its descriptor and moves into the AsyncFd, which deregisters it
+    // before dropping `inner`; the descriptor never changes while registered.
+    unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }
+        .map_err(std::io::Error::from)
+}
+
+/// Whether the process has CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (effective set).
+fn has_bpf_capabilities() -> bool {
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    let Some(eff) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    else {
+        return false;
+    };
+    [CAP_NET_ADMIN, CAP_PERFMON, CAP_BPF]
+        .iter()
+        .all(|c| eff & (1 << c) != 0)
+}
