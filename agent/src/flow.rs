@@ -122,8 +122,7 @@ impl<S: Default> FlowTable<S> {
             }
             return;
         }
-        if !seg.flags.syn && !seg.flags.fin && seg.wire_len == 0 {
-            // A bare ACK: no bytes, no state change for this direction.
+        if seg.is_bare_ack() {
             return;
         }
         let data_seq = if seg.flags.syn {

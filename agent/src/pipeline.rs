@@ -90,6 +90,9 @@ impl Pipeline {
     /// Takes one client → server segment; alerts for the requests it completes go to
     /// `alerts` before this returns.
     pub fn process(&mut self, seg: &Segment<'_>, alerts: &mut dyn AlertSink) {
+        if seg.is_bare_ack() {
+            return; // Not counted either: live, the kernel never hands these over.
+        }
         self.packets += 1;
         self.newest = self.newest.max(seg.ts);
         let Self {

@@ -52,7 +52,8 @@ pub struct SequenceReport {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Stats {
-    /// Client → server packets on the analysed ports.
+    /// Client → server packets on the analysed ports that carry bytes or SYN/FIN/RST
+    /// (bare ACKs are skipped, live in the kernel and in replay alike).
     pub packets: u64,
     /// HTTP requests parsed on the analysed ports, matched or not.
     pub requests: u64,

@@ -24,6 +24,14 @@ pub struct Segment<'a> {
     pub wire_len: u32,
 }
 
+impl Segment<'_> {
+    /// An acknowledgement with no bytes and no SYN, FIN or RST: nothing for the agent.
+    /// The kernel program does not even hand these over; replay skips them likewise.
+    pub fn is_bare_ack(&self) -> bool {
+        self.wire_len == 0 && !self.flags.syn && !self.flags.fin && !self.flags.rst
+    }
+}
+
 /// A connection, named from the client's side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowKey {
