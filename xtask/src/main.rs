@@ -6,6 +6,8 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod demo;
+
 #[derive(Parser)]
 #[command(about = "seqshield automation")]
 struct Cli {
@@ -21,8 +23,20 @@ enum Task {
     Test,
     /// Lints: rustfmt and clippy with warnings denied.
     Check,
-    /// Replays a synthetic bank capture: prints alerts, the top sequences and the totals.
+    /// The live demo (root): a bank API server and curl clients in network namespaces,
+    /// the agent capturing in the kernel; prints the top sequences and the alerts.
+    /// Without root it falls back to `demo-replay`.
     Demo,
+    /// Replays a synthetic bank capture: prints alerts, the top sequences and the totals.
+    DemoReplay,
+    /// Builds the kernel object alone (it is also built, and embedded, by every build of
+    /// the agent).
+    BuildEbpf,
+    /// Builds the agent (release) and runs `seqshield run` with the given arguments.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Runs the criterion benchmarks and prints the pipeline / httparse ratio.
     Bench,
 }
@@ -75,7 +89,48 @@ fn main() -> Result<()> {
                 ],
             )
         }
-        Task::Demo => demo(&root),
+        Task::Demo => {
+            setup()?;
+            cargo(
+                &root,
+                &["build", "--release", "--locked", "-p", "seqshield"],
+            )?;
+            if is_root() {
+                demo::run(&root, &root.join("target/release/seqshield"))
+            } else {
+                println!(
+                    "the live demo needs root (it creates network namespaces); replaying a capture instead"
+                );
+                demo_replay(&root)
+            }
+        }
+        Task::DemoReplay => demo_replay(&root),
+        Task::BuildEbpf => {
+            setup()?;
+            cargo(
+                &root,
+                &[
+                    "+nightly",
+                    "build",
+                    "-p",
+                    "agent-ebpf",
+                    "--target",
+                    "bpfel-unknown-none",
+                    "-Z",
+                    "build-std=core",
+                    "--release",
+                ],
+            )
+        }
+        Task::Run { args } => {
+            cargo(
+                &root,
+                &["build", "--release", "--locked", "-p", "seqshield"],
+            )?;
+            run(Command::new(root.join("target/release/seqshield"))
+                .arg("run")
+                .args(args))
+        }
         Task::Bench => bench(&root),
     }
 }
@@ -264,7 +319,7 @@ fn capture(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
-fn demo(root: &Path) -> Result<()> {
+fn demo_replay(root: &Path) -> Result<()> {
     let dir = root.join("target/demo");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     cargo(root, &["build", "--release", "--locked", "-p", "seqshield"])?;
