@@ -6,7 +6,9 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench_live;
 mod demo;
+mod lab;
 
 #[derive(Parser)]
 #[command(about = "seqshield automation")]
@@ -29,6 +31,8 @@ enum Task {
     Demo,
     /// Replays a synthetic bank capture: prints alerts, the top sequences and the totals.
     DemoReplay,
+    /// Live overhead (root): wrk against nginx in a namespace, with and without the agent.
+    BenchLive,
     /// Builds the kernel object alone (it is also built, and embedded, by every build of
     /// the agent).
     BuildEbpf,
@@ -105,6 +109,19 @@ fn main() -> Result<()> {
             }
         }
         Task::DemoReplay => demo_replay(&root),
+        Task::BenchLive => {
+            setup()?;
+            if !is_root() {
+                bail!(
+                    "bench-live needs root: it creates network namespaces and attaches the agent"
+                );
+            }
+            cargo(
+                &root,
+                &["build", "--release", "--locked", "-p", "seqshield"],
+            )?;
+            bench_live::run(&root, &root.join("target/release/seqshield"))
+        }
         Task::BuildEbpf => {
             setup()?;
             cargo(

@@ -1,0 +1,216 @@
+//! `cargo xtask bench-live`: what the live agent costs a real server. nginx (one worker)
+//! in the server namespace, wrk (one thread) in the client namespace sending bank-API
+//! sessions; three runs of the same length and connections: without the agent, with it,
+//! and without again (the two baselines bracket machine drift). Reports throughput with
+//! and without, events lost, and the agent's CPU per 10k requests/s.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::lab::{Lab, path, wait_until};
+
+const ADMIN: &str = "127.0.0.1:9465";
+const DURATION_SECS: u32 = 10;
+const CONNECTIONS: u32 = 16;
+
+/// wrk script: each connection's requests walk login → accounts → balance → transfer,
+/// a new session (cookie) every four requests.
+const WRK_SCRIPT: &str = r#"
+local paths = {"/api/v1/login", "/api/v1/users/7/accounts", "/api/v1/accounts/1007/balance", "/api/v1/transferFunds"}
+local methods = {"POST", "GET", "GET", "POST"}
+local n = 0
+local id = tostring(math.random(1, 1000000000))
+request = function()
+  n = n + 1
+  local i = (n - 1) % 4 + 1
+  local headers = { ["Host"] = "bank.test", ["Cookie"] = "sid=" .. id .. "-" .. math.floor((n - 1) / 4) }
+  local body = nil
+  if methods[i] == "POST" then
+    body = '{"amount":1}'
+    headers["Content-Type"] = "application/json"
+  end
+  return wrk.format(methods[i], paths[i], headers, body)
+end
+"#;
+
+struct WrkRun {
+    requests: u64,
+    per_sec: f64,
+}
+
+pub fn run(root: &Path, seqshield: &Path) -> Result<()> {
+    let dir = root.join("target/bench-live");
+    std::fs::create_dir_all(dir.join("nginx-tmp"))?;
+    let lab = Lab::create("sqbench", 78)?;
+    let nginx_conf = dir.join("nginx.conf");
+    std::fs::write(&nginx_conf, nginx_config(&dir, &lab.server_ip))?;
+    let script = dir.join("bank.lua");
+    std::fs::write(&script, WRK_SCRIPT)?;
+    let config = dir.join("agent.toml");
+    std::fs::write(&config, agent_config(&lab.server_if, &dir.join("state")))?;
+
+    lab.spawn_server_side(
+        &["nginx", "-c", path(&nginx_conf)?, "-p", path(&dir)?],
+        None,
+    )?;
+    let url = format!("http://{}/api/v1/login", lab.server_ip);
+    wait_until("nginx", || {
+        lab.ok_in(&lab.client_ns, &["curl", "-s", "-o", "/dev/null", &url])
+    })?;
+
+    let wrk = |label: &str| -> Result<WrkRun> {
+        println!("== wrk, {label}: {DURATION_SECS} s, {CONNECTIONS} connections ==");
+        let out = lab.output_in(
+            &lab.client_ns,
+            &[
+                "wrk",
+                "-t1",
+                &format!("-c{CONNECTIONS}"),
+                &format!("-d{DURATION_SECS}s"),
+                "-s",
+                path(&script)?,
+                &format!("http://{}/", lab.server_ip),
+            ],
+        )?;
+        parse_wrk(&out)
+    };
+
+    let before = wrk("without the agent")?;
+    let bin = path(seqshield)?;
+    let agent = lab.spawn_server_side(
+        &[bin, "run", "--config", path(&config)?],
+        Some((&dir.join("alerts.jsonl"), &dir.join("agent.log"))),
+    )?;
+    wait_until("the agent", || {
+        lab.ok_in(&lab.server_ns, &[bin, "report", "--admin", ADMIN, "--json"])
+    })?;
+    let report_before = agent_report(&lab, bin)?;
+    let cpu_before = cpu_seconds(agent)?;
+    let with = wrk("with the agent")?;
+    let cpu = cpu_seconds(agent)? - cpu_before;
+    std::thread::sleep(Duration::from_millis(1500)); // let the agent drain its ring
+    let report_after = agent_report(&lab, bin)?;
+    lab.stop(agent);
+    let after = wrk("without the agent, again")?;
+    lab.cleanup();
+
+    let seen = report_after["stats"]["requests"].as_u64().unwrap_or(0)
+        - report_before["stats"]["requests"].as_u64().unwrap_or(0);
+    let lost = report_after["stats"]["lost_events"].as_u64().unwrap_or(0);
+    let baseline = (before.per_sec + after.per_sec) / 2.0;
+    let ratio = with.per_sec / baseline;
+    let cpu_share = cpu / f64::from(DURATION_SECS);
+    let summary = format!(
+        "without agent: {:.0} req/s, {:.0} req/s (mean {baseline:.0})\n\
+         with agent:    {:.0} req/s = {:.1}% of without\n\
+         agent saw {seen} of {} requests sent while attached; lost events: {lost}\n\
+         agent CPU: {:.1}% of one core at {:.0} req/s = {:.1}% of a core per 10k req/s\n",
+        before.per_sec,
+        after.per_sec,
+        with.per_sec,
+        ratio * 100.0,
+        with.requests,
+        cpu_share * 100.0,
+        with.per_sec,
+        cpu_share * 100.0 / (with.per_sec / 10_000.0),
+    );
+    println!("\n== bench-live ==\n{summary}");
+    std::fs::write(dir.join("result.txt"), &summary)?;
+    Ok(())
+}
+
+fn agent_report(lab: &Lab, bin: &str) -> Result<serde_json::Value> {
+    let out = lab.output_in(&lab.server_ns, &[bin, "report", "--admin", ADMIN, "--json"])?;
+    serde_json::from_str(&out).context("agent report")
+}
+
+/// User + system CPU time of a process, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start after ") ".
+    let rest = stat.rsplit_once(") ").context("/proc/pid/stat format")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // USER_HZ: 100 on Linux, a fixed part of the ABI.
+    Ok(ticks / 100.0)
+}
+
+fn parse_wrk(out: &str) -> Result<WrkRun> {
+    let per_sec = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk output:\n{out}"))?;
+    let requests = out
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no request count in wrk output:\n{out}"))?;
+    if out.contains("Non-2xx") {
+        bail!("the server answered errors during the benchmark:\n{out}");
+    }
+    Ok(WrkRun { requests, per_sec })
+}
+
+fn nginx_config(dir: &Path, ip: &str) -> String {
+    let tmp = dir.join("nginx-tmp");
+    format!(
+        r#"# Written by `cargo xtask bench-live`.
+worker_processes 1;
+daemon off;
+pid {pid};
+error_log {err} warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp};
+    keepalive_requests 1000000;
+    server {{
+        listen {ip}:80;
+        location / {{ return 200 "{{\"ok\":true}}\n"; }}
+    }}
+}}
+"#,
+        pid = dir.join("nginx.pid").display(),
+        err = dir.join("nginx-error.log").display(),
+        tmp = tmp.display(),
+    )
+}
+
+fn agent_config(interface: &str, state: &Path) -> String {
+    format!(
+        r#"# Written by `cargo xtask bench-live`.
+[capture]
+interface = "{interface}"
+ports = [80]
+[[endpoint]]
+host = "bank.test"
+method = "POST"
+path = "/api/v1/login"
+[[endpoint]]
+host = "bank.test"
+method = "GET"
+path = "/api/v1/users/{{user_id}}/accounts"
+[[endpoint]]
+host = "bank.test"
+method = "GET"
+path = "/api/v1/accounts/{{account_id}}/balance"
+[[endpoint]]
+host = "bank.test"
+method = "POST"
+path = "/api/v1/transferFunds"
+[[rule]]
+title = "transfer needs a balance check"
+kind = "allow"
+action = "block"
+sequence = ["GET bank.test/api/v1/accounts/{{account_id}}/balance", "POST bank.test/api/v1/transferFunds"]
+[admin]
+listen = "{ADMIN}"
+[state]
+dir = {state:?}
+"#
+    )
+}
