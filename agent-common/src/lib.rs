@@ -9,6 +9,13 @@ pub const MAX_SNAPLEN: usize = 4096;
 /// Bytes of the capture ring buffer (a power of two, a multiple of the page size).
 pub const RING_BYTES: u32 = 32 << 20;
 
+/// Unread bytes in the ring at which the kernel wakes the agent at once; below it the
+/// agent drains on its own timer ([`DRAIN_INTERVAL_MS`]).
+pub const WAKEUP_BYTES: u64 = (RING_BYTES / 8) as u64;
+
+/// How often the agent drains the ring when the kernel does not wake it.
+pub const DRAIN_INTERVAL_MS: u64 = 2;
+
 /// Most server ports the capture filter holds.
 pub const MAX_PORTS: u32 = 64;
 

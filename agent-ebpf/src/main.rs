@@ -8,9 +8,9 @@
 
 use agent_common::{
     CaptureConfig, CaptureEvent, Counter, DIRECTION_TO_SERVER, MAX_PORTS, MAX_SNAPLEN, RING_BYTES,
-    TCP_FIN, TCP_RST, TCP_SYN,
+    TCP_FIN, TCP_RST, TCP_SYN, WAKEUP_BYTES,
 };
-use aya_ebpf::bindings::TC_ACT_UNSPEC;
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC};
 use aya_ebpf::helpers::generated::{bpf_ktime_get_ns, bpf_skb_load_bytes};
 use aya_ebpf::macros::{classifier, map};
 use aya_ebpf::maps::{Array, HashMap, PerCpuArray, RingBuf};
@@ -120,7 +120,15 @@ fn try_capture(ctx: &TcContext) -> Result<(), i64> {
         h.truncated = u8::from(copied < wire_len);
         h._pad = [0; 6];
     }
-    entry.submit(0);
+    // Batched wakeups: waking the agent for every packet costs both sides a context
+    // switch per request. The agent drains on a short timer (`WAKEUP_BYTES` notes the
+    // fill level that overrides it), so only a filling ring forces a wakeup.
+    let flags = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(u64::from(flags));
     count(Counter::Captured);
     Ok(())
 }

@@ -8,7 +8,9 @@
 
 use std::os::fd::AsRawFd;
 
-use agent_common::{CAPTURE_PROGRAM, CaptureConfig, Counter, MAX_SNAPLEN, maps};
+use std::time::Duration;
+
+use agent_common::{CAPTURE_PROGRAM, CaptureConfig, Counter, DRAIN_INTERVAL_MS, MAX_SNAPLEN, maps};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
@@ -163,16 +165,20 @@ impl LiveCapture {
         })
     }
 
-    /// Waits until the ring buffer has records, then takes the consumer from `open`
-    /// (e.g. a lock: taken only once there is work, held for the whole batch) and hands
-    /// it each record as a segment. Returns how many records it read.
+    /// Waits until the kernel wakes the agent (it does so only when the ring fills up)
+    /// or `DRAIN_INTERVAL_MS` passed, then takes the consumer from `open` (e.g. a lock,
+    /// held for the batch) and hands it every record as a segment. Returns how many
+    /// records it read (possibly none).
     pub async fn next_batch_with<C>(
         &mut self,
         open: impl FnOnce() -> C,
         mut on_segment: impl FnMut(&mut C, Segment<'_>),
     ) -> Result<usize, LiveError> {
-        let mut guard = self.ring.readable_mut().await?;
-        let ring = guard.get_inner_mut();
+        tokio::select! {
+            guard = self.ring.readable_mut() => guard?.clear_ready(),
+            () = tokio::time::sleep(Duration::from_millis(DRAIN_INTERVAL_MS)) => {}
+        }
+        let ring = self.ring.get_mut();
         let mut consumer = open();
         let mut n = 0;
         while let Some(record) = ring.next() {
@@ -181,7 +187,6 @@ impl LiveCapture {
             }
             n += 1;
         }
-        guard.clear_ready();
         Ok(n)
     }
 
