@@ -38,6 +38,7 @@ pub enum DaemonError {
 
 /// Runs until SIGTERM or SIGINT; everything attached is detached before it returns.
 pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
+    LiveCapture::preflight(interface)?;
     let key = state::load_or_create_key(&config.state.dir)?;
     let shared = Arc::new(AgentState::new(Pipeline::new(config, &key)?));
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;

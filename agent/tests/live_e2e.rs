@@ -555,3 +555,37 @@ fn clear_errors_for_a_missing_interface() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn refuses_to_run_without_privileges() {
+    if !root_or_skip("refuses_to_run_without_privileges") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), 19_468);
+    // As nobody, with no capabilities.
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .args([
+            seqshield_bin(),
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--iface",
+            "lo",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("needs root (or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)"),
+        "{stderr}"
+    );
+}

@@ -70,6 +70,25 @@ pub struct LiveCapture {
 }
 
 impl LiveCapture {
+    /// The checks that can fail before anything is loaded: privileges, the interface,
+    /// the embedded kernel object.
+    pub fn preflight(interface: &str) -> Result<(), LiveError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 && !has_bpf_capabilities() {
+            return Err(LiveError::NotRoot);
+        }
+        let name = std::ffi::CString::new(interface)
+            .map_err(|_| LiveError::NoInterface(interface.into()))?;
+        // SAFETY: a NUL-terminated name we own.
+        if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
+            return Err(LiveError::NoInterface(interface.into()));
+        }
+        if KERNEL_OBJECT.is_empty() {
+            return Err(LiveError::NoKernelObject);
+        }
+        Ok(())
+    }
+
     /// Loads the program, sets the captured ports and snaplen, and attaches to the
     /// ingress of `interface`.
     pub fn attach(interface: &str, ports: &[u16], snaplen: u32) -> Result<Self, LiveError> {
