@@ -29,6 +29,46 @@ pub mod maps {
     pub const CONFIG: &str = "CONFIG";
     /// PerCpuArray<u64> indexed by [`super::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// HashMap<[`super::FlowKey`], [`super::BlockEntry`]>: connections whose packets are
+    /// dropped in both directions (RSTs excepted, so resets get through).
+    pub const BLOCKED_FLOWS: &str = "BLOCKED_FLOWS";
+    /// HashMap<[u8; 16] client address, [`super::BlockEntry`]>: clients whose request
+    /// bytes are dropped (handshakes pass, so the agent can reset them).
+    pub const BLOCKED_CLIENTS: &str = "BLOCKED_CLIENTS";
+    /// HashMap<[`super::FlowKey`], [`super::BlockEntry`]>: connections whose packets get
+    /// `mark` in skb->mark.
+    pub const FLAGGED_FLOWS: &str = "FLAGGED_FLOWS";
+}
+
+/// The egress program's name in the object.
+pub const EGRESS_PROGRAM: &str = "seqshield_egress";
+
+/// Entries each enforcement map holds.
+pub const MAX_BLOCK_ENTRIES: u32 = 65_536;
+
+/// A connection as the kernel maps key it: always client → server.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// IPv4 in the first four bytes, the rest zero.
+    pub client_addr: [u8; 16],
+    pub server_addr: [u8; 16],
+    /// Host order.
+    pub client_port: u16,
+    pub server_port: u16,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// A block or flag, valid until `expires_ns` (CLOCK_MONOTONIC, as `bpf_ktime_get_ns`):
+/// every entry expires, so nothing blocks forever whatever happens to the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockEntry {
+    pub expires_ns: u64,
+    /// skb->mark for flagged flows.
+    pub mark: u32,
+    pub _pad: u32,
 }
 
 /// The capture program's name in the object.
@@ -47,9 +87,15 @@ pub enum Counter {
     /// TCP to a captured port, but a shape the program does not copy (IP options beyond
     /// the header, IPv6 extension headers, fragments).
     Unsupported = 3,
+    /// Client → server packets dropped (blocked flow or client).
+    DroppedIngress = 4,
+    /// Server → client packets of blocked flows dropped.
+    DroppedEgress = 5,
+    /// Packets marked as flagged.
+    Marked = 6,
 }
 
-pub const COUNTERS: u32 = 4;
+pub const COUNTERS: u32 = 7;
 
 /// Settings the agent writes before attaching.
 #[repr(C)]
@@ -57,6 +103,9 @@ pub const COUNTERS: u32 = 4;
 pub struct CaptureConfig {
     /// Payload bytes to copy per packet (at most [`MAX_SNAPLEN`]).
     pub snaplen: u32,
+    /// 1: wake the agent for every event (enforcement: verdicts must beat the server's
+    /// response); 0: only when the ring fills, the agent drains on a timer.
+    pub wake_every_event: u32,
 }
 
 /// Direction of a captured packet.
@@ -66,6 +115,7 @@ pub const DIRECTION_TO_SERVER: u8 = 0;
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 /// The fixed part of a capture event.
 #[repr(C)]
@@ -111,6 +161,8 @@ mod user {
     // pattern is valid.
     unsafe impl aya::Pod for super::CaptureConfig {}
     unsafe impl aya::Pod for super::EventHeader {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::BlockEntry {}
 }
 
 impl EventHeader {
@@ -136,5 +188,7 @@ mod tests {
         assert_eq!(EventHeader::SIZE, 64);
         assert_eq!(core::mem::size_of::<CaptureEvent>(), 64 + MAX_SNAPLEN);
         assert!(EventHeader::read(&[0u8; 63]).is_none());
+        assert_eq!(core::mem::size_of::<FlowKey>(), 40);
+        assert_eq!(core::mem::size_of::<BlockEntry>(), 16);
     }
 }

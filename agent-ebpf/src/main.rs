@@ -7,10 +7,13 @@
 #![no_main]
 
 use agent_common::{
-    CaptureConfig, CaptureEvent, Counter, DIRECTION_TO_SERVER, MAX_PORTS, MAX_SNAPLEN, RING_BYTES,
-    TCP_FIN, TCP_RST, TCP_SYN, WAKEUP_BYTES,
+    BlockEntry, CaptureConfig, CaptureEvent, Counter, DIRECTION_TO_SERVER, FlowKey,
+    MAX_BLOCK_ENTRIES, MAX_PORTS, MAX_SNAPLEN, RING_BYTES, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    WAKEUP_BYTES,
 };
-use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC};
+use aya_ebpf::bindings::{
+    BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_SHOT, TC_ACT_UNSPEC,
+};
 use aya_ebpf::helpers::generated::{bpf_ktime_get_ns, bpf_skb_load_bytes};
 use aya_ebpf::macros::{classifier, map};
 use aya_ebpf::maps::{Array, HashMap, PerCpuArray, RingBuf};
@@ -26,6 +29,18 @@ static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
 #[map(name = "CONFIG")]
 static CONFIG: Array<CaptureConfig> = Array::with_max_entries(1, 0);
 
+#[map(name = "BLOCKED_FLOWS")]
+static BLOCKED_FLOWS: HashMap<FlowKey, BlockEntry> =
+    HashMap::with_max_entries(MAX_BLOCK_ENTRIES, 0);
+
+#[map(name = "BLOCKED_CLIENTS")]
+static BLOCKED_CLIENTS: HashMap<[u8; 16], BlockEntry> =
+    HashMap::with_max_entries(MAX_BLOCK_ENTRIES, 0);
+
+#[map(name = "FLAGGED_FLOWS")]
+static FLAGGED_FLOWS: HashMap<FlowKey, BlockEntry> =
+    HashMap::with_max_entries(MAX_BLOCK_ENTRIES, 0);
+
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(agent_common::COUNTERS, 0);
 
@@ -37,51 +52,155 @@ const IPV6_HLEN: usize = 40;
 /// IPv6 extension headers walked before giving up on finding TCP.
 const MAX_IPV6_EXTENSIONS: usize = 4;
 
-/// Runs on every packet entering the interface. It only observes: the verdict is always
-/// "carry on" (TC_ACT_UNSPEC: the next program, or the stack, decides).
+/// Runs on every packet entering the interface: copies client → server TCP on the
+/// configured ports into the ring, then applies the agent's verdicts (drop a blocked
+/// connection or client, mark a flagged one). Otherwise "carry on" (TC_ACT_UNSPEC: the
+/// next program, or the stack, decides).
 #[classifier]
 pub fn seqshield_ingress(ctx: TcContext) -> i32 {
     count(Counter::Seen);
-    let _ = try_capture(&ctx);
-    TC_ACT_UNSPEC
+    try_ingress(&ctx).unwrap_or(TC_ACT_UNSPEC)
+}
+
+/// Runs on every packet leaving the interface: drops server → client packets of blocked
+/// connections (so a response the verdict beat never leaves), RSTs excepted.
+#[classifier]
+pub fn seqshield_egress(ctx: TcContext) -> i32 {
+    try_egress(&ctx).unwrap_or(TC_ACT_UNSPEC)
 }
 
 /// Where the packet's TCP header is, and what the IP layer says about it.
 struct L3 {
     family: u8,
-    client: [u8; 16],
-    server: [u8; 16],
+    src: [u8; 16],
+    dst: [u8; 16],
     l4: usize,
     /// TCP header + payload length per the IP header.
     ip_payload_len: usize,
 }
 
-fn try_capture(ctx: &TcContext) -> Result<(), i64> {
-    let ether_type = u16::from_be(ctx.load::<u16>(12)?);
-    let l3 = match ether_type {
-        ETH_P_IP => ipv4(ctx)?,
-        ETH_P_IPV6 => ipv6(ctx)?,
-        _ => return Ok(()),
-    };
+fn l3(ctx: &TcContext) -> Result<L3, i64> {
+    match u16::from_be(ctx.load::<u16>(12)?) {
+        ETH_P_IP => ipv4(ctx),
+        ETH_P_IPV6 => ipv6(ctx),
+        _ => Err(0),
+    }
+}
+
+fn try_ingress(ctx: &TcContext) -> Result<i32, i64> {
+    let l3 = l3(ctx)?;
     let server_port = u16::from_be(ctx.load::<u16>(l3.l4 + 2)?);
     // SAFETY: a map lookup by value; the returned reference is not kept.
     if unsafe { PORTS.get(server_port) }.is_none() {
-        return Ok(());
+        return Ok(TC_ACT_UNSPEC);
     }
     let client_port = u16::from_be(ctx.load::<u16>(l3.l4)?);
-    let seq = u32::from_be(ctx.load::<u32>(l3.l4 + 4)?);
     let data_offset = usize::from(ctx.load::<u8>(l3.l4 + 12)? >> 4) * 4;
     let tcp_flags = ctx.load::<u8>(l3.l4 + 13)?;
-    let payload_at = l3.l4 + data_offset;
     let wire_len = l3.ip_payload_len.saturating_sub(data_offset);
-    if wire_len == 0 && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
-        return Ok(()); // A bare ACK: nothing the agent uses.
+    if wire_len > 0 || tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+        // Bare ACKs carry nothing the agent uses.
+        capture(
+            ctx,
+            &l3,
+            client_port,
+            server_port,
+            tcp_flags,
+            wire_len,
+            l3.l4 + data_offset,
+        )?;
     }
+
+    // Verdicts, after the capture: the agent sees every request, dropped ones too.
+    let key = FlowKey {
+        client_addr: l3.src,
+        server_addr: l3.dst,
+        client_port,
+        server_port,
+        family: l3.family,
+        _pad: [0; 3],
+    };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let new_connection = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if live_entry(&BLOCKED_FLOWS, &key, now).is_some() {
+        // A SYN reusing a blocked connection's ports is a new connection: not blocked.
+        if new_connection {
+            let _ = BLOCKED_FLOWS.remove(key);
+        } else if tcp_flags & TCP_RST == 0 {
+            count(Counter::DroppedIngress);
+            return Ok(TC_ACT_SHOT);
+        }
+    }
+    // Blocked clients keep their handshakes (the agent resets the connection when its
+    // first request shows), but not their request bytes.
+    if wire_len > 0 && live_entry(&BLOCKED_CLIENTS, &l3.src, now).is_some() {
+        count(Counter::DroppedIngress);
+        return Ok(TC_ACT_SHOT);
+    }
+    if let Some(entry) = live_entry(&FLAGGED_FLOWS, &key, now) {
+        ctx.set_mark(entry.mark);
+        count(Counter::Marked);
+    }
+    Ok(TC_ACT_UNSPEC)
+}
+
+fn try_egress(ctx: &TcContext) -> Result<i32, i64> {
+    let l3 = l3(ctx)?;
+    let server_port = u16::from_be(ctx.load::<u16>(l3.l4)?);
+    // SAFETY: a map lookup by value; the returned reference is not kept.
+    if unsafe { PORTS.get(server_port) }.is_none() {
+        return Ok(TC_ACT_UNSPEC);
+    }
+    let tcp_flags = ctx.load::<u8>(l3.l4 + 13)?;
+    if tcp_flags & TCP_RST != 0 {
+        return Ok(TC_ACT_UNSPEC); // Resets always get through: neither end may hang.
+    }
+    let key = FlowKey {
+        client_addr: l3.dst,
+        server_addr: l3.src,
+        client_port: u16::from_be(ctx.load::<u16>(l3.l4 + 2)?),
+        server_port,
+        family: l3.family,
+        _pad: [0; 3],
+    };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if live_entry(&BLOCKED_FLOWS, &key, now).is_some() {
+        count(Counter::DroppedEgress);
+        return Ok(TC_ACT_SHOT);
+    }
+    Ok(TC_ACT_UNSPEC)
+}
+
+/// The entry for `key` if it has not expired; an expired one is removed.
+fn live_entry<K>(map: &HashMap<K, BlockEntry>, key: &K, now: u64) -> Option<BlockEntry> {
+    // SAFETY: the value is copied out at once; the reference is not kept.
+    let entry = *unsafe { map.get(key) }?;
+    if entry.expires_ns <= now {
+        let _ = map.remove(key);
+        return None;
+    }
+    Some(entry)
+}
+
+fn capture(
+    ctx: &TcContext,
+    l3: &L3,
+    client_port: u16,
+    server_port: u16,
+    tcp_flags: u8,
+    wire_len: usize,
+    payload_at: usize,
+) -> Result<(), i64> {
+    let seq = u32::from_be(ctx.load::<u32>(l3.l4 + 4)?);
     let Some(mut entry) = EVENTS.reserve::<CaptureEvent>(0) else {
         count(Counter::Lost);
         return Ok(());
     };
-    let snaplen = CONFIG.get(0).map_or(MAX_SNAPLEN as u32, |c| c.snaplen) as usize;
+    let config = CONFIG.get(0);
+    let snaplen = config.map_or(MAX_SNAPLEN as u32, |c| c.snaplen) as usize;
+    let wake_every_event = config.is_some_and(|c| c.wake_every_event != 0);
     let in_skb = (ctx.len() as usize).saturating_sub(payload_at);
     let want = wire_len.min(snaplen).min(in_skb);
     let event = entry.as_mut_ptr();
@@ -107,8 +226,8 @@ fn try_capture(ctx: &TcContext) -> Result<(), i64> {
     unsafe {
         let h = &mut (*event).header;
         h.ktime_ns = bpf_ktime_get_ns();
-        h.client_addr = l3.client;
-        h.server_addr = l3.server;
+        h.client_addr = l3.src;
+        h.server_addr = l3.dst;
         h.client_port = client_port;
         h.server_port = server_port;
         h.seq = seq;
@@ -120,15 +239,17 @@ fn try_capture(ctx: &TcContext) -> Result<(), i64> {
         h.truncated = u8::from(copied < wire_len);
         h._pad = [0; 6];
     }
-    // Batched wakeups: waking the agent for every packet costs both sides a context
-    // switch per request. The agent drains on a short timer (`WAKEUP_BYTES` notes the
-    // fill level that overrides it), so only a filling ring forces a wakeup.
-    let flags = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
-        BPF_RB_FORCE_WAKEUP
+    // Wakeups: when enforcing, every event wakes the agent (its verdict must beat the
+    // server's answer). Otherwise only a filling ring does and the agent drains on a
+    // timer: a wakeup per request costs both sides a context switch.
+    let flags = if wake_every_event {
+        0
+    } else if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
+        u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
-        BPF_RB_NO_WAKEUP
+        u64::from(BPF_RB_NO_WAKEUP)
     };
-    entry.submit(u64::from(flags));
+    entry.submit(flags);
     count(Counter::Captured);
     Ok(())
 }
@@ -147,14 +268,14 @@ fn ipv4(ctx: &TcContext) -> Result<L3, i64> {
         return Err(0);
     }
     let total_len = usize::from(u16::from_be(ctx.load::<u16>(ETH_HLEN + 2)?));
-    let mut client = [0u8; 16];
-    let mut server = [0u8; 16];
-    client[..4].copy_from_slice(&ctx.load::<[u8; 4]>(ETH_HLEN + 12)?);
-    server[..4].copy_from_slice(&ctx.load::<[u8; 4]>(ETH_HLEN + 16)?);
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src[..4].copy_from_slice(&ctx.load::<[u8; 4]>(ETH_HLEN + 12)?);
+    dst[..4].copy_from_slice(&ctx.load::<[u8; 4]>(ETH_HLEN + 16)?);
     Ok(L3 {
         family: 4,
-        client,
-        server,
+        src,
+        dst,
         l4: ETH_HLEN + header_len,
         ip_payload_len: total_len.saturating_sub(header_len),
     })
@@ -190,8 +311,8 @@ fn ipv6(ctx: &TcContext) -> Result<L3, i64> {
     }
     Ok(L3 {
         family: 6,
-        client: ctx.load::<[u8; 16]>(ETH_HLEN + 8)?,
-        server: ctx.load::<[u8; 16]>(ETH_HLEN + 24)?,
+        src: ctx.load::<[u8; 16]>(ETH_HLEN + 8)?,
+        dst: ctx.load::<[u8; 16]>(ETH_HLEN + 24)?,
         l4,
         ip_payload_len: payload_len.saturating_sub(l4 - ETH_HLEN - IPV6_HLEN),
     })

@@ -46,14 +46,18 @@ pub fn rfc3339(ts: Nanos) -> String {
     humantime::format_rfc3339_micros(t).to_string()
 }
 
-/// Where alerts go.
-pub trait AlertSink {
-    fn emit(&mut self, alert: Alert);
+/// Where the pipeline's outcomes go: alerts, and (live, in enforce mode) verdicts for the
+/// kernel.
+pub trait OutcomeSink {
+    fn alert(&mut self, alert: Alert);
+
+    /// A connection to cut or flag; replay has no kernel to tell.
+    fn enforce(&mut self, _verdict: &crate::enforce::Verdict) {}
 }
 
 /// Collects alerts in memory (tests, reports).
-impl AlertSink for Vec<Alert> {
-    fn emit(&mut self, alert: Alert) {
+impl OutcomeSink for Vec<Alert> {
+    fn alert(&mut self, alert: Alert) {
         self.push(alert);
     }
 }
@@ -71,8 +75,8 @@ impl<W: Write> JsonLines<W> {
     }
 }
 
-impl<W: Write> AlertSink for JsonLines<W> {
-    fn emit(&mut self, alert: Alert) {
+impl<W: Write> OutcomeSink for JsonLines<W> {
+    fn alert(&mut self, alert: Alert) {
         let mut line = serde_json::to_vec(&alert).expect("alerts serialise");
         line.push(b'\n');
         if self

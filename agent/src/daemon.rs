@@ -9,8 +9,10 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::admin::{self, AgentState};
-use crate::alerts::JsonLines;
-use crate::config::{Config, ConfigError};
+use crate::alerts::{Alert, JsonLines, OutcomeSink};
+use crate::config::{Config, ConfigError, EnforceMode};
+use crate::enforce::Verdict;
+use crate::enforce::kernel::KernelEnforcer;
 use crate::pipeline::Pipeline;
 use crate::source::live::{KernelCounters, LiveCapture, LiveError};
 use crate::source::ring::wall_clock_now;
@@ -43,8 +45,18 @@ pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
     let shared = Arc::new(AgentState::new(Pipeline::new(config, &key)?));
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
-    let mut capture =
-        LiveCapture::attach(interface, &config.capture.ports, config.capture.snaplen)?;
+    let enforce = config.enforce.mode == EnforceMode::Enforce;
+    let mut capture = LiveCapture::attach(
+        interface,
+        &config.capture.ports,
+        config.capture.snaplen,
+        enforce,
+    )?;
+    let enforcer = if enforce {
+        Some(capture.take_enforcer()?)
+    } else {
+        None
+    };
     let mut kernel_log = capture.take_kernel_log();
     // The API answers only once the capture is attached: readiness (SPEC §9).
     let addr = config.admin.listen.clone();
@@ -57,12 +69,15 @@ pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
     let server = tokio::spawn(axum::serve(listener, admin::router(shared.clone())).into_future());
     tracing::info!(interface, admin = %addr, "seqshield running");
 
-    let mut alerts = JsonLines::new(std::io::stdout());
+    let mut outcomes = LiveOutcomes {
+        alerts: JsonLines::new(std::io::stdout()),
+        enforcer,
+    };
     let mut tick = tokio::time::interval(TICK);
     let mut last = KernelCounters::default();
     loop {
         tokio::select! {
-            batch = capture.next_batch_with(|| shared.pipeline(), |pipeline, segment| pipeline.process(&segment, &mut alerts)) => {
+            batch = capture.next_batch_with(|| shared.pipeline(), |pipeline, segment| pipeline.process(&segment, &mut outcomes)) => {
                 if let Err(e) = batch {
                     tracing::error!(error = %e, "reading the capture failed; stopping");
                     break;
@@ -74,7 +89,7 @@ pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
                 last = counters;
                 let mut pipeline = shared.pipeline();
                 pipeline.set_lost_events(counters.lost);
-                pipeline.tick(wall_clock_now(), &mut alerts);
+                pipeline.tick(wall_clock_now(), &mut outcomes);
                 drop(pipeline);
                 capture.resync_clock();
             }
@@ -87,6 +102,36 @@ pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
     drop(capture);
     tracing::info!(interface, "capture detached; exiting");
     Ok(())
+}
+
+/// Alerts to stdout; verdicts to the kernel (enforce mode).
+struct LiveOutcomes {
+    alerts: JsonLines<std::io::Stdout>,
+    enforcer: Option<KernelEnforcer>,
+}
+
+impl OutcomeSink for LiveOutcomes {
+    fn alert(&mut self, alert: Alert) {
+        self.alerts.alert(alert);
+    }
+
+    fn enforce(&mut self, verdict: &Verdict) {
+        let Some(enforcer) = &mut self.enforcer else {
+            return;
+        };
+        let (client, server) = (
+            verdict.flow.client.to_string(),
+            verdict.flow.server.to_string(),
+        );
+        match enforcer.apply(verdict) {
+            Ok(()) => {
+                tracing::info!(event = "enforced", client, server, action = ?verdict.action, "connection enforced")
+            }
+            Err(e) => {
+                tracing::error!(event = "enforce_failed", client, server, error = %e, "enforcement failed")
+            }
+        }
+    }
 }
 
 /// Lost events are data: a log line with the loss rate whenever the kernel dropped some.

@@ -10,6 +10,7 @@ pub mod alerts;
 pub mod analytics;
 pub mod config;
 pub mod daemon;
+pub mod enforce;
 pub mod flow;
 pub mod http;
 pub mod ops;

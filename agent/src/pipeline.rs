@@ -2,9 +2,10 @@
 //! → operation → session → analytics and rules → alerts. Replay and the live agent both
 //! drive a [`Pipeline`]; only where segments come from differs.
 
-use crate::alerts::{Alert, AlertAction, AlertSink, SEQUENCE_VIOLATION, rfc3339};
+use crate::alerts::{Alert, AlertAction, OutcomeSink, SEQUENCE_VIOLATION, rfc3339};
 use crate::analytics::Analytics;
 use crate::config::{Config, ConfigError, EnforceMode, RuleAction};
+use crate::enforce::Blocks;
 use crate::flow::{FlowTable, Piece};
 use crate::http::{HttpStats, HttpStream, RequestHead};
 use crate::ops::{Catalog, OpId, Resolved, normalise_host, split_target};
@@ -35,6 +36,8 @@ struct Analysis {
     lookback_ops: usize,
     lookback: Nanos,
     counters: RequestCounters,
+    /// Blocked sessions and clients (enforce mode).
+    blocks: Blocks,
     /// Reused for the normalised host of each request.
     host: String,
 }
@@ -77,6 +80,7 @@ impl Pipeline {
                 lookback_ops: config.enforce.lookback_ops,
                 lookback: duration_nanos(config.enforce.lookback),
                 counters: RequestCounters::default(),
+                blocks: Blocks::new(&config.enforce),
                 host: String::new(),
             },
             packets: 0,
@@ -89,7 +93,7 @@ impl Pipeline {
 
     /// Takes one client → server segment; alerts for the requests it completes go to
     /// `alerts` before this returns.
-    pub fn process(&mut self, seg: &Segment<'_>, alerts: &mut dyn AlertSink) {
+    pub fn process(&mut self, seg: &Segment<'_>, alerts: &mut dyn OutcomeSink) {
         if seg.is_bare_ack() {
             return; // Not counted either: live, the kernel never hands these over.
         }
@@ -114,7 +118,7 @@ impl Pipeline {
 
     /// Upkeep when no segment arrives (live): skips stale reassembly holes and forgets
     /// idle connections as of `now`.
-    pub fn tick(&mut self, now: Nanos, alerts: &mut dyn AlertSink) {
+    pub fn tick(&mut self, now: Nanos, alerts: &mut dyn OutcomeSink) {
         let Self {
             flows,
             http,
@@ -137,7 +141,7 @@ impl Pipeline {
         &mut self,
         capture: &[u8],
         ports: &[u16],
-        alerts: &mut dyn AlertSink,
+        alerts: &mut dyn OutcomeSink,
     ) -> Result<PcapCounters, PcapError> {
         for_each_segment(capture, ports, |seg| self.process(&seg, alerts))
     }
@@ -228,7 +232,7 @@ struct Deliver<'a> {
     ts: Nanos,
     http: &'a mut HttpStats,
     analysis: &'a mut Analysis,
-    alerts: &'a mut dyn AlertSink,
+    alerts: &'a mut dyn OutcomeSink,
 }
 
 impl Deliver<'_> {
@@ -256,7 +260,7 @@ impl Analysis {
         flow: &FlowKey,
         head: &RequestHead<'_>,
         session_cache: &mut SessionCache,
-        alerts: &mut dyn AlertSink,
+        alerts: &mut dyn OutcomeSink,
     ) {
         let (authority, path) = split_target(head.target);
         let host_raw = authority
@@ -278,7 +282,12 @@ impl Analysis {
         if let Some(op) = op {
             self.analytics.record_request(op, ts);
         }
-        let Some(session_id) = self.identifier.identify(head, session_cache) else {
+        let session = self.identifier.identify(head, session_cache);
+        // A new connection of a blocked session or client is cut on its first request.
+        if let Some((verdict, _)) = self.blocks.check(ts, *flow, session) {
+            alerts.enforce(&verdict);
+        }
+        let Some(session_id) = session else {
             self.counters.unidentified += 1;
             return;
         };
@@ -312,8 +321,11 @@ impl Analysis {
             (RuleAction::Block, EnforceMode::Enforce) => AlertAction::Block,
         };
         self.counters.alerts += 1;
+        if let Some(verdict) = self.blocks.on_violation(ts, *flow, session_id, rule.action) {
+            alerts.enforce(&verdict);
+        }
         let human = |op: OpId| self.catalog.get(op).human();
-        alerts.emit(Alert {
+        alerts.alert(Alert {
             timestamp: rfc3339(ts),
             event: SEQUENCE_VIOLATION.to_string(),
             rule_id: rule.id.clone(),

@@ -8,94 +8,16 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
-use common::{NetPair, eventually, fixture, root_or_skip, seqshield_bin, signal};
+use common::{
+    BALANCE, NetPair, TRANSFER, eventually, fixture, live_report, root_or_skip, seqshield_bin,
+    signal, start_agent,
+};
 use seqshield::report::Report;
 
 const LOGIN: &str = "POST bank.test/api/v1/login";
 const ACCOUNTS: &str = "GET bank.test/api/v1/users/{user_id}/accounts";
-const BALANCE: &str = "GET bank.test/api/v1/accounts/{account_id}/balance";
-const TRANSFER: &str = "POST bank.test/api/v1/transferFunds";
-const RULE_ID: &str = "5b7e1f0a-8a51-4d0e-9e1c-3f2b6c7d8e90";
-
-fn write_config(dir: &Path, admin_port: u16) -> std::path::PathBuf {
-    let config = format!(
-        r#"
-[capture]
-ports = [80]
-[sequence]
-min_support = 1
-[admin]
-listen = "127.0.0.1:{admin_port}"
-[state]
-dir = {state:?}
-[[endpoint]]
-host = "bank.test"
-method = "POST"
-path = "/api/v1/login"
-[[endpoint]]
-host = "bank.test"
-method = "GET"
-path = "/api/v1/users/{{user_id}}/accounts"
-[[endpoint]]
-host = "bank.test"
-method = "GET"
-path = "/api/v1/accounts/{{account_id}}/balance"
-[[endpoint]]
-host = "bank.test"
-method = "POST"
-path = "/api/v1/transferFunds"
-[[rule]]
-id = "{RULE_ID}"
-title = "transfer needs a balance check"
-kind = "allow"
-action = "block"
-sequence = ["{BALANCE}", "{TRANSFER}"]
-"#,
-        state = dir.join("state")
-    );
-    let path = dir.join("config.toml");
-    std::fs::write(&path, config).unwrap();
-    path
-}
-
-/// A running agent inside the pair's server namespace.
-struct Agent {
-    pid: u32,
-    admin: String,
-}
-
-fn start_agent(pair: &mut NetPair, config: &Path, admin_port: u16, alerts: &Path) -> Agent {
-    let pid = pair.spawn_server_side(
-        &[
-            seqshield_bin(),
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--iface",
-            &pair.server_if.clone(),
-        ],
-        Some(alerts),
-    );
-    let agent = Agent {
-        pid,
-        admin: format!("127.0.0.1:{admin_port}"),
-    };
-    // Ready once the report answers (SPEC §9).
-    eventually("the agent's admin API", Duration::from_secs(15), || {
-        live_report(pair, &agent)
-    });
-    agent
-}
-
-fn live_report(pair: &NetPair, agent: &Agent) -> Option<Report> {
-    let out = pair.in_server(&[seqshield_bin(), "report", "--admin", &agent.admin, "--json"]);
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).expect("report JSON"))
-}
 
 /// The tcx link of the agent's capture program, from the agent's own descriptors.
 fn capture_link_id(pid: u32) -> Option<String> {
@@ -196,7 +118,7 @@ fn live_report_matches_what_clients_sent_and_the_replay_of_a_tcpdump_capture() {
     let dir = tempfile::tempdir().unwrap();
     let mut pair = NetPair::new();
     let admin_port = 19_464;
-    let config = write_config(dir.path(), admin_port);
+    let config = common::bank_config(dir.path(), admin_port, "");
     let server_ip = pair.server_ip.clone();
     pair.spawn_server_side(
         &[
@@ -348,7 +270,7 @@ fn live_report_matches_what_clients_sent_and_the_replay_of_a_tcpdump_capture() {
         .collect();
     assert_eq!(live_alerts.len(), 2, "{alerts_text}");
     for a in &live_alerts {
-        assert_eq!(a["rule_id"], RULE_ID);
+        assert_eq!(a["rule_id"], common::RULE_ID);
         assert_eq!(a["action"], "would_block");
         assert_eq!(a["operation"], TRANSFER);
         assert_eq!(a["previous_operations"], serde_json::json!([LOGIN]));
@@ -411,7 +333,7 @@ fn pipelined_requests_bodies_and_large_headers_live() {
     let dir = tempfile::tempdir().unwrap();
     let mut pair = NetPair::new();
     let admin_port = 19_465;
-    let config = write_config(dir.path(), admin_port);
+    let config = common::bank_config(dir.path(), admin_port, "");
     let server_ip = pair.server_ip.clone();
     pair.spawn_server_side(
         &[
@@ -508,7 +430,7 @@ fn the_capture_program_goes_away_with_the_agent_even_after_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let mut pair = NetPair::new();
     let admin_port = 19_466;
-    let config = write_config(dir.path(), admin_port);
+    let config = common::bank_config(dir.path(), admin_port, "");
     for sig in [libc::SIGINT, libc::SIGKILL] {
         let agent = start_agent(
             &mut pair,
@@ -537,7 +459,7 @@ fn clear_errors_for_a_missing_interface() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), 19_467);
+    let config = common::bank_config(dir.path(), 19_467, "");
     let out = std::process::Command::new(seqshield_bin())
         .args([
             "run",
@@ -562,7 +484,7 @@ fn refuses_to_run_without_privileges() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), 19_468);
+    let config = common::bank_config(dir.path(), 19_468, "");
     // As nobody, with no capabilities.
     let out = std::process::Command::new("setpriv")
         .args([

@@ -5,7 +5,7 @@ use std::hint::black_box;
 use std::mem::MaybeUninit;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use seqshield::alerts::{Alert, AlertSink};
+use seqshield::alerts::{Alert, OutcomeSink};
 use seqshield::config::Config;
 use seqshield::pipeline::Pipeline;
 use seqshield_tests::bank;
@@ -18,8 +18,8 @@ const SESSIONS: usize = 10_000;
 #[derive(Default)]
 struct CountingSink(u64);
 
-impl AlertSink for CountingSink {
-    fn emit(&mut self, alert: Alert) {
+impl OutcomeSink for CountingSink {
+    fn alert(&mut self, alert: Alert) {
         self.0 += 1;
         black_box(alert);
     }

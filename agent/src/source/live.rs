@@ -10,7 +10,9 @@ use std::os::fd::AsRawFd;
 
 use std::time::Duration;
 
-use agent_common::{CAPTURE_PROGRAM, CaptureConfig, Counter, DRAIN_INTERVAL_MS, MAX_SNAPLEN, maps};
+use agent_common::{
+    CAPTURE_PROGRAM, CaptureConfig, Counter, DRAIN_INTERVAL_MS, EGRESS_PROGRAM, MAX_SNAPLEN, maps,
+};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
@@ -19,6 +21,7 @@ use tokio::io::unix::AsyncFd;
 
 use super::Segment;
 use super::ring::{KernelClock, segment_from_record};
+use crate::enforce::kernel::KernelEnforcer;
 
 /// The kernel object built by `agent/build.rs` (empty when built with AYA_BUILD_SKIP=1).
 static KERNEL_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/seqshield"));
@@ -57,6 +60,9 @@ pub struct KernelCounters {
     pub captured: u64,
     pub lost: u64,
     pub unsupported: u64,
+    pub dropped_ingress: u64,
+    pub dropped_egress: u64,
+    pub marked: u64,
 }
 
 /// An attached capture. Dropping it detaches the program.
@@ -91,7 +97,13 @@ impl LiveCapture {
 
     /// Loads the program, sets the captured ports and snaplen, and attaches to the
     /// ingress of `interface`.
-    pub fn attach(interface: &str, ports: &[u16], snaplen: u32) -> Result<Self, LiveError> {
+    /// `enforce`: also attach the egress program, and wake the agent for every event.
+    pub fn attach(
+        interface: &str,
+        ports: &[u16],
+        snaplen: u32,
+        enforce: bool,
+    ) -> Result<Self, LiveError> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 && !has_bpf_capabilities() {
             return Err(LiveError::NotRoot);
@@ -142,7 +154,14 @@ impl LiveCapture {
                 })?;
             let snaplen = snaplen.clamp(1, MAX_SNAPLEN as u32);
             config
-                .set(0, CaptureConfig { snaplen }, 0)
+                .set(
+                    0,
+                    CaptureConfig {
+                        snaplen,
+                        wake_every_event: u32::from(enforce),
+                    },
+                    0,
+                )
                 .map_err(|source| LiveError::Map {
                     name: maps::CONFIG,
                     source,
@@ -174,7 +193,15 @@ impl LiveCapture {
             let _ = aya::programs::tc::qdisc_add_clsact(interface);
         }
         program.attach(interface, TcAttachType::Ingress)?;
-        tracing::info!(interface, ?ports, snaplen, "capture attached");
+        if enforce {
+            let egress: &mut SchedClassifier = ebpf
+                .program_mut(EGRESS_PROGRAM)
+                .ok_or(LiveError::Missing(EGRESS_PROGRAM))?
+                .try_into()?;
+            egress.load()?;
+            egress.attach(interface, TcAttachType::Egress)?;
+        }
+        tracing::info!(interface, ?ports, snaplen, enforce, "capture attached");
         Ok(Self {
             ring: readable(ring)?,
             counters,
@@ -209,6 +236,20 @@ impl LiveCapture {
         Ok(n)
     }
 
+    /// The kernel's block and flag maps, for the enforcer.
+    pub fn take_enforcer(&mut self) -> Result<KernelEnforcer, LiveError> {
+        let mut take =
+            |name: &'static str| self._ebpf.take_map(name).ok_or(LiveError::Missing(name));
+        let map_err = |name: &'static str| move |source| LiveError::Map { name, source };
+        let flows =
+            HashMap::try_from(take(maps::BLOCKED_FLOWS)?).map_err(map_err(maps::BLOCKED_FLOWS))?;
+        let clients = HashMap::try_from(take(maps::BLOCKED_CLIENTS)?)
+            .map_err(map_err(maps::BLOCKED_CLIENTS))?;
+        let flagged =
+            HashMap::try_from(take(maps::FLAGGED_FLOWS)?).map_err(map_err(maps::FLAGGED_FLOWS))?;
+        Ok(KernelEnforcer::new(flows, clients, flagged))
+    }
+
     /// The kernel's log lines (aya-log), to poll next to the ring buffer.
     pub fn take_kernel_log(&mut self) -> KernelLog {
         KernelLog(self.logger.take())
@@ -231,6 +272,9 @@ impl LiveCapture {
             captured: sum(Counter::Captured),
             lost: sum(Counter::Lost),
             unsupported: sum(Counter::Unsupported),
+            dropped_ingress: sum(Counter::DroppedIngress),
+            dropped_egress: sum(Counter::DroppedEgress),
+            marked: sum(Counter::Marked),
         }
     }
 

@@ -6,6 +6,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+
+use seqshield::report::Report;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -190,4 +192,88 @@ pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/fixtures")
         .join(name)
+}
+
+pub const RULE_ID: &str = "5b7e1f0a-8a51-4d0e-9e1c-3f2b6c7d8e90";
+pub const BALANCE: &str = "GET bank.test/api/v1/accounts/{account_id}/balance";
+pub const TRANSFER: &str = "POST bank.test/api/v1/transferFunds";
+
+/// The bank API's endpoints and its "transfer needs a balance check" allow rule (action
+/// block), sequences reported from one occurrence; `extra` is appended (e.g. `[enforce]`).
+pub fn bank_config(dir: &Path, admin_port: u16, extra: &str) -> PathBuf {
+    let config = format!(
+        r#"
+[capture]
+ports = [80]
+[sequence]
+min_support = 1
+[admin]
+listen = "127.0.0.1:{admin_port}"
+[state]
+dir = {state:?}
+[[endpoint]]
+host = "bank.test"
+method = "POST"
+path = "/api/v1/login"
+[[endpoint]]
+host = "bank.test"
+method = "GET"
+path = "/api/v1/users/{{user_id}}/accounts"
+[[endpoint]]
+host = "bank.test"
+method = "GET"
+path = "/api/v1/accounts/{{account_id}}/balance"
+[[endpoint]]
+host = "bank.test"
+method = "POST"
+path = "/api/v1/transferFunds"
+[[rule]]
+id = "{RULE_ID}"
+title = "transfer needs a balance check"
+kind = "allow"
+action = "block"
+sequence = ["{BALANCE}", "{TRANSFER}"]
+{extra}
+"#,
+        state = dir.join("state")
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// A running agent inside the pair's server namespace.
+pub struct Agent {
+    pub pid: u32,
+    pub admin: String,
+}
+
+pub fn start_agent(pair: &mut NetPair, config: &Path, admin_port: u16, alerts: &Path) -> Agent {
+    let pid = pair.spawn_server_side(
+        &[
+            seqshield_bin(),
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--iface",
+            &pair.server_if.clone(),
+        ],
+        Some(alerts),
+    );
+    let agent = Agent {
+        pid,
+        admin: format!("127.0.0.1:{admin_port}"),
+    };
+    // Ready once the report answers (SPEC §9).
+    eventually("the agent's admin API", Duration::from_secs(15), || {
+        live_report(pair, &agent)
+    });
+    agent
+}
+
+pub fn live_report(pair: &NetPair, agent: &Agent) -> Option<Report> {
+    let out = pair.in_server(&[seqshield_bin(), "report", "--admin", &agent.admin, "--json"]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).expect("report JSON"))
 }

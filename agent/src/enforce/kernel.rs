@@ -1,0 +1,151 @@
+//! Applies verdicts in the kernel: entries in the capture program's block and flag maps
+//! (each with an expiry the kernel checks), and a reset of the cut connection.
+
+use std::net::IpAddr;
+
+use agent_common::{BlockEntry, FlowKey as KernelFlowKey, maps};
+use aya::maps::{HashMap, MapData};
+
+use super::{Verdict, VerdictAction, sock_destroy};
+use crate::source::FlowKey;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnforceError {
+    #[error("kernel map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("resetting {flow}: {source}")]
+    Reset {
+        flow: String,
+        source: std::io::Error,
+    },
+}
+
+/// The kernel's enforcement maps.
+pub struct KernelEnforcer {
+    flows: HashMap<MapData, KernelFlowKey, BlockEntry>,
+    clients: HashMap<MapData, [u8; 16], BlockEntry>,
+    flagged: HashMap<MapData, KernelFlowKey, BlockEntry>,
+}
+
+impl KernelEnforcer {
+    pub fn new(
+        flows: HashMap<MapData, KernelFlowKey, BlockEntry>,
+        clients: HashMap<MapData, [u8; 16], BlockEntry>,
+        flagged: HashMap<MapData, KernelFlowKey, BlockEntry>,
+    ) -> Self {
+        Self {
+            flows,
+            clients,
+            flagged,
+        }
+    }
+
+    /// Blocks first (so a response still in flight is dropped), then resets.
+    pub fn apply(&mut self, verdict: &Verdict) -> Result<(), EnforceError> {
+        let key = kernel_key(&verdict.flow);
+        let entry = |mark| BlockEntry {
+            expires_ns: monotonic_now().saturating_add(verdict.ttl),
+            mark,
+            _pad: 0,
+        };
+        match verdict.action {
+            VerdictAction::Cut { block_client } => {
+                self.flows
+                    .insert(key, entry(0), 0)
+                    .map_err(|source| EnforceError::Map {
+                        name: maps::BLOCKED_FLOWS,
+                        source,
+                    })?;
+                if block_client {
+                    self.clients
+                        .insert(key.client_addr, entry(0), 0)
+                        .map_err(|source| EnforceError::Map {
+                            name: maps::BLOCKED_CLIENTS,
+                            source,
+                        })?;
+                }
+                sock_destroy::destroy(verdict.flow.server, verdict.flow.client).map_err(
+                    |source| EnforceError::Reset {
+                        flow: format!("{} -> {}", verdict.flow.client, verdict.flow.server),
+                        source,
+                    },
+                )?;
+            }
+            VerdictAction::Flag { mark } => {
+                self.flagged
+                    .insert(key, entry(mark), 0)
+                    .map_err(|source| EnforceError::Map {
+                        name: maps::FLAGGED_FLOWS,
+                        source,
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Entries in the kernel maps (expired ones linger until a packet or the agent
+    /// touches them).
+    pub fn active_entries(&self) -> usize {
+        self.flows.keys().count() + self.clients.keys().count() + self.flagged.keys().count()
+    }
+}
+
+/// The kernel's view of a connection.
+pub fn kernel_key(flow: &FlowKey) -> KernelFlowKey {
+    let (family, client_addr) = addr(flow.client.ip());
+    let (_, server_addr) = addr(flow.server.ip());
+    KernelFlowKey {
+        client_addr,
+        server_addr,
+        client_port: flow.client.port(),
+        server_port: flow.server.port(),
+        family,
+        _pad: [0; 3],
+    }
+}
+
+fn addr(ip: IpAddr) -> (u8, [u8; 16]) {
+    let mut out = [0u8; 16];
+    match ip {
+        IpAddr::V4(v4) => {
+            out[..4].copy_from_slice(&v4.octets());
+            (4, out)
+        }
+        IpAddr::V6(v6) => (6, v6.octets()),
+    }
+}
+
+/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`, which checks the expiries.
+pub fn monotonic_now() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_keys_match_the_capture_layout() {
+        let flow = FlowKey {
+            client: "10.0.0.1:40000".parse().unwrap(),
+            server: "10.0.0.2:80".parse().unwrap(),
+        };
+        let k = kernel_key(&flow);
+        assert_eq!(
+            (k.family, &k.client_addr[..4], k.client_port, k.server_port),
+            (4, &[10, 0, 0, 1][..], 40000, 80)
+        );
+        assert!(k.client_addr[4..].iter().all(|&b| b == 0));
+    }
+}

@@ -1,0 +1,248 @@
+//! Enforcement end to end (root): the agent in enforce mode next to a real server that
+//! takes 5 ms to answer, real clients (one keep-alive connection each, a raw socket
+//! client that reports what happened to each request). A session that skips the balance
+//! check is cut — its transfer gets no answer, the connection is reset — while a legit
+//! session on the same host is untouched; session and client-ip scopes cut new
+//! connections until `block_ttl`; log rules mark packets (an nftables counter sees the
+//! mark); monitor mode changes nothing; a SIGKILLed agent leaves traffic flowing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{NetPair, eventually, fixture, root_or_skip, signal, start_agent};
+
+/// Starts the bank server (5 ms per answer) and an agent with `enforce` settings.
+fn setup(admin_port: u16, enforce: &str) -> (tempfile::TempDir, NetPair, common::Agent) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pair = NetPair::new();
+    let config = common::bank_config(dir.path(), admin_port, enforce);
+    let server_ip = pair.server_ip.clone();
+    pair.spawn_server_side(
+        &[
+            "env",
+            "BANK_DELAY_MS=5",
+            "python3",
+            fixture("bank_server.py").to_str().unwrap(),
+            &server_ip,
+            "80",
+        ],
+        None,
+    );
+    let agent = start_agent(
+        &mut pair,
+        &config,
+        admin_port,
+        &dir.path().join("alerts.jsonl"),
+    );
+    eventually("the bank server", Duration::from_secs(10), || {
+        pair.in_client(&[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            &format!("http://{server_ip}/ready"),
+        ])
+        .status
+        .success()
+        .then_some(())
+    });
+    (dir, pair, agent)
+}
+
+/// One keep-alive connection from the client namespace; the outcome of each request.
+fn session(pair: &NetPair, header: &str, steps: &[&str]) -> Vec<String> {
+    let client = fixture("session_client.py");
+    let mut args = vec!["python3", client.to_str().unwrap()];
+    args.extend([pair.server_ip.as_str(), "80", header]);
+    args.extend_from_slice(steps);
+    let out = pair.in_client(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+const LOGIN: &str = "POST:/api/v1/login";
+const BALANCE: &str = "GET:/api/v1/accounts/1/balance";
+const TRANSFER: &str = "POST:/api/v1/transferFunds";
+
+#[test]
+fn a_violating_session_is_cut_and_a_legit_one_is_not() {
+    if !root_or_skip("a_violating_session_is_cut_and_a_legit_one_is_not") {
+        return;
+    }
+    let (dir, pair, _agent) = setup(19_470, "[enforce]\nmode = \"enforce\"\n");
+    // The attacker's transfer never gets its answer: the connection is reset, and the
+    // request after it on the same connection fails too.
+    let attacker = session(&pair, "Cookie: sid=mallory", &[LOGIN, TRANSFER, BALANCE]);
+    assert_eq!(attacker[0], "200");
+    assert!(
+        matches!(attacker[1].as_str(), "reset" | "closed"),
+        "transfer answered: {attacker:?}"
+    );
+    assert!(
+        matches!(attacker[2].as_str(), "reset" | "closed"),
+        "{attacker:?}"
+    );
+    // A legit session, on the same host, before and after.
+    assert_eq!(
+        session(
+            &pair,
+            "Cookie: sid=alice",
+            &[LOGIN, BALANCE, TRANSFER, BALANCE, TRANSFER]
+        ),
+        ["200"; 5]
+    );
+    // The alert says block.
+    let alerts = eventually("the alert", Duration::from_secs(2), || {
+        let text = std::fs::read_to_string(dir.path().join("alerts.jsonl")).ok()?;
+        (!text.is_empty()).then_some(text)
+    });
+    assert!(alerts.contains("\"action\":\"block\""), "{alerts}");
+}
+
+#[test]
+fn session_scope_cuts_new_connections_until_block_ttl() {
+    if !root_or_skip("session_scope_cuts_new_connections_until_block_ttl") {
+        return;
+    }
+    let (_dir, pair, _agent) = setup(
+        19_471,
+        "[enforce]\nmode = \"enforce\"\nblock_scope = \"session\"\nblock_ttl = \"2s\"\n",
+    );
+    let attacker = session(&pair, "Cookie: sid=mallory", &[LOGIN, TRANSFER]);
+    assert_ne!(attacker[1], "200");
+    // A new connection of the same session is cut on its first request, even a harmless one.
+    assert_ne!(session(&pair, "Cookie: sid=mallory", &[BALANCE])[0], "200");
+    // Another session is not.
+    assert_eq!(session(&pair, "Cookie: sid=alice", &[BALANCE]), ["200"]);
+    // After block_ttl the session may come back.
+    std::thread::sleep(Duration::from_millis(2_300));
+    assert_eq!(session(&pair, "Cookie: sid=mallory", &[BALANCE]), ["200"]);
+}
+
+#[test]
+fn client_ip_scope_cuts_every_session_of_that_address() {
+    if !root_or_skip("client_ip_scope_cuts_every_session_of_that_address") {
+        return;
+    }
+    let (_dir, pair, _agent) = setup(
+        19_472,
+        "[enforce]\nmode = \"enforce\"\nblock_scope = \"client_ip\"\nblock_ttl = \"2s\"\n",
+    );
+    let attacker = session(&pair, "Cookie: sid=mallory", &[LOGIN, TRANSFER]);
+    assert_ne!(attacker[1], "200");
+    // Same address, another session, no session at all: all cut.
+    assert_ne!(
+        session(&pair, "Cookie: sid=innocent-looking", &[BALANCE])[0],
+        "200"
+    );
+    assert_ne!(session(&pair, "-", &[BALANCE])[0], "200");
+    std::thread::sleep(Duration::from_millis(2_300));
+    assert_eq!(session(&pair, "Cookie: sid=alice", &[BALANCE]), ["200"]);
+}
+
+#[test]
+fn log_rules_mark_the_connection_for_netfilter() {
+    if !root_or_skip("log_rules_mark_the_connection_for_netfilter") {
+        return;
+    }
+    let (dir, pair, _agent) = setup(
+        19_473,
+        "[enforce]\nmode = \"enforce\"\n[[rule]]\ntitle = \"no deletes after login\"\nkind = \"block\"\naction = \"log\"\n\
+         sequence = [\"POST bank.test/api/v1/login\", \"DELETE bank.test/api/v1/accounts/{var1}\"]\npriority = 5\n",
+    );
+    // An nftables counter for packets that carry the flag mark (0x5e9, the default).
+    let table = "table inet sqsmark {\n chain input {\n  type filter hook input priority 0;\n  meta mark 0x5e9 counter\n }\n}\n";
+    let rules = dir.path().join("mark.nft");
+    std::fs::write(&rules, table).unwrap();
+    let out = pair.in_server(&["nft", "-f", rules.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counted = || {
+        let out = pair.in_server(&["nft", "list", "table", "inet", "sqsmark"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split("packets ")
+            .nth(1)
+            .and_then(|n| n.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(counted(), 0);
+    // login, delete (flagged: logged, not blocked), then more requests on that connection.
+    let flagged = session(
+        &pair,
+        "Cookie: sid=mallory",
+        &[LOGIN, "DELETE:/api/v1/accounts/7", BALANCE, BALANCE],
+    );
+    assert_eq!(flagged, ["200"; 4], "log rules never cut");
+    assert!(
+        counted() >= 2,
+        "packets after the verdict carry the mark: {}",
+        counted()
+    );
+    // A connection without a violation is not marked.
+    let before = counted();
+    assert_eq!(
+        session(&pair, "Cookie: sid=alice", &[BALANCE, BALANCE]),
+        ["200"; 2]
+    );
+    assert_eq!(counted(), before);
+}
+
+#[test]
+fn monitor_mode_changes_no_traffic() {
+    if !root_or_skip("monitor_mode_changes_no_traffic") {
+        return;
+    }
+    let (dir, pair, _agent) = setup(
+        19_474,
+        "[enforce]\nmode = \"monitor\"\nblock_scope = \"client_ip\"\n",
+    );
+    assert_eq!(
+        session(&pair, "Cookie: sid=mallory", &[LOGIN, TRANSFER, BALANCE]),
+        ["200"; 3]
+    );
+    assert_eq!(session(&pair, "Cookie: sid=other", &[BALANCE]), ["200"]);
+    let alerts = eventually("the alert", Duration::from_secs(2), || {
+        let text = std::fs::read_to_string(dir.path().join("alerts.jsonl")).ok()?;
+        (!text.is_empty()).then_some(text)
+    });
+    assert!(alerts.contains("\"action\":\"would_block\""), "{alerts}");
+}
+
+#[test]
+fn traffic_flows_again_when_the_agent_is_killed() {
+    if !root_or_skip("traffic_flows_again_when_the_agent_is_killed") {
+        return;
+    }
+    let (_dir, mut pair, agent) = setup(
+        19_475,
+        "[enforce]\nmode = \"enforce\"\nblock_scope = \"client_ip\"\nblock_ttl = \"10m\"\n",
+    );
+    assert_ne!(
+        session(&pair, "Cookie: sid=mallory", &[LOGIN, TRANSFER])[1],
+        "200"
+    );
+    assert_ne!(
+        session(&pair, "Cookie: sid=x", &[BALANCE])[0],
+        "200",
+        "the client is blocked"
+    );
+    signal(agent.pid, libc::SIGKILL);
+    pair.wait_for(agent.pid, Duration::from_secs(2))
+        .expect("killed");
+    // The block had 10 minutes to run; the programs died with the agent.
+    eventually("traffic to flow again", Duration::from_secs(1), || {
+        (session(&pair, "Cookie: sid=x", &[BALANCE]) == ["200"]).then_some(())
+    });
+}
