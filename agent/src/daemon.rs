@@ -42,9 +42,13 @@ pub enum DaemonError {
 pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
     LiveCapture::preflight(interface)?;
     let key = state::load_or_create_key(&config.state.dir)?;
-    let shared = Arc::new(AgentState::new(Pipeline::new(config, &key)?));
+    let shared = Arc::new(AgentState::new(
+        Pipeline::new(config, &key)?,
+        config.source.clone(),
+    ));
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
     let enforce = config.enforce.mode == EnforceMode::Enforce;
     let mut capture = LiveCapture::attach(
         interface,
@@ -94,6 +98,10 @@ pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
                 capture.resync_clock();
             }
             () = kernel_log.forward() => {}
+            _ = sighup.recv() => match shared.reload_rules() {
+                Ok(n) => tracing::info!(event = "rules_reloaded", rules = n, "SIGHUP: rules reloaded"),
+                Err(e) => tracing::error!(event = "rules_reload_failed", error = %e, "SIGHUP: reload refused; the old rules stay"),
+            },
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }

@@ -67,6 +67,33 @@ enum Command {
     },
     /// Checks a config file (and its rules and OpenAPI import) without running anything.
     CheckConfig { config: PathBuf },
+    /// Sequence rules: check a file, or draft allow rules from what was learned.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Checks a config file's rules (operations resolve, titles, sequences).
+    Check { file: PathBuf },
+    /// Drafts allow rules (TOML) from a report: per final operation, the best-supported
+    /// preceding sequence, ranked by its lower confidence bound, with its evidence.
+    Suggest {
+        /// A report file; without it, the running agent's report.
+        report: Option<PathBuf>,
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long)]
+        admin: Option<String>,
+        /// Lowest 95% lower bound of the score to suggest.
+        #[arg(long, default_value_t = 0.5)]
+        min_lower: f64,
+        /// Fewest occurrences of the sequence to suggest.
+        #[arg(long, default_value_t = 5)]
+        min_count: u64,
+    },
 }
 
 const DEFAULT_CONFIG: &str = "/etc/seqshield/config.toml";
@@ -98,6 +125,38 @@ fn main() -> Result<()> {
             admin,
         } => print_report(&fetch_report(&config, admin)?, json),
         Command::SessionHash { config, value } => session_hash(&config, &value),
+        Command::Rules {
+            command: RulesCommand::Check { file },
+        } => {
+            let config = Config::load(&file)?;
+            let pipeline = Pipeline::new(&config, &[0; 32])?;
+            println!(
+                "{}: ok, {} rules",
+                file.display(),
+                pipeline.rules().rules().len()
+            );
+            Ok(())
+        }
+        Command::Rules {
+            command:
+                RulesCommand::Suggest {
+                    report,
+                    config,
+                    admin,
+                    min_lower,
+                    min_count,
+                },
+        } => {
+            let report = match report {
+                Some(file) => read_report(&file)?,
+                None => fetch_report(&config, admin)?,
+            };
+            print!(
+                "{}",
+                seqshield::rules::suggest_allow_rules(&report, min_lower, min_count)
+            );
+            Ok(())
+        }
         Command::CheckConfig { config } => {
             let config = Config::load(&config)?;
             Pipeline::new(&config, &[0; 32])?;

@@ -160,6 +160,15 @@ impl Pipeline {
         &self.analysis.catalog
     }
 
+    /// Replaces the rules with those of `config` (SIGHUP, the admin API). A config whose
+    /// rules do not compile changes nothing: the old rules stay.
+    pub fn reload_rules(&mut self, config: &Config) -> Result<usize, ConfigError> {
+        let rules = RuleSet::compile(&config.rules, &mut self.analysis.catalog, &config.source)?;
+        let n = rules.rules().len();
+        self.analysis.rules = rules;
+        Ok(n)
+    }
+
     pub fn rules(&self) -> &RuleSet {
         &self.analysis.rules
     }

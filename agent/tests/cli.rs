@@ -275,3 +275,68 @@ fn a_capture_cut_off_mid_record_replays_what_is_whole() {
         "the cut record carried no request"
     );
 }
+
+#[test]
+fn rules_check_and_suggest() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!("[capture]\nports = [18080]\n[sequence]\nmin_support = 1\n{BANK_ENDPOINTS}"),
+    );
+    let out = seqshield(&["rules", "check", config.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok, 1 rules"));
+
+    // Learn from the curl capture, then draft allow rules from the report.
+    let report = dir.path().join("report.json");
+    let out = seqshield(&[
+        "replay",
+        "--config",
+        config.to_str().unwrap(),
+        "--pcap",
+        fixture("curl-loopback.pcap").to_str().unwrap(),
+        "--report-out",
+        report.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let out = seqshield(&[
+        "rules",
+        "suggest",
+        report.to_str().unwrap(),
+        "--min-lower",
+        "0.2",
+        "--min-count",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let suggested = String::from_utf8(out.stdout).unwrap();
+    // balance → transfer (2 of 3 transfers, lower bound 0.208) and login → accounts
+    // (2 of 2, lower bound 0.342), best bound first, each with its evidence.
+    let first = suggested.find("after POST login").expect(&suggested);
+    let second = suggested
+        .find("POST transferFunds after GET balance")
+        .expect(&suggested);
+    assert!(first < second, "{suggested}");
+    assert!(
+        suggested.contains("# evidence: score 1.000 (lower bound 0.342), seen 2 times"),
+        "{suggested}"
+    );
+    // The draft is a valid rules file for this config.
+    let combined = dir.path().join("with-suggestions.toml");
+    let base = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&combined, base + &suggested).unwrap();
+    let out = seqshield(&["rules", "check", combined.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -246,3 +246,58 @@ fn traffic_flows_again_when_the_agent_is_killed() {
         (session(&pair, "Cookie: sid=x", &[BALANCE]) == ["200"]).then_some(())
     });
 }
+
+#[test]
+fn reload_with_a_bad_file_keeps_the_old_rules() {
+    if !root_or_skip("reload_with_a_bad_file_keeps_the_old_rules") {
+        return;
+    }
+    let (dir, pair, agent) = setup(19_476, "[enforce]\nmode = \"enforce\"\n");
+    let config = dir.path().join("config.toml");
+    let good = std::fs::read_to_string(&config).unwrap();
+    let api = |method: &str, path: &str| {
+        let url = format!("http://{}{path}", agent.admin);
+        let out = pair.in_server(&["curl", "-s", "-X", method, "-w", "\n%{http_code}", &url]);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let titles = || api("GET", "/api/v1/rules");
+    assert!(titles().contains("transfer needs a balance check"));
+
+    // A bad file (a rule naming an operation discovery would never produce): refused
+    // with the reason, old rules kept, and still enforced.
+    std::fs::write(&config, good.clone() + "\n[[rule]]\ntitle = \"bad\"\nkind = \"allow\"\naction = \"block\"\nsequence = [\"GET bank.test/x/{id}\", \"POST bank.test/y\"]\n").unwrap();
+    let answer = api("POST", "/api/v1/rules/reload");
+    assert!(answer.ends_with("400"), "{answer}");
+    assert!(
+        answer.contains("rule[1].sequence[0]"),
+        "the error names the key: {answer}"
+    );
+    signal(agent.pid, libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(titles().contains("transfer needs a balance check"));
+    assert_ne!(
+        session(&pair, "Cookie: sid=m1", &[LOGIN, TRANSFER])[1],
+        "200",
+        "the old rule still cuts"
+    );
+
+    // A good file: the rule is gone after SIGHUP, the same journey passes.
+    std::fs::write(
+        &config,
+        good.replace("transfer needs a balance check", "renamed rule")
+            .replace("kind = \"allow\"", "kind = \"block\"")
+            .replace(
+                "[\"GET bank.test/api/v1/accounts/{account_id}/balance\"",
+                "[\"GET bank.test/api/v1/users/{user_id}/accounts\"",
+            ),
+    )
+    .unwrap();
+    signal(agent.pid, libc::SIGHUP);
+    eventually("the reload", Duration::from_secs(2), || {
+        titles().contains("renamed rule").then_some(())
+    });
+    assert_eq!(
+        session(&pair, "Cookie: sid=m2", &[LOGIN, TRANSFER]),
+        ["200", "200"]
+    );
+}
