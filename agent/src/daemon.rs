@@ -132,9 +132,14 @@ impl OutcomeSink for LiveOutcomes {
             verdict.flow.server.to_string(),
         );
         match enforcer.apply(verdict) {
-            Ok(()) => {
-                tracing::info!(event = "enforced", client, server, action = ?verdict.action, "connection enforced")
-            }
+            Ok(latency_ns) => tracing::info!(
+                event = "enforced",
+                client,
+                server,
+                action = ?verdict.action,
+                latency_us = latency_ns / 1_000,
+                "connection enforced (latency: violating packet to kernel map update)"
+            ),
             Err(e) => {
                 tracing::error!(event = "enforce_failed", client, server, error = %e, "enforcement failed")
             }

@@ -6,6 +6,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench_enforce;
 mod bench_live;
 mod demo;
 mod lab;
@@ -33,6 +34,8 @@ enum Task {
     DemoReplay,
     /// Live overhead (root): wrk against nginx in a namespace, with and without the agent.
     BenchLive,
+    /// Enforcement (root): responses leaked and verdict latency for 0, 1, 10 ms servers.
+    BenchEnforce,
     /// Builds the kernel object alone (it is also built, and embedded, by every build of
     /// the agent).
     BuildEbpf,
@@ -121,6 +124,19 @@ fn main() -> Result<()> {
                 &["build", "--release", "--locked", "-p", "seqshield"],
             )?;
             bench_live::run(&root, &root.join("target/release/seqshield"))
+        }
+        Task::BenchEnforce => {
+            setup()?;
+            if !is_root() {
+                bail!(
+                    "bench-enforce needs root: it creates network namespaces and attaches the agent"
+                );
+            }
+            cargo(
+                &root,
+                &["build", "--release", "--locked", "-p", "seqshield"],
+            )?;
+            bench_enforce::run(&root, &root.join("target/release/seqshield"))
         }
         Task::BuildEbpf => {
             setup()?;

@@ -8,6 +8,7 @@ use aya::maps::{HashMap, MapData};
 
 use super::{Verdict, VerdictAction, sock_destroy};
 use crate::source::FlowKey;
+use crate::source::ring::wall_clock_now;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnforceError {
@@ -43,14 +44,16 @@ impl KernelEnforcer {
         }
     }
 
-    /// Blocks first (so a response still in flight is dropped), then resets.
-    pub fn apply(&mut self, verdict: &Verdict) -> Result<(), EnforceError> {
+    /// Blocks first (so a response still in flight is dropped), then resets. Returns the
+    /// time from the violating packet to the kernel map update, in nanoseconds.
+    pub fn apply(&mut self, verdict: &Verdict) -> Result<u64, EnforceError> {
         let key = kernel_key(&verdict.flow);
         let entry = |mark| BlockEntry {
             expires_ns: monotonic_now().saturating_add(verdict.ttl),
             mark,
             _pad: 0,
         };
+        let latency;
         match verdict.action {
             VerdictAction::Cut { block_client } => {
                 self.flows
@@ -59,6 +62,7 @@ impl KernelEnforcer {
                         name: maps::BLOCKED_FLOWS,
                         source,
                     })?;
+                latency = wall_clock_now().saturating_sub(verdict.at);
                 if block_client {
                     self.clients
                         .insert(key.client_addr, entry(0), 0)
@@ -81,9 +85,10 @@ impl KernelEnforcer {
                         name: maps::FLAGGED_FLOWS,
                         source,
                     })?;
+                latency = wall_clock_now().saturating_sub(verdict.at);
             }
         }
-        Ok(())
+        Ok(latency)
     }
 
     /// Entries in the kernel maps (expired ones linger until a packet or the agent

@@ -21,6 +21,8 @@ pub const MAX_BLOCKED: usize = 65_536;
 /// What to do to one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
+    /// Time of the packet that completed the request the verdict is about.
+    pub at: Nanos,
     pub flow: FlowKey,
     pub action: VerdictAction,
     /// How long the kernel entry lives.
@@ -91,6 +93,7 @@ impl Blocks {
             }
         };
         Some(Verdict {
+            at: now,
             flow,
             action,
             ttl: self.ttl,
@@ -115,6 +118,7 @@ impl Blocks {
             return None;
         };
         let verdict = Verdict {
+            at: now,
             flow,
             action: VerdictAction::Cut {
                 block_client: by == BlockedBy::Client,
