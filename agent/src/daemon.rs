@@ -3,7 +3,8 @@
 //! SIGINT (the kernel detaches it on any other exit: the link dies with the process).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -36,6 +37,10 @@ pub enum DaemonError {
     },
     #[error("signal handling: {0}")]
     Signals(std::io::Error),
+    #[error("starting the capture thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the capture thread panicked; the kernel programs are detached")]
+    CapturePanicked,
 }
 
 /// Runs until SIGTERM or SIGINT; everything attached is detached before it returns.
@@ -61,7 +66,6 @@ pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
     } else {
         None
     };
-    let mut kernel_log = capture.take_kernel_log();
     // The API answers only once the capture is attached: readiness (SPEC §9).
     let addr = config.admin.listen.clone();
     let listener = TcpListener::bind(&addr)
@@ -73,42 +77,75 @@ pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
     let server = tokio::spawn(axum::serve(listener, admin::router(shared.clone())).into_future());
     tracing::info!(interface, admin = %addr, "seqshield running");
 
-    let mut outcomes = LiveOutcomes {
+    // The capture loop has a thread of its own: blocking poll(2) on the ring, no runtime
+    // scheduling between a kernel wakeup and the verdict.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+    let outcomes = LiveOutcomes {
         alerts: JsonLines::new(std::io::stdout()),
         enforcer,
     };
-    let mut tick = tokio::time::interval(TICK);
-    let mut last = KernelCounters::default();
+    let thread = {
+        let (shared, stop) = (shared.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("capture".into())
+            .spawn(move || {
+                let result = capture_loop(capture, &shared, outcomes, &stop);
+                let _ = done_tx.send(());
+                result
+            })
+            .map_err(DaemonError::Thread)?
+    };
     loop {
         tokio::select! {
-            batch = capture.next_batch_with(|| shared.pipeline(), |pipeline, segment| pipeline.process(&segment, &mut outcomes)) => {
-                if let Err(e) = batch {
-                    tracing::error!(error = %e, "reading the capture failed; stopping");
-                    break;
-                }
-            }
-            _ = tick.tick() => {
-                let counters = capture.counters();
-                report_losses(&last, &counters);
-                last = counters;
-                let mut pipeline = shared.pipeline();
-                pipeline.set_lost_events(counters.lost);
-                pipeline.tick(wall_clock_now(), &mut outcomes);
-                drop(pipeline);
-                capture.resync_clock();
-            }
-            () = kernel_log.forward() => {}
             _ = sighup.recv() => match shared.reload_rules() {
                 Ok(n) => tracing::info!(event = "rules_reloaded", rules = n, "SIGHUP: rules reloaded"),
                 Err(e) => tracing::error!(event = "rules_reload_failed", error = %e, "SIGHUP: reload refused; the old rules stay"),
             },
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+            _ = &mut done_rx => break,
         }
     }
+    stop.store(true, Ordering::Relaxed);
+    let result = thread.join();
     server.abort();
-    drop(capture);
     tracing::info!(interface, "capture detached; exiting");
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(DaemonError::CapturePanicked),
+    }
+}
+
+/// Reads the ring until `stop`; every `TICK`, kernel counters (losses), idle sweeps and
+/// the clock. Dropping `capture` at the end detaches the programs.
+fn capture_loop(
+    mut capture: LiveCapture,
+    shared: &AgentState,
+    mut outcomes: LiveOutcomes,
+    stop: &AtomicBool,
+) -> Result<(), LiveError> {
+    let mut last_tick = Instant::now();
+    let mut last = KernelCounters::default();
+    while !stop.load(Ordering::Relaxed) {
+        capture.wait()?;
+        capture.drain_with(
+            || shared.pipeline(),
+            |pipeline, segment| pipeline.process(&segment, &mut outcomes),
+        );
+        if last_tick.elapsed() >= TICK {
+            last_tick = Instant::now();
+            let counters = capture.counters();
+            report_losses(&last, &counters);
+            last = counters;
+            let mut pipeline = shared.pipeline();
+            pipeline.set_lost_events(counters.lost);
+            pipeline.tick(wall_clock_now(), &mut outcomes);
+            drop(pipeline);
+            capture.resync_clock();
+        }
+    }
     Ok(())
 }
 

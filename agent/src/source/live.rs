@@ -8,16 +8,12 @@
 
 use std::os::fd::AsRawFd;
 
-use std::time::Duration;
-
 use agent_common::{
     CAPTURE_PROGRAM, CaptureConfig, Counter, DRAIN_INTERVAL_MS, EGRESS_PROGRAM, MAX_SNAPLEN, maps,
 };
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 
 use super::Segment;
 use super::ring::{KernelClock, segment_from_record};
@@ -67,9 +63,9 @@ pub struct KernelCounters {
 
 /// An attached capture. Dropping it detaches the program.
 pub struct LiveCapture {
-    ring: AsyncFd<RingBuf<MapData>>,
+    ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
-    logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     clock: KernelClock,
     /// Holds the program, its link, and the remaining maps.
     _ebpf: Ebpf,
@@ -119,7 +115,7 @@ impl LiveCapture {
         }
         let mut ebpf = EbpfLoader::new().load(KERNEL_OBJECT)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
-            Ok(logger) => Some(readable(logger)?),
+            Ok(logger) => Some(logger),
             Err(e) => {
                 tracing::debug!(error = %e, "no kernel log forwarding");
                 None
@@ -203,7 +199,7 @@ impl LiveCapture {
         }
         tracing::info!(interface, ?ports, snaplen, enforce, "capture attached");
         Ok(Self {
-            ring: readable(ring)?,
+            ring,
             counters,
             logger,
             clock: KernelClock::measure(),
@@ -211,29 +207,67 @@ impl LiveCapture {
         })
     }
 
-    /// Waits until the kernel wakes the agent (it does so only when the ring fills up)
-    /// or `DRAIN_INTERVAL_MS` passed, then takes the consumer from `open` (e.g. a lock,
-    /// held for the batch) and hands it every record as a segment. Returns how many
-    /// records it read (possibly none).
-    pub async fn next_batch_with<C>(
+    /// Waits (poll(2), no runtime in between: enforcement latency) until the kernel wakes
+    /// the agent — in enforce mode for every event, otherwise only when the ring fills
+    /// up — or `DRAIN_INTERVAL_MS` passed; kernel log lines are forwarded on the way.
+    pub fn wait(&mut self) -> Result<(), LiveError> {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.ring.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.logger.as_ref().map_or(-1, |l| l.as_raw_fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two pollfd structs we own; a negative fd is ignored by poll(2).
+        let n = unsafe {
+            libc::poll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                DRAIN_INTERVAL_MS as libc::c_int,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e.into());
+            }
+        }
+        if fds[1].revents & libc::POLLIN != 0
+            && let Some(logger) = &mut self.logger
+        {
+            logger.flush();
+        }
+        Ok(())
+    }
+
+    /// Takes the consumer from `open` (e.g. a lock, held for the batch) when records are
+    /// waiting, and hands it each as a segment. Returns how many it read.
+    pub fn drain_with<C>(
         &mut self,
         open: impl FnOnce() -> C,
         mut on_segment: impl FnMut(&mut C, Segment<'_>),
-    ) -> Result<usize, LiveError> {
-        tokio::select! {
-            guard = self.ring.readable_mut() => guard?.clear_ready(),
-            () = tokio::time::sleep(Duration::from_millis(DRAIN_INTERVAL_MS)) => {}
-        }
-        let ring = self.ring.get_mut();
+    ) -> usize {
+        let Some(first) = self.ring.next() else {
+            return 0;
+        };
         let mut consumer = open();
-        let mut n = 0;
-        while let Some(record) = ring.next() {
+        if let Some(segment) = segment_from_record(&first, &self.clock) {
+            on_segment(&mut consumer, segment);
+        }
+        drop(first);
+        let mut n = 1;
+        while let Some(record) = self.ring.next() {
             if let Some(segment) = segment_from_record(&record, &self.clock) {
                 on_segment(&mut consumer, segment);
             }
             n += 1;
         }
-        Ok(n)
+        n
     }
 
     /// The kernel's block and flag maps, for the enforcer.
@@ -248,11 +282,6 @@ impl LiveCapture {
         let flagged =
             HashMap::try_from(take(maps::FLAGGED_FLOWS)?).map_err(map_err(maps::FLAGGED_FLOWS))?;
         Ok(KernelEnforcer::new(flows, clients, flagged))
-    }
-
-    /// The kernel's log lines (aya-log), to poll next to the ring buffer.
-    pub fn take_kernel_log(&mut self) -> KernelLog {
-        KernelLog(self.logger.take())
     }
 
     /// Re-measures the kernel → wall clock offset (the wall clock may be stepped).
@@ -277,37 +306,6 @@ impl LiveCapture {
             marked: sum(Counter::Marked),
         }
     }
-
-    /// The ring buffer's file descriptor (for diagnostics).
-    pub fn ring_fd(&self) -> i32 {
-        self.ring.get_ref().as_raw_fd()
-    }
-}
-
-/// Forwards the kernel program's log lines into this process's logs.
-pub struct KernelLog(Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>);
-
-impl KernelLog {
-    /// Waits for kernel log lines and forwards them; never returns without a logger.
-    pub async fn forward(&mut self) {
-        match &mut self.0 {
-            Some(logger) => {
-                if let Ok(mut guard) = logger.readable_mut().await {
-                    guard.get_inner_mut().flush();
-                    guard.clear_ready();
-                }
-            }
-            None => std::future::pending().await,
-        }
-    }
-}
-
-/// Registers a descriptor-owning map with the runtime, for readiness.
-fn readable<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
-    // SAFETY: `inner` owns its descriptor and moves into the AsyncFd, which deregisters it
-    // before dropping `inner`; the descriptor never changes while registered.
-    unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }
-        .map_err(std::io::Error::from)
 }
 
 /// Whether the process has CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (effective set).
