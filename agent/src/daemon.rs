@@ -90,6 +90,9 @@ pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
         std::thread::Builder::new()
             .name("capture".into())
             .spawn(move || {
+                if enforce {
+                    realtime_priority();
+                }
                 let result = capture_loop(capture, &shared, outcomes, &stop);
                 let _ = done_tx.send(());
                 result
@@ -115,6 +118,19 @@ pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.into()),
         Err(_) => Err(DaemonError::CapturePanicked),
+    }
+}
+
+/// Enforcing, verdicts race the server's answer: the capture thread asks for the lowest
+/// real-time priority (SCHED_FIFO 1), so a wakeup does not wait behind busy normal
+/// threads. It blocks in poll(2) between batches, so it cannot starve the host. Without
+/// CAP_SYS_NICE it stays a normal thread.
+fn realtime_priority() {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: sets this thread's own scheduling policy with a valid parameter.
+    let rc = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
+    if rc != 0 {
+        tracing::debug!(errno = rc, "capture thread stays at normal priority");
     }
 }
 
