@@ -3,17 +3,21 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use std::path::PathBuf;
 
+use crate::Nanos;
 use crate::config::{Config, ConfigError};
 use crate::pipeline::Pipeline;
-use crate::report::Report;
+use crate::report::{OperationReport, ReportFilter};
 use crate::rules::RuleView;
+use crate::session::SessionId;
 use crate::source::ring::wall_clock_now;
 
 /// What the capture loop and the API share.
@@ -21,14 +25,29 @@ pub struct AgentState {
     pipeline: Mutex<Pipeline>,
     /// Reloads read the rules from here.
     config_path: PathBuf,
+    /// The report time: the wall clock live; a capture's time when serving a replay.
+    clock: Box<dyn Fn() -> Nanos + Send + Sync>,
 }
 
 impl AgentState {
     pub fn new(pipeline: Pipeline, config_path: PathBuf) -> Self {
+        Self::with_clock(pipeline, config_path, Box::new(wall_clock_now))
+    }
+
+    pub fn with_clock(
+        pipeline: Pipeline,
+        config_path: PathBuf,
+        clock: Box<dyn Fn() -> Nanos + Send + Sync>,
+    ) -> Self {
         Self {
             pipeline: Mutex::new(pipeline),
             config_path,
+            clock,
         }
+    }
+
+    fn now(&self) -> Nanos {
+        (self.clock)()
     }
 
     /// Re-reads the config file and swaps in its rules; on any error the old rules stay.
@@ -47,9 +66,12 @@ impl AgentState {
 pub fn router(state: Arc<AgentState>) -> Router {
     Router::new()
         .route("/api/v1/report", get(report))
+        .route("/api/v1/operations", get(operations))
+        .route("/api/v1/sessions/{hash}", get(session))
         .route("/api/v1/rules", get(rules))
         .route("/api/v1/rules/reload", post(reload))
         .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint: see /api/v1/report, /operations, /sessions/{hash}, /rules, /metrics".into()) })
         .with_state(state)
 }
 
@@ -78,7 +100,45 @@ async fn reload(State(state): State<Arc<AgentState>>) -> (StatusCode, Json<serde
     }
 }
 
-/// SPEC §6: the report for the window ending now (wall clock).
-async fn report(State(state): State<Arc<AgentState>>) -> Json<Report> {
-    Json(state.pipeline().report(wall_clock_now()))
+/// SPEC §6: the report for the window ending now (wall clock), optionally narrowed:
+/// `?operation=ID&min_score=0.5&min_support=10&limit=20`.
+async fn report(
+    State(state): State<Arc<AgentState>>,
+    query: Result<Query<ReportFilter>, QueryRejection>,
+) -> Response {
+    let filter = match query {
+        Ok(Query(filter)) => filter,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad query: {e}")),
+    };
+    let report = state.pipeline().report(state.now());
+    Json(report.filtered(&filter)).into_response()
+}
+
+/// The operations of the report, with their counts.
+async fn operations(State(state): State<Arc<AgentState>>) -> Json<Vec<OperationReport>> {
+    Json(state.pipeline().report(state.now()).operations)
+}
+
+/// A session's current history with ages; the hash is what alerts and `session-hash` show.
+async fn session(State(state): State<Arc<AgentState>>, Path(hash): Path<String>) -> Response {
+    let Some(id) = u64::from_str_radix(&hash, 16)
+        .ok()
+        .filter(|_| hash.len() == 16)
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{hash:?} is not a session hash (16 hex characters)"),
+        );
+    };
+    match state.pipeline().session_history(SessionId(id), state.now()) {
+        Some(history) => {
+            Json(serde_json::json!({ "session": hash, "history": history })).into_response()
+        }
+        None => error(StatusCode::NOT_FOUND, format!("no live session {hash}")),
+    }
+}
+
+/// Errors are JSON with a message.
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
 }

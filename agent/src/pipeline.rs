@@ -11,10 +11,19 @@ use crate::http::{HttpStats, HttpStream, RequestHead};
 use crate::ops::{Catalog, OpId, Resolved, normalise_host, split_target};
 use crate::report::{OperationReport, Report, SequenceReport, Stats};
 use crate::rules::RuleSet;
-use crate::session::{Entry, SessionCache, SessionIdentifier, Sessions};
+use crate::session::{Entry, SessionCache, SessionId, SessionIdentifier, Sessions};
 use crate::source::pcap::{PcapCounters, PcapError, for_each_segment};
 use crate::source::{FlowKey, Segment};
 use crate::{Nanos, duration_nanos};
+
+/// One entry of a session's history, as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HistoryEntryView {
+    pub operation_id: String,
+    pub operation: String,
+    /// Seconds since the entry's latest request.
+    pub age_secs: f64,
+}
 
 /// Request outcomes that are not visible in the stages' own stats.
 #[derive(Debug, Default, Clone, Copy)]
@@ -189,6 +198,34 @@ impl Pipeline {
             flows: self.flows.stats(),
             sessions: self.analysis.sessions.stats(),
         }
+    }
+
+    /// A session's current history, most recent last, with each entry's age at `now`.
+    pub fn session_history(&self, id: SessionId, now: Nanos) -> Option<Vec<HistoryEntryView>> {
+        let session = self.analysis.sessions.get(id)?;
+        Some(
+            session
+                .history
+                .entries()
+                .iter()
+                .map(|e| {
+                    let op = self.analysis.catalog.get(e.op);
+                    HistoryEntryView {
+                        operation_id: op.id.clone(),
+                        operation: op.human(),
+                        age_secs: now.saturating_sub(e.at) as f64 / crate::NANOS_PER_SEC as f64,
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    /// Live sessions and tracked sequences right now (gauges).
+    pub fn table_sizes(&self) -> (usize, usize) {
+        (
+            self.analysis.sessions.len(),
+            self.analysis.analytics.tracked_sequences(),
+        )
     }
 
     /// The report for the window ending at `now`.

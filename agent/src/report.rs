@@ -74,7 +74,39 @@ pub struct Stats {
     pub sessions: SessionStats,
 }
 
+/// Narrowing of a report's sequences (admin API query parameters).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReportFilter {
+    /// Keep sequences that contain this operation (id or human form).
+    pub operation: Option<String>,
+    pub min_score: Option<f64>,
+    /// Fewest occurrences of the sequence.
+    pub min_support: Option<u64>,
+    /// At most this many sequences (the best first).
+    pub limit: Option<usize>,
+}
+
 impl Report {
+    /// Keeps the sequences that pass `filter`, in order.
+    pub fn filtered(mut self, filter: &ReportFilter) -> Self {
+        let op_id = filter.operation.as_ref().map(|name| {
+            self.operations
+                .iter()
+                .find(|o| &o.id == name || &o.human() == name)
+                .map_or_else(|| name.clone(), |o| o.id.clone())
+        });
+        self.sequences.retain(|s| {
+            op_id.as_ref().is_none_or(|id| s.operations.contains(id))
+                && filter.min_score.is_none_or(|m| s.score >= m)
+                && filter.min_support.is_none_or(|m| s.count >= m)
+        });
+        if let Some(limit) = filter.limit {
+            self.sequences.truncate(limit);
+        }
+        self
+    }
+
     /// The readable view: operations with their ids, then sequences by score.
     pub fn to_table(&self) -> String {
         let name = |id: &str| {

@@ -1,0 +1,213 @@
+//! The admin API's router in-process, over a pipeline that replayed the curl fixture
+//! (what a live agent holds after the same traffic): every endpoint returns what the
+//! pipeline holds, errors are JSON with a message, and a bad reload keeps the old rules.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use seqshield::admin::{AgentState, router};
+use seqshield::config::Config;
+use seqshield::pipeline::Pipeline;
+use seqshield::report::Report;
+use seqshield::session::SessionIdentifier;
+use tower::ServiceExt;
+
+const KEY: [u8; 32] = [7; 32];
+
+const CONFIG: &str = r#"
+[capture]
+ports = [18080]
+[sequence]
+min_support = 1
+[[endpoint]]
+host = "bank.test"
+method = "GET"
+path = "/api/v1/accounts/{account_id}/balance"
+[[endpoint]]
+host = "bank.test"
+method = "POST"
+path = "/api/v1/transferFunds"
+[[rule]]
+id = "0b5c8f3e-2c7a-4a39-a1d7-6f3e1c2b9d40"
+title = "transfer needs a balance check"
+kind = "allow"
+action = "block"
+sequence = ["GET bank.test/api/v1/accounts/{account_id}/balance", "POST bank.test/api/v1/transferFunds"]
+"#;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    config_path: std::path::PathBuf,
+    state: Arc<AgentState>,
+    expected: Report,
+    config: Config,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(&config_path, CONFIG).unwrap();
+    let config = Config::load(&config_path).unwrap();
+    let mut pipeline = Pipeline::new(&config, &KEY).unwrap();
+    let pcap = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/curl-loopback.pcap"),
+    )
+    .unwrap();
+    pipeline
+        .replay_pcap(&pcap, &config.capture.ports, &mut Vec::new())
+        .unwrap();
+    let now = pipeline.newest();
+    let expected = pipeline.report(now);
+    let state = Arc::new(AgentState::with_clock(
+        pipeline,
+        config_path.clone(),
+        Box::new(move || now),
+    ));
+    Fixture {
+        _dir: dir,
+        config_path,
+        state,
+        expected,
+        config,
+    }
+}
+
+async fn call(state: &Arc<AgentState>, method: &str, uri: &str) -> (StatusCode, serde_json::Value) {
+    let response = router(state.clone())
+        .oneshot(
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn endpoints_return_what_the_pipeline_holds() {
+    let f = fixture();
+    let (status, body) = call(&f.state, "GET", "/api/v1/report").await;
+    assert_eq!(status, StatusCode::OK);
+    let report: Report = serde_json::from_value(body).unwrap();
+    assert_eq!(report, f.expected);
+    assert_eq!(report.stats.requests, 12);
+
+    let (_, body) = call(&f.state, "GET", "/api/v1/operations").await;
+    assert_eq!(
+        serde_json::from_value::<Vec<seqshield::report::OperationReport>>(body).unwrap(),
+        f.expected.operations
+    );
+
+    // Filters: by operation, score, support, and a limit.
+    let transfer = f
+        .expected
+        .operations
+        .iter()
+        .find(|o| o.path == "/api/v1/transferFunds")
+        .unwrap()
+        .id
+        .clone();
+    let (_, body) = call(
+        &f.state,
+        "GET",
+        &format!("/api/v1/report?operation={transfer}&min_score=0.5&limit=2"),
+    )
+    .await;
+    let filtered: Report = serde_json::from_value(body).unwrap();
+    assert!(!filtered.sequences.is_empty() && filtered.sequences.len() <= 2);
+    assert!(
+        filtered
+            .sequences
+            .iter()
+            .all(|s| s.operations.contains(&transfer) && s.score >= 0.5)
+    );
+    let (_, body) = call(&f.state, "GET", "/api/v1/report?min_support=2").await;
+    let filtered: Report = serde_json::from_value(body).unwrap();
+    assert_eq!(
+        filtered.sequences.len(),
+        f.expected.sequences.iter().filter(|s| s.count >= 2).count()
+    );
+
+    // A session's history, by the hash alerts show: alice walked four operations.
+    let hash = SessionIdentifier::new(&f.config.session.identifiers, &KEY).hashes_of("alice-7f3a")
+        [0]
+    .1
+    .to_string();
+    let (status, body) = call(&f.state, "GET", &format!("/api/v1/sessions/{hash}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let history = body["history"].as_array().unwrap();
+    assert_eq!(history.len(), 4);
+    assert_eq!(
+        history[3]["operation"],
+        "POST bank.test/api/v1/transferFunds"
+    );
+    assert!(history[0]["age_secs"].as_f64().unwrap() >= history[3]["age_secs"].as_f64().unwrap());
+
+    let (_, body) = call(&f.state, "GET", "/api/v1/rules").await;
+    assert_eq!(body[0]["title"], "transfer needs a balance check");
+    let (status, body) = call(&f.state, "GET", "/healthz").await;
+    assert_eq!((status, body), (StatusCode::OK, serde_json::Value::Null));
+}
+
+#[tokio::test]
+async fn errors_are_json_with_a_message() {
+    let f = fixture();
+    for (uri, status) in [
+        ("/api/v1/sessions/nothex", StatusCode::BAD_REQUEST),
+        ("/api/v1/sessions/0000000000000000", StatusCode::NOT_FOUND),
+        ("/api/v1/report?min_score=high", StatusCode::BAD_REQUEST),
+        ("/api/v1/nope", StatusCode::NOT_FOUND),
+    ] {
+        let (got, body) = call(&f.state, "GET", uri).await;
+        assert_eq!(got, status, "{uri}");
+        assert!(
+            body["error"].as_str().is_some_and(|m| !m.is_empty()),
+            "{uri}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn reload_keeps_the_old_rules_when_the_file_is_bad() {
+    let f = fixture();
+    std::fs::write(
+        &f.config_path,
+        CONFIG.replace(
+            "title = \"transfer needs a balance check\"",
+            &format!("title = \"{}\"", "x".repeat(60)),
+        ),
+    )
+    .unwrap();
+    let (status, body) = call(&f.state, "POST", "/api/v1/rules/reload").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"].as_str().unwrap().contains("rule[0].title"),
+        "{body}"
+    );
+    let (_, body) = call(&f.state, "GET", "/api/v1/rules").await;
+    assert_eq!(body[0]["title"], "transfer needs a balance check");
+
+    std::fs::write(
+        &f.config_path,
+        CONFIG.replace("transfer needs a balance check", "new title"),
+    )
+    .unwrap();
+    let (status, body) = call(&f.state, "POST", "/api/v1/rules/reload").await;
+    assert_eq!(
+        (status, &body["rules"]),
+        (StatusCode::OK, &serde_json::json!(1))
+    );
+    let (_, body) = call(&f.state, "GET", "/api/v1/rules").await;
+    assert_eq!(body[0]["title"], "new title");
+}
