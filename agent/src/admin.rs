@@ -13,11 +13,15 @@ use axum::{Json, Router};
 use std::path::PathBuf;
 
 use crate::Nanos;
+use prometheus_client::metrics::histogram::Histogram;
+
 use crate::config::{Config, ConfigError};
+use crate::metrics;
 use crate::pipeline::Pipeline;
 use crate::report::{OperationReport, ReportFilter};
 use crate::rules::RuleView;
 use crate::session::SessionId;
+use crate::source::live::KernelCounters;
 use crate::source::ring::wall_clock_now;
 
 /// What the capture loop and the API share.
@@ -27,6 +31,9 @@ pub struct AgentState {
     config_path: PathBuf,
     /// The report time: the wall clock live; a capture's time when serving a replay.
     clock: Box<dyn Fn() -> Nanos + Send + Sync>,
+    /// Kernel counters and live kernel block entries, as of the capture loop's last tick.
+    kernel: Mutex<(KernelCounters, u64)>,
+    request_seconds: Histogram,
 }
 
 impl AgentState {
@@ -43,7 +50,19 @@ impl AgentState {
             pipeline: Mutex::new(pipeline),
             config_path,
             clock,
+            kernel: Mutex::new((KernelCounters::default(), 0)),
+            request_seconds: metrics::request_seconds_histogram(),
         }
+    }
+
+    /// The capture loop's latest kernel readings.
+    pub fn set_kernel(&self, counters: KernelCounters, block_entries: u64) {
+        *self.kernel.lock().unwrap_or_else(PoisonError::into_inner) = (counters, block_entries);
+    }
+
+    /// Per-request pipeline time, for the histogram.
+    pub fn request_seconds(&self) -> &Histogram {
+        &self.request_seconds
     }
 
     fn now(&self) -> Nanos {
@@ -70,6 +89,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/api/v1/sessions/{hash}", get(session))
         .route("/api/v1/rules", get(rules))
         .route("/api/v1/rules/reload", post(reload))
+        .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint: see /api/v1/report, /operations, /sessions/{hash}, /rules, /metrics".into()) })
         .with_state(state)
@@ -136,6 +156,34 @@ async fn session(State(state): State<Arc<AgentState>>, Path(hash): Path<String>)
         }
         None => error(StatusCode::NOT_FOUND, format!("no live session {hash}")),
     }
+}
+
+/// Prometheus text format.
+async fn metrics_text(State(state): State<Arc<AgentState>>) -> Response {
+    let (kernel, kernel_block_entries) =
+        *state.kernel.lock().unwrap_or_else(PoisonError::into_inner);
+    let pipeline = state.pipeline();
+    let stats = pipeline.stats();
+    let (live_sessions, tracked_sequences) = pipeline.table_sizes();
+    let violations = pipeline.violations();
+    drop(pipeline);
+    let text = metrics::render(&metrics::Snapshot {
+        stats: &stats,
+        live_sessions,
+        tracked_sequences,
+        violations: &violations,
+        kernel,
+        kernel_block_entries,
+        request_seconds: &state.request_seconds,
+    });
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// Errors are JSON with a message.

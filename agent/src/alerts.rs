@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Nanos;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertAction {
     Log,

@@ -153,6 +153,11 @@ fn capture_loop(
         if last_tick.elapsed() >= TICK {
             last_tick = Instant::now();
             let counters = capture.counters();
+            let block_entries = outcomes
+                .enforcer
+                .as_mut()
+                .map_or(0, |e| e.active_entries() as u64);
+            shared.set_kernel(counters, block_entries);
             report_losses(&last, &counters);
             last = counters;
             let mut pipeline = shared.pipeline();

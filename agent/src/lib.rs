@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod enforce;
 pub mod flow;
 pub mod http;
+pub mod metrics;
 pub mod ops;
 pub mod pipeline;
 pub mod report;

@@ -2,6 +2,8 @@
 //! → operation → session → analytics and rules → alerts. Replay and the live agent both
 //! drive a [`Pipeline`]; only where segments come from differs.
 
+use std::collections::HashMap;
+
 use crate::alerts::{Alert, AlertAction, OutcomeSink, SEQUENCE_VIOLATION, rfc3339};
 use crate::analytics::Analytics;
 use crate::config::{Config, ConfigError, EnforceMode, RuleAction};
@@ -47,6 +49,8 @@ struct Analysis {
     counters: RequestCounters,
     /// Blocked sessions and clients (enforce mode).
     blocks: Blocks,
+    /// Violations by (rule index, action).
+    violations: HashMap<(usize, AlertAction), u64, foldhash::fast::RandomState>,
     /// Reused for the normalised host of each request.
     host: String,
 }
@@ -90,6 +94,7 @@ impl Pipeline {
                 lookback: duration_nanos(config.enforce.lookback),
                 counters: RequestCounters::default(),
                 blocks: Blocks::new(&config.enforce),
+                violations: HashMap::default(),
                 host: String::new(),
             },
             packets: 0,
@@ -175,6 +180,8 @@ impl Pipeline {
         let rules = RuleSet::compile(&config.rules, &mut self.analysis.catalog, &config.source)?;
         let n = rules.rules().len();
         self.analysis.rules = rules;
+        // Counts are kept by rule position: a new rule set starts them over.
+        self.analysis.violations.clear();
         Ok(n)
     }
 
@@ -218,6 +225,29 @@ impl Pipeline {
                 })
                 .collect(),
         )
+    }
+
+    /// HTTP requests parsed so far (cheap: for per-request timing).
+    pub fn stats_requests(&self) -> u64 {
+        self.http.requests
+    }
+
+    /// Violations so far: (rule id, title, action, count), for metrics.
+    pub fn violations(&self) -> Vec<(String, String, &'static str, u64)> {
+        let rules = self.analysis.rules.rules();
+        self.analysis
+            .violations
+            .iter()
+            .filter_map(|(&(i, action), &n)| {
+                let rule = rules.get(i)?;
+                let action = match action {
+                    AlertAction::Log => "log",
+                    AlertAction::Block => "block",
+                    AlertAction::WouldBlock => "would_block",
+                };
+                Some((rule.id.clone(), rule.title.clone(), action, n))
+            })
+            .collect()
     }
 
     /// Live sessions and tracked sequences right now (gauges).
@@ -367,6 +397,13 @@ impl Analysis {
             (RuleAction::Block, EnforceMode::Enforce) => AlertAction::Block,
         };
         self.counters.alerts += 1;
+        let rule_index = self
+            .rules
+            .rules()
+            .iter()
+            .position(|r| std::ptr::eq(r, rule))
+            .unwrap_or(usize::MAX);
+        *self.violations.entry((rule_index, action)).or_default() += 1;
         if let Some(verdict) = self.blocks.on_violation(ts, *flow, session_id, rule.action) {
             alerts.enforce(&verdict);
         }

@@ -211,3 +211,74 @@ async fn reload_keeps_the_old_rules_when_the_file_is_bad() {
     let (_, body) = call(&f.state, "GET", "/api/v1/rules").await;
     assert_eq!(body[0]["title"], "new title");
 }
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_and_match_the_report() {
+    let f = fixture();
+    let response = router(f.state.clone())
+        .oneshot(
+            Request::builder()
+                .uri("/metrics")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("Prometheus text format");
+    let value = |name: &str, label: Option<(&str, &str)>| -> f64 {
+        let sample = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .unwrap_or_else(|| panic!("no {name} {label:?} in\n{text}"));
+        match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{name}: {other:?}"),
+        }
+    };
+    let st = &f.expected.stats;
+    assert_eq!(
+        value("seqshield_requests_total", Some(("result", "parsed"))),
+        st.requests as f64
+    );
+    assert_eq!(
+        value("seqshield_requests_total", Some(("result", "unidentified"))),
+        st.unidentified_requests as f64
+    );
+    assert_eq!(
+        value("seqshield_parse_errors_total", None),
+        st.parse_errors as f64
+    );
+    assert_eq!(
+        value("seqshield_events_lost_total", None),
+        st.lost_events as f64
+    );
+    assert_eq!(
+        value(
+            "seqshield_violations_total",
+            Some(("action", "would_block"))
+        ),
+        st.alerts as f64
+    );
+    assert_eq!(
+        value("seqshield_live_sessions", None),
+        3.0,
+        "alice, bob and mallory"
+    );
+    assert!(text.contains("# TYPE seqshield_request_pipeline_seconds histogram"));
+    assert!(text.contains("seqshield_evictions_total{table=\"sessions\"} 0"));
+}

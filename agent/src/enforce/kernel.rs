@@ -1,6 +1,7 @@
 //! Applies verdicts in the kernel: entries in the capture program's block and flag maps
 //! (each with an expiry the kernel checks), and a reset of the cut connection.
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 
 use agent_common::{BlockEntry, FlowKey as KernelFlowKey, maps};
@@ -29,6 +30,9 @@ pub struct KernelEnforcer {
     flows: HashMap<MapData, KernelFlowKey, BlockEntry>,
     clients: HashMap<MapData, [u8; 16], BlockEntry>,
     flagged: HashMap<MapData, KernelFlowKey, BlockEntry>,
+    /// Expiry of every entry written, oldest first (one TTL: insertion order is expiry
+    /// order), to count live entries without walking the kernel maps.
+    expiries: VecDeque<u64>,
 }
 
 impl KernelEnforcer {
@@ -41,6 +45,7 @@ impl KernelEnforcer {
             flows,
             clients,
             flagged,
+            expiries: VecDeque::new(),
         }
     }
 
@@ -48,11 +53,16 @@ impl KernelEnforcer {
     /// time from the violating packet to the kernel map update, in nanoseconds.
     pub fn apply(&mut self, verdict: &Verdict) -> Result<u64, EnforceError> {
         let key = kernel_key(&verdict.flow);
+        let expires_ns = monotonic_now().saturating_add(verdict.ttl);
         let entry = |mark| BlockEntry {
-            expires_ns: monotonic_now().saturating_add(verdict.ttl),
+            expires_ns,
             mark,
             _pad: 0,
         };
+        self.expiries.push_back(expires_ns);
+        if matches!(verdict.action, VerdictAction::Cut { block_client: true }) {
+            self.expiries.push_back(expires_ns);
+        }
         let latency;
         match verdict.action {
             VerdictAction::Cut { block_client } => {
@@ -91,10 +101,13 @@ impl KernelEnforcer {
         Ok(latency)
     }
 
-    /// Entries in the kernel maps (expired ones linger until a packet or the agent
-    /// touches them).
-    pub fn active_entries(&self) -> usize {
-        self.flows.keys().count() + self.clients.keys().count() + self.flagged.keys().count()
+    /// Entries written to the kernel maps that have not expired yet.
+    pub fn active_entries(&mut self) -> usize {
+        let now = monotonic_now();
+        while self.expiries.front().is_some_and(|&e| e <= now) {
+            self.expiries.pop_front();
+        }
+        self.expiries.len()
     }
 }
 

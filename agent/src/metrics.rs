@@ -1,0 +1,169 @@
+//! Prometheus metrics (text format at `/metrics`), built from the pipeline's counters at
+//! scrape time: the pipeline keeps plain integers on its hot path, no metric handles.
+//! Names follow the conventions: `seqshield_` prefix, `_total` counters, base units.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::report::Stats;
+use crate::source::live::KernelCounters;
+
+type Labels = Vec<(String, String)>;
+
+/// Per-request pipeline time: 1 µs to ~1 s.
+pub fn request_seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1e-6, 4.0, 11))
+}
+
+/// Everything a scrape shows.
+pub struct Snapshot<'a> {
+    pub stats: &'a Stats,
+    pub live_sessions: usize,
+    pub tracked_sequences: usize,
+    /// (rule id, rule title, action, count)
+    pub violations: &'a [(String, String, &'static str, u64)],
+    pub kernel: KernelCounters,
+    pub kernel_block_entries: u64,
+    pub request_seconds: &'a Histogram,
+}
+
+pub fn render(s: &Snapshot<'_>) -> String {
+    let mut registry = Registry::with_prefix("seqshield");
+    let counter = |registry: &mut Registry, name: &str, help: &str, v: u64| {
+        let c: Counter = Counter::default();
+        c.inc_by(v);
+        registry.register(name, help, c);
+    };
+    let gauge = |registry: &mut Registry, name: &str, help: &str, v: u64| {
+        let g: Gauge = Gauge::default();
+        g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        registry.register(name, help, g);
+    };
+    let k = &s.kernel;
+    counter(
+        &mut registry,
+        "packets_seen",
+        "Packets the kernel program ran on",
+        k.seen,
+    );
+    counter(
+        &mut registry,
+        "packets_captured",
+        "Packets handed to the agent through the ring buffer",
+        k.captured,
+    );
+    counter(
+        &mut registry,
+        "events_lost",
+        "Packets the kernel could not hand over (ring buffer full)",
+        k.lost.max(s.stats.lost_events),
+    );
+    counter(
+        &mut registry,
+        "packets_unsupported",
+        "Packets to analysed ports in a shape not captured (fragments, long IPv6 extension chains)",
+        k.unsupported,
+    );
+    counter(
+        &mut registry,
+        "packets_dropped_ingress",
+        "Client packets dropped by enforcement",
+        k.dropped_ingress,
+    );
+    counter(
+        &mut registry,
+        "packets_dropped_egress",
+        "Server packets of blocked connections dropped",
+        k.dropped_egress,
+    );
+    counter(
+        &mut registry,
+        "packets_marked",
+        "Packets of flagged connections marked",
+        k.marked,
+    );
+
+    let requests = Family::<Labels, Counter>::default();
+    let st = s.stats;
+    let unmatched = st.unmatched_requests + st.other_requests;
+    for (result, v) in [
+        ("parsed", st.requests),
+        ("unidentified", st.unidentified_requests),
+        ("unmatched", unmatched),
+        ("truncated", st.truncated_requests),
+    ] {
+        requests
+            .get_or_create(&vec![("result".into(), result.into())])
+            .inc_by(v);
+    }
+    registry.register(
+        "requests",
+        "HTTP requests by result (parsed counts them all)",
+        requests,
+    );
+    counter(
+        &mut registry,
+        "parse_errors",
+        "Bytes that were not HTTP/1.x where a request was expected",
+        st.parse_errors,
+    );
+
+    gauge(
+        &mut registry,
+        "live_sessions",
+        "Sessions in the session table",
+        s.live_sessions as u64,
+    );
+    gauge(
+        &mut registry,
+        "tracked_sequences",
+        "Distinct sequences in the sequence table",
+        s.tracked_sequences as u64,
+    );
+    let evictions = Family::<Labels, Counter>::default();
+    for (table, v) in [
+        ("sessions", st.sessions.sessions_evicted),
+        ("sequences", st.sequences_evicted),
+        ("flows", st.flows.flows_evicted),
+    ] {
+        evictions
+            .get_or_create(&vec![("table".into(), table.into())])
+            .inc_by(v);
+    }
+    registry.register("evictions", "Entries evicted from full tables", evictions);
+
+    let violations = Family::<Labels, Counter>::default();
+    for (id, title, action, v) in s.violations {
+        violations
+            .get_or_create(&vec![
+                ("rule_id".into(), id.clone()),
+                ("rule".into(), title.clone()),
+                ("action".into(), (*action).into()),
+            ])
+            .inc_by(*v);
+    }
+    registry.register(
+        "violations",
+        "Sequence rule violations by rule and action",
+        violations,
+    );
+    gauge(
+        &mut registry,
+        "kernel_block_entries",
+        "Entries in the kernel block and flag maps",
+        s.kernel_block_entries,
+    );
+    registry.register(
+        "request_pipeline_seconds",
+        "Time the pipeline spends on one request",
+        s.request_seconds.clone(),
+    );
+
+    let mut out = String::new();
+    encode(&mut out, &registry).expect("writing to a String");
+    out
+}
