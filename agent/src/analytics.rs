@@ -30,7 +30,38 @@ pub struct Hourly {
     earlier: Option<Box<[u32]>>,
 }
 
+/// An [`Hourly`] as snapshots store it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HourlyState {
+    pub last_hour: u32,
+    pub last_count: u32,
+    pub earlier: Option<Vec<u32>>,
+}
+
 impl Hourly {
+    fn state(&self) -> HourlyState {
+        HourlyState {
+            last_hour: self.last_hour,
+            last_count: self.last_count,
+            earlier: self.earlier.as_ref().map(|e| e.to_vec()),
+        }
+    }
+
+    fn from_state(state: HourlyState, slots: u32) -> Option<Self> {
+        if state
+            .earlier
+            .as_ref()
+            .is_some_and(|e| e.len() != slots as usize)
+        {
+            return None;
+        }
+        Some(Self {
+            last_hour: state.last_hour,
+            last_count: state.last_count,
+            earlier: state.earlier.map(Vec::into_boxed_slice),
+        })
+    }
+
     fn new(hour: u32) -> Self {
         Self {
             last_hour: hour,
@@ -156,6 +187,17 @@ struct OpCounts {
     occurrences: Hourly,
 }
 
+/// Learned counts as snapshots store them. Operation ids are the catalog's at save time.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct AnalyticsState {
+    pub slots: u32,
+    /// Per operation id: (requests, occurrences).
+    pub ops: Vec<(HourlyState, HourlyState)>,
+    /// Operations first to final, and the counts.
+    pub sequences: Vec<(Vec<OpId>, HourlyState)>,
+    pub evicted: u64,
+}
+
 /// Learned counts.
 pub struct Analytics {
     /// Hours in the window, the report's own hour included.
@@ -245,6 +287,66 @@ impl Analytics {
             true
         });
         self.evicted += (before - self.sequences.len()) as u64;
+    }
+
+    pub fn export(&self) -> AnalyticsState {
+        AnalyticsState {
+            slots: self.slots,
+            ops: self
+                .ops
+                .iter()
+                .map(|c| (c.requests.state(), c.occurrences.state()))
+                .collect(),
+            sequences: self
+                .sequences
+                .iter()
+                .map(|(k, c)| (k.ops(), c.state()))
+                .collect(),
+            evicted: self.evicted,
+        }
+    }
+
+    /// Takes back saved counts; `remap` turns saved operation ids into current ones (or
+    /// `None`: that operation is gone, its counts too). A different window is refused.
+    pub fn import(
+        &mut self,
+        state: AnalyticsState,
+        remap: &dyn Fn(OpId) -> Option<OpId>,
+    ) -> Result<(), String> {
+        if state.slots != self.slots {
+            return Err(format!(
+                "saved with a {} h window, configured {} h",
+                state.slots.saturating_sub(1),
+                self.slots - 1
+            ));
+        }
+        let bad = || "counts with a wrong number of hourly buckets".to_string();
+        for (old, (requests, occurrences)) in state.ops.into_iter().enumerate() {
+            let Some(op) = remap(old as OpId) else {
+                continue;
+            };
+            let hour = requests.last_hour;
+            let _ = self.op(op, hour);
+            let counts = &mut self.ops[usize::from(op)];
+            counts.requests = Hourly::from_state(requests, self.slots).ok_or_else(bad)?;
+            counts.occurrences = Hourly::from_state(occurrences, self.slots).ok_or_else(bad)?;
+        }
+        for (ops, counts) in state.sequences {
+            if !(2..=MAX_SEQUENCE_OPS).contains(&ops.len()) {
+                return Err(format!("a sequence of {} operations", ops.len()));
+            }
+            let Some(ops) = ops.iter().map(|&op| remap(op)).collect::<Option<Vec<_>>>() else {
+                continue;
+            };
+            if self.sequences.len() < self.max_sequences {
+                self.sequences.insert(
+                    SeqKey::from_ops(&ops),
+                    Hourly::from_state(counts, self.slots).ok_or_else(bad)?,
+                );
+            }
+        }
+        self.evicted = state.evicted;
+        Ok(())
     }
 
     pub fn sequences_evicted(&self) -> u64 {

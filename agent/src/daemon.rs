@@ -2,6 +2,7 @@
 //! every captured segment to the same pipeline replay uses, and detaches on SIGTERM or
 //! SIGINT (the kernel detaches it on any other exit: the link dies with the process).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use crate::alerts::{Alert, JsonLines, OutcomeSink};
 use crate::config::{Config, ConfigError, EnforceMode};
 use crate::enforce::Verdict;
 use crate::enforce::kernel::KernelEnforcer;
+use crate::persist;
 use crate::pipeline::Pipeline;
 use crate::source::live::{KernelCounters, LiveCapture, LiveError};
 use crate::source::ring::wall_clock_now;
@@ -21,6 +23,8 @@ use crate::state::{self, StateError};
 
 /// How often kernel counters are read and idle state is swept.
 const TICK: Duration = Duration::from_secs(1);
+/// How often learned state is saved (and on every clean exit).
+const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -47,10 +51,9 @@ pub enum DaemonError {
 pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
     LiveCapture::preflight(interface)?;
     let key = state::load_or_create_key(&config.state.dir)?;
-    let shared = Arc::new(AgentState::new(
-        Pipeline::new(config, &key)?,
-        config.source.clone(),
-    ));
+    let mut pipeline = Pipeline::new(config, &key)?;
+    persist::resume(&mut pipeline, &config.state.dir);
+    let shared = Arc::new(AgentState::new(pipeline, config.source.clone()));
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
@@ -85,15 +88,16 @@ pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
         alerts: JsonLines::new(std::io::stdout()),
         enforcer,
     };
+    let state_dir = config.state.dir.clone();
     let thread = {
-        let (shared, stop) = (shared.clone(), stop.clone());
+        let (shared, stop, state_dir) = (shared.clone(), stop.clone(), state_dir.clone());
         std::thread::Builder::new()
             .name("capture".into())
             .spawn(move || {
                 if enforce {
                     realtime_priority();
                 }
-                let result = capture_loop(capture, &shared, outcomes, &stop);
+                let result = capture_loop(capture, &shared, outcomes, &stop, &state_dir);
                 let _ = done_tx.send(());
                 result
             })
@@ -113,6 +117,7 @@ pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
     stop.store(true, Ordering::Relaxed);
     let result = thread.join();
     server.abort();
+    save_snapshot(&shared, &state_dir);
     tracing::info!(interface, "capture detached; exiting");
     match result {
         Ok(Ok(())) => Ok(()),
@@ -141,8 +146,10 @@ fn capture_loop(
     shared: &AgentState,
     mut outcomes: LiveOutcomes,
     stop: &AtomicBool,
+    state_dir: &Path,
 ) -> Result<(), LiveError> {
     let mut last_tick = Instant::now();
+    let mut last_snapshot = Instant::now();
     let mut last = KernelCounters::default();
     while !stop.load(Ordering::Relaxed) {
         capture.wait()?;
@@ -166,8 +173,21 @@ fn capture_loop(
             drop(pipeline);
             capture.resync_clock();
         }
+        if last_snapshot.elapsed() >= SNAPSHOT_INTERVAL {
+            last_snapshot = Instant::now();
+            save_snapshot(shared, state_dir);
+        }
     }
     Ok(())
+}
+
+/// Copies the learned state under the lock, writes it outside it.
+fn save_snapshot(shared: &AgentState, dir: &Path) {
+    let snapshot = shared.pipeline().snapshot();
+    match persist::save(dir, &snapshot) {
+        Ok(bytes) => tracing::info!(event = "snapshot_saved", bytes, "learned state saved"),
+        Err(e) => tracing::error!(event = "snapshot_failed", error = %e, "learned state not saved"),
+    }
 }
 
 /// Alerts to stdout; verdicts to the kernel (enforce mode).

@@ -104,6 +104,11 @@ impl<S: Default> FlowTable<S> {
         self.flows.len()
     }
 
+    /// Carries on the totals of an earlier run (snapshot restore).
+    pub fn restore_stats(&mut self, stats: FlowStats) {
+        self.stats = stats;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.flows.is_empty()
     }

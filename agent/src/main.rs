@@ -34,6 +34,9 @@ enum Command {
         /// Where to write the report (JSON); without it the table goes to stderr.
         #[arg(long)]
         report_out: Option<PathBuf>,
+        /// Resume from the state dir's snapshot and save one at the end, like the agent.
+        #[arg(long)]
+        persist: bool,
     },
     /// Runs the live agent: captures on an interface (needs root), serves the admin API,
     /// writes alerts to stdout. Stops cleanly on SIGTERM / SIGINT.
@@ -111,7 +114,8 @@ fn main() -> Result<()> {
             config,
             pcap,
             report_out,
-        } => replay(&config, &pcap, report_out.as_deref()),
+            persist,
+        } => replay(&config, &pcap, report_out.as_deref(), persist),
         Command::Run { config, iface } => run(&config, iface),
         Command::Report {
             file: Some(file),
@@ -166,10 +170,13 @@ fn main() -> Result<()> {
     }
 }
 
-fn replay(config_path: &Path, pcap: &Path, report_out: Option<&Path>) -> Result<()> {
+fn replay(config_path: &Path, pcap: &Path, report_out: Option<&Path>, persist: bool) -> Result<()> {
     let config = Config::load(config_path)?;
     let key = state::load_or_create_key(&config.state.dir)?;
     let mut pipeline = Pipeline::new(&config, &key)?;
+    if persist {
+        seqshield::persist::resume(&mut pipeline, &config.state.dir);
+    }
     let capture = map_capture(pcap)?;
     let stdout = std::io::stdout().lock();
     let mut alerts = JsonLines::new(stdout);
@@ -188,6 +195,10 @@ fn replay(config_path: &Path, pcap: &Path, report_out: Option<&Path>) -> Result<
         alerts = report.stats.alerts,
         "replay done"
     );
+    if persist {
+        let bytes = seqshield::persist::save(&config.state.dir, &pipeline.snapshot())?;
+        tracing::info!(event = "snapshot_saved", bytes, dir = %config.state.dir.display(), "learned state saved");
+    }
     match report_out {
         Some(path) => write_report(&report, path)?,
         None => eprint!("{}", report.to_table()),

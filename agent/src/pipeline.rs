@@ -11,6 +11,7 @@ use crate::enforce::Blocks;
 use crate::flow::{FlowTable, Piece};
 use crate::http::{HttpStats, HttpStream, RequestHead};
 use crate::ops::{Catalog, OpId, Resolved, normalise_host, split_target};
+use crate::persist::{Snapshot, Totals};
 use crate::report::{OperationReport, Report, SequenceReport, Stats};
 use crate::rules::RuleSet;
 use crate::session::{Entry, SessionCache, SessionId, SessionIdentifier, Sessions};
@@ -68,6 +69,8 @@ pub struct Pipeline {
     analysis: Analysis,
     packets: u64,
     lost_events: u64,
+    /// Events lost by earlier runs (restored from a snapshot).
+    lost_base: u64,
     newest: Nanos,
     min_support: u64,
     window: Nanos,
@@ -99,6 +102,7 @@ impl Pipeline {
             },
             packets: 0,
             lost_events: 0,
+            lost_base: 0,
             newest: 0,
             min_support: seq.min_support,
             window,
@@ -160,9 +164,10 @@ impl Pipeline {
         for_each_segment(capture, ports, |seg| self.process(&seg, alerts))
     }
 
-    /// Events the live source lost before they reached the pipeline (a running total).
+    /// Events the live source lost before they reached the pipeline: the kernel's
+    /// running total since this agent started (added to what earlier runs lost).
     pub fn set_lost_events(&mut self, total: u64) {
-        self.lost_events = total;
+        self.lost_events = self.lost_base + total;
     }
 
     /// Time of the newest packet seen: the report time of a replay.
@@ -205,6 +210,58 @@ impl Pipeline {
             flows: self.flows.stats(),
             sessions: self.analysis.sessions.stats(),
         }
+    }
+
+    /// Everything learned so far, for a snapshot.
+    pub fn snapshot(&self) -> Snapshot {
+        let a = &self.analysis;
+        let c = a.counters;
+        Snapshot {
+            newest: self.newest,
+            operations: a.catalog.iter().map(|(_, op)| op.clone()).collect(),
+            analytics: a.analytics.export(),
+            sessions: a.sessions.export(),
+            totals: Totals {
+                packets: self.packets,
+                lost_events: self.lost_events,
+                http: self.http,
+                flows: self.flows.stats(),
+                sessions: a.sessions.stats(),
+                unidentified: c.unidentified,
+                unmatched: c.unmatched,
+                other: c.other,
+                alerts: c.alerts,
+            },
+        }
+    }
+
+    /// Carries on from a snapshot (taken right after `new`). Saved operations map onto
+    /// this config's catalog by (method, host, template); counts of operations that are
+    /// gone are dropped. A snapshot of another window length is refused.
+    pub fn restore(&mut self, snapshot: Snapshot) -> Result<(), String> {
+        let a = &mut self.analysis;
+        let remap: Vec<Option<OpId>> = snapshot
+            .operations
+            .iter()
+            .map(|op| a.catalog.restore(op))
+            .collect();
+        let remap = |old: OpId| remap.get(usize::from(old)).copied().flatten();
+        a.analytics.import(snapshot.analytics, &remap)?;
+        let t = snapshot.totals;
+        a.sessions.import(snapshot.sessions, t.sessions, &remap);
+        a.counters = RequestCounters {
+            unidentified: t.unidentified,
+            unmatched: t.unmatched,
+            other: t.other,
+            alerts: t.alerts,
+        };
+        self.http = t.http;
+        self.flows.restore_stats(t.flows);
+        self.packets = t.packets;
+        self.lost_base = t.lost_events;
+        self.lost_events = t.lost_events;
+        self.newest = self.newest.max(snapshot.newest);
+        Ok(())
     }
 
     /// A session's current history, most recent last, with each entry's age at `now`.

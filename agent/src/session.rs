@@ -215,6 +215,15 @@ pub struct SessionStats {
     pub sessions_expired: u64,
 }
 
+/// A session as snapshots store it (the id is the keyed hash, never the raw value).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SessionState {
+    pub id: u64,
+    pub last_seen: Nanos,
+    /// (operation id, time of its latest request), oldest first.
+    pub history: Vec<(OpId, Nanos)>,
+}
+
 /// Live sessions, bounded by `max_sessions`.
 pub struct Sessions {
     map: HashMap<SessionId, Session, foldhash::fast::RandomState>,
@@ -245,6 +254,46 @@ impl Sessions {
 
     pub fn stats(&self) -> SessionStats {
         self.stats
+    }
+
+    pub fn export(&self) -> Vec<SessionState> {
+        self.map
+            .iter()
+            .map(|(id, s)| SessionState {
+                id: id.0,
+                last_seen: s.last_seen,
+                history: s.history.entries().iter().map(|e| (e.op, e.at)).collect(),
+            })
+            .collect()
+    }
+
+    /// Takes back saved sessions (up to `max_sessions`); entries whose operation is gone
+    /// are dropped from their history.
+    pub fn import(
+        &mut self,
+        sessions: Vec<SessionState>,
+        stats: SessionStats,
+        remap: &dyn Fn(OpId) -> Option<OpId>,
+    ) {
+        for saved in sessions {
+            if self.map.len() >= self.max_sessions {
+                break;
+            }
+            let mut history = History::default();
+            for (op, at) in saved.history.iter().rev().take(HISTORY_LEN).rev() {
+                if let Some(op) = remap(*op) {
+                    history.record(op, *at);
+                }
+            }
+            self.map.insert(
+                SessionId(saved.id),
+                Session {
+                    history,
+                    last_seen: saved.last_seen,
+                },
+            );
+        }
+        self.stats = stats;
     }
 
     pub fn get(&self, id: SessionId) -> Option<&Session> {

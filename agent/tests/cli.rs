@@ -340,3 +340,120 @@ fn rules_check_and_suggest() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Splits a pcap before its `nth` client SYN (a connection boundary in this fixture).
+fn split_pcap(bytes: &[u8], nth_syn: usize) -> (Vec<u8>, Vec<u8>) {
+    use pcap_file::pcap::{PcapReader, PcapWriter};
+    let mut reader = PcapReader::new(bytes).unwrap();
+    let header = reader.header();
+    let mut first = PcapWriter::with_header(Vec::new(), header).unwrap();
+    let mut second = PcapWriter::with_header(Vec::new(), header).unwrap();
+    let mut syns = 0;
+    while let Some(packet) = reader.next_packet() {
+        let packet = packet.unwrap();
+        // Loopback Ethernet, IPv4 without options: TCP flags at 14 + 20 + 13.
+        let flags = packet.data.get(47).copied().unwrap_or(0);
+        if flags & 0x12 == 0x02 {
+            syns += 1;
+        }
+        if syns < nth_syn {
+            first.write_packet(&packet).unwrap();
+        } else {
+            second.write_packet(&packet).unwrap();
+        }
+    }
+    (first.into_writer(), second.into_writer())
+}
+
+#[test]
+fn replay_persist_in_two_halves_equals_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!("[capture]\nports = [18080]\n[sequence]\nmin_support = 1\n{BANK_ENDPOINTS}");
+    let whole = std::fs::read(fixture("curl-loopback.pcap")).unwrap();
+    // Before bob's third connection: alice done, bob half way, mallory still to come.
+    let (first, second) = split_pcap(&whole, 4);
+    let paths: Vec<PathBuf> = ["first.pcap", "second.pcap"]
+        .iter()
+        .map(|n| dir.path().join(n))
+        .collect();
+    std::fs::write(&paths[0], first).unwrap();
+    std::fs::write(&paths[1], second).unwrap();
+
+    let report_of = |state: &Path, pcap: &Path, persist: bool| -> Report {
+        std::fs::create_dir_all(state).unwrap();
+        let config = write_config(state, &body);
+        let out_path = state.join("r.json");
+        let mut args = vec![
+            "replay",
+            "--config",
+            config.to_str().unwrap(),
+            "--pcap",
+            pcap.to_str().unwrap(),
+        ];
+        args.extend(["--report-out", out_path.to_str().unwrap()]);
+        if persist {
+            args.push("--persist");
+        }
+        let out = seqshield(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap()
+    };
+    let one_run = report_of(
+        &dir.path().join("one"),
+        &fixture("curl-loopback.pcap"),
+        false,
+    );
+    let halves = dir.path().join("halves");
+    let half = report_of(&halves, &paths[0], true);
+    assert!(half.stats.requests < one_run.stats.requests);
+    let resumed = report_of(&halves, &paths[1], true);
+    assert_eq!(resumed, one_run);
+}
+
+#[test]
+fn a_corrupt_snapshot_is_set_aside_and_learning_starts_fresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!("[capture]\nports = [18080]\n{BANK_ENDPOINTS}"),
+    );
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("snapshot.bin"),
+        b"SQSSNAP\0garbage that is not a snapshot at all, not even close",
+    )
+    .unwrap();
+    let out = seqshield(&[
+        "replay",
+        "--config",
+        config.to_str().unwrap(),
+        "--pcap",
+        fixture("curl-loopback.pcap").to_str().unwrap(),
+        "--persist",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("snapshot_set_aside") && stderr.contains("moved to"),
+        "{stderr}"
+    );
+    let aside: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("snapshot.bin.bad-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert!(
+        state.join("snapshot.bin").exists(),
+        "a fresh snapshot was written"
+    );
+}

@@ -18,7 +18,7 @@ pub type OpId = u16;
 /// Hard ceiling on operations (configured + discovered): ids must fit an [`OpId`].
 pub const MAX_CATALOG: usize = u16::MAX as usize - 1;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Operation {
     /// Stable across restarts and hosts: a hash of method, host and template.
     pub id: String,
@@ -291,6 +291,22 @@ impl Catalog {
         };
         self.scratch = key;
         resolved
+    }
+
+    /// Operation id for a saved operation (snapshot restore): the same operation if the
+    /// catalog knows it, else a discovered one while discovery has room.
+    pub fn restore(&mut self, op: &Operation) -> Option<OpId> {
+        if let Some(&id) = self.by_human.get(&op.human()) {
+            return Some(id);
+        }
+        if !self.discovery || self.discovered >= self.max_discovered {
+            return None;
+        }
+        let id = self
+            .intern(Operation::new(&op.host, &op.method, &op.path, false))
+            .ok()?;
+        self.discovered += 1;
+        Some(id)
     }
 
     /// Finds the operation a rule names, by stable id or `"METHOD host/path-template"`.

@@ -1,0 +1,236 @@
+//! Snapshots of learned state in `[state] dir` (SPEC §8): counts in hourly buckets, the
+//! operation catalog, session histories and run totals, so a restarted agent (or a
+//! `replay --persist`) carries on where it stopped. The session-hash key lives next to
+//! it (`state.rs`).
+//!
+//! File: magic, format version, BLAKE3 of the payload, then the postcard-encoded
+//! [`Snapshot`]. Written to a temp file, synced, and renamed over the old one: a crash
+//! leaves the old snapshot or the new one, never half of one. A snapshot that cannot be
+//! read is moved aside and the agent starts fresh: it never refuses to start over it.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Nanos;
+use crate::analytics::AnalyticsState;
+use crate::flow::FlowStats;
+use crate::http::HttpStats;
+use crate::ops::Operation;
+use crate::session::{SessionState, SessionStats};
+
+pub const SNAPSHOT_FILE: &str = "snapshot.bin";
+const MAGIC: &[u8; 8] = b"SQSSNAP\0";
+/// Bumped on any change of [`Snapshot`]'s layout; other versions are set aside.
+pub const FORMAT_VERSION: u32 = 1;
+const HEADER_LEN: usize = 8 + 4 + 32;
+
+/// Everything learned, with operations by the catalog's ids at save time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Newest packet time seen (replay's report time).
+    pub newest: Nanos,
+    pub operations: Vec<Operation>,
+    pub analytics: AnalyticsState,
+    pub sessions: Vec<SessionState>,
+    pub totals: Totals,
+}
+
+/// Run totals (SPEC §6 `stats`), carried across restarts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Totals {
+    pub packets: u64,
+    pub lost_events: u64,
+    pub http: HttpStats,
+    pub flows: FlowStats,
+    pub sessions: SessionStats,
+    pub unidentified: u64,
+    pub unmatched: u64,
+    pub other: u64,
+    pub alerts: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    #[error("writing snapshot {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("snapshot {path} unreadable ({reason}); moved to {moved_to}, starting fresh")]
+    SetAside {
+        path: PathBuf,
+        reason: String,
+        moved_to: PathBuf,
+    },
+    #[error("snapshot {path} unreadable ({reason}) and could not be moved aside: {source}")]
+    Stuck {
+        path: PathBuf,
+        reason: String,
+        source: std::io::Error,
+    },
+}
+
+/// Writes `snapshot` atomically into `dir`; returns its size in bytes.
+pub fn save(dir: &Path, snapshot: &Snapshot) -> Result<u64, PersistError> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let err = |source| PersistError::Write {
+        path: path.clone(),
+        source,
+    };
+    let payload = postcard::to_stdvec(snapshot).map_err(|e| err(std::io::Error::other(e)))?;
+    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    let mut file = fs::File::create(&tmp).map_err(err)?;
+    file.write_all(MAGIC).map_err(err)?;
+    file.write_all(&FORMAT_VERSION.to_le_bytes()).map_err(err)?;
+    file.write_all(blake3::hash(&payload).as_bytes())
+        .map_err(err)?;
+    file.write_all(&payload).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    drop(file);
+    fs::rename(&tmp, &path).map_err(err)?;
+    Ok((HEADER_LEN + payload.len()) as u64)
+}
+
+/// Reads the snapshot in `dir`: `Ok(None)` when there is none. One that cannot be used
+/// is moved aside (`snapshot.bin.bad-<unix time>`) and reported as [`PersistError::SetAside`].
+pub fn load(dir: &Path) -> Result<Option<Snapshot>, PersistError> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(set_aside(&path, format!("cannot read: {e}"))),
+    };
+    decode(&bytes)
+        .map(Some)
+        .map_err(|reason| set_aside(&path, reason))
+}
+
+/// Restores `pipeline` from the snapshot in `dir`, if there is a usable one, and says
+/// what happened in the log. Never fails: a bad snapshot is set aside and learning
+/// starts fresh.
+pub fn resume(pipeline: &mut crate::pipeline::Pipeline, dir: &Path) {
+    match load(dir) {
+        Ok(None) => tracing::info!(dir = %dir.display(), "no snapshot: starting fresh"),
+        Ok(Some(snapshot)) => {
+            let sessions = snapshot.sessions.len();
+            let sequences = snapshot.analytics.sequences.len();
+            match pipeline.restore(snapshot) {
+                Ok(()) => tracing::info!(
+                    event = "snapshot_restored",
+                    sessions,
+                    sequences,
+                    "learned state restored"
+                ),
+                Err(reason) => {
+                    let e = set_aside(&dir.join(SNAPSHOT_FILE), reason);
+                    tracing::warn!(event = "snapshot_set_aside", error = %e, "starting fresh");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(event = "snapshot_set_aside", error = %e, "starting fresh"),
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
+    if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
+        return Err("not a seqshield snapshot".into());
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != FORMAT_VERSION {
+        return Err(format!(
+            "format version {version}, this agent reads {FORMAT_VERSION}"
+        ));
+    }
+    let payload = &bytes[HEADER_LEN..];
+    if blake3::hash(payload).as_bytes()[..] != bytes[12..HEADER_LEN] {
+        return Err("checksum mismatch (truncated or damaged)".into());
+    }
+    postcard::from_bytes(payload).map_err(|e| format!("undecodable: {e}"))
+}
+
+fn set_aside(path: &Path, reason: String) -> PersistError {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let moved_to = path.with_file_name(format!("{SNAPSHOT_FILE}.bad-{stamp}"));
+    match fs::rename(path, &moved_to) {
+        Ok(()) => PersistError::SetAside {
+            path: path.to_path_buf(),
+            reason,
+            moved_to,
+        },
+        Err(source) => PersistError::Stuck {
+            path: path.to_path_buf(),
+            reason,
+            source,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            newest: 42,
+            operations: vec![],
+            analytics: AnalyticsState {
+                slots: 25,
+                ops: vec![],
+                sequences: vec![],
+                evicted: 0,
+            },
+            sessions: vec![],
+            totals: Totals {
+                packets: 7,
+                ..Totals::default()
+            },
+        }
+    }
+
+    #[test]
+    fn round_trip_and_atomic_replace() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load(dir.path()).unwrap().is_none());
+        save(dir.path(), &snapshot()).unwrap();
+        let mut s = snapshot();
+        s.totals.packets = 8;
+        save(dir.path(), &s).unwrap();
+        assert_eq!(load(dir.path()).unwrap().unwrap().totals.packets, 8);
+        assert!(!dir.path().join(format!("{SNAPSHOT_FILE}.tmp")).exists());
+    }
+
+    #[test]
+    fn damaged_snapshots_are_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &snapshot()).unwrap();
+        let path = dir.path().join(SNAPSHOT_FILE);
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        let err = load(dir.path()).unwrap_err();
+        assert!(matches!(err, PersistError::SetAside { .. }), "{err}");
+        assert!(err.to_string().contains("checksum"), "{err}");
+        assert!(!path.exists());
+        assert!(
+            load(dir.path()).unwrap().is_none(),
+            "fresh start after setting aside"
+        );
+        // Another format version.
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&99u32.to_le_bytes());
+        bytes.extend_from_slice(&[0; 40]);
+        fs::write(&path, &bytes).unwrap();
+        assert!(
+            load(dir.path())
+                .unwrap_err()
+                .to_string()
+                .contains("format version 99")
+        );
+    }
+}
