@@ -511,3 +511,101 @@ fn refuses_to_run_without_privileges() {
         "{stderr}"
     );
 }
+
+#[test]
+fn learned_state_survives_a_restart_and_a_corrupt_snapshot_is_set_aside() {
+    if !root_or_skip("learned_state_survives_a_restart_and_a_corrupt_snapshot_is_set_aside") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut pair = NetPair::new();
+    let admin_port = 19_469;
+    let config = common::bank_config(dir.path(), admin_port, "");
+    let server_ip = pair.server_ip.clone();
+    pair.spawn_server_side(
+        &[
+            "python3",
+            fixture("bank_server.py").to_str().unwrap(),
+            &server_ip,
+            "80",
+        ],
+        None,
+    );
+    // A damaged snapshot from "before": the agent starts anyway and moves it aside.
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("snapshot.bin"), b"not a snapshot").unwrap();
+    let alerts = dir.path().join("alerts.jsonl");
+    let agent = start_agent(&mut pair, &config, admin_port, &alerts);
+    assert!(std::fs::read_dir(&state).unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("snapshot.bin.bad-")
+    }));
+    eventually("the bank server", Duration::from_secs(10), || {
+        pair.in_client(&[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            &format!("http://{server_ip}/ready"),
+        ])
+        .status
+        .success()
+        .then_some(())
+    });
+    let base = format!("http://{server_ip}/api/v1");
+    let before = live_report(&pair, &agent).unwrap().stats.requests;
+    // Burst 1: alice logs in and lists her accounts. Then the agent stops (and saves).
+    curl(
+        &pair,
+        &["-b", "sid=alice", "-d", "{}", &format!("{base}/login")],
+    );
+    curl(
+        &pair,
+        &["-b", "sid=alice", &format!("{base}/users/7/accounts")],
+    );
+    eventually("burst 1", Duration::from_secs(3), || {
+        live_report(&pair, &agent).filter(|r| r.stats.requests >= before + 2)
+    });
+    signal(agent.pid, libc::SIGTERM);
+    assert!(
+        pair.wait_for(agent.pid, Duration::from_secs(5))
+            .expect("exits")
+            .success()
+    );
+    assert!(state.join("snapshot.bin").exists());
+    // Burst 2 after a restart: the journey continues where it stopped.
+    let agent = start_agent(&mut pair, &config, admin_port, &alerts);
+    curl(
+        &pair,
+        &["-b", "sid=alice", &format!("{base}/accounts/1007/balance")],
+    );
+    curl(
+        &pair,
+        &[
+            "-b",
+            "sid=alice",
+            "-d",
+            "{}",
+            &format!("{base}/transferFunds"),
+        ],
+    );
+    let live = eventually("burst 2", Duration::from_secs(3), || {
+        live_report(&pair, &agent).filter(|r| r.stats.requests >= before + 4)
+    });
+    let journey = [LOGIN, ACCOUNTS, BALANCE, TRANSFER]
+        .map(String::from)
+        .to_vec();
+    assert!(
+        sequences(&live).contains(&(journey, 1, 1)),
+        "{:?}",
+        sequences(&live)
+    );
+    let alerts_text = std::fs::read_to_string(&alerts).unwrap();
+    assert!(
+        alerts_text.is_empty(),
+        "the balance check before the transfer was remembered: {alerts_text}"
+    );
+}
