@@ -94,6 +94,9 @@ impl Default for OperationsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
+    /// Index in the file's `[[endpoint]]` list (error messages).
+    #[serde(skip)]
+    pub position: usize,
     /// Empty matches any host; the operation's host is then empty too.
     #[serde(default)]
     pub host: String,
@@ -187,6 +190,9 @@ pub enum RuleAction {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
+    /// Index in the file's `[[rule]]` list (error messages).
+    #[serde(skip)]
+    pub position: usize,
     /// UUID; generated when absent.
     pub id: Option<String>,
     pub title: String,
@@ -295,45 +301,86 @@ impl Config {
 
     /// Parses config text; `path` names it in errors and anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let de = toml::de::Deserializer::parse(text)
-            .map_err(|e| ConfigError::new(path, "-", one_line(&e.to_string())))?;
-        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let key = if key == "." { "-".to_string() } else { key };
-            ConfigError::new(path, key, one_line(&e.inner().to_string()))
-        })?;
-        config.source = path.to_path_buf();
-        config.base_dir = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
-        config.validate()?;
-        Ok(config)
+        Self::parse_all(text, path).map_err(|mut errors| errors.swap_remove(0))
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        let err = |key: &str, reason: String| Err(ConfigError::new(&self.source, key, reason));
+    /// Like [`Config::parse`], but finds every error it can in one pass: each section and
+    /// each `[[endpoint]]` / `[[rule]]` is read on its own, so one mistake does not hide
+    /// the next. Never returns an empty error list.
+    pub fn parse_all(text: &str, path: &Path) -> Result<Self, Vec<ConfigError>> {
+        let (config, errors) = Self::check(text, path);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// What could be read (defaults where a key was bad), and every error found.
+    pub fn check(text: &str, path: &Path) -> (Self, Vec<ConfigError>) {
+        let table: toml::Table = match toml::from_str(text) {
+            Ok(t) => t,
+            Err(e) => {
+                return (
+                    Config::default(),
+                    vec![ConfigError::new(path, "-", one_line(&e.to_string()))],
+                );
+            }
+        };
+        let mut errors = Vec::new();
+        let mut config = Config {
+            source: path.to_path_buf(),
+            base_dir: path
+                .parent()
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+            ..Config::default()
+        };
+        for (key, value) in table {
+            match key.as_str() {
+                "capture" => section(&mut config.capture, value, &key, path, &mut errors),
+                "operations" => section(&mut config.operations, value, &key, path, &mut errors),
+                "session" => section(&mut config.session, value, &key, path, &mut errors),
+                "sequence" => section(&mut config.sequence, value, &key, path, &mut errors),
+                "enforce" => section(&mut config.enforce, value, &key, path, &mut errors),
+                "admin" => section(&mut config.admin, value, &key, path, &mut errors),
+                "state" => section(&mut config.state, value, &key, path, &mut errors),
+                "endpoint" => array(&mut config.endpoints, value, &key, path, &mut errors, |e, i| e.position = i),
+                "rule" => array(&mut config.rules, value, &key, path, &mut errors, |r, i| r.position = i),
+                other => errors.push(ConfigError::new(
+                    path,
+                    other,
+                    "unknown section (expected capture, operations, endpoint, session, sequence, rule, enforce, admin, state)",
+                )),
+            }
+        }
+        config.validate(&mut errors);
+        (config, errors)
+    }
+
+    fn validate(&self, errors: &mut Vec<ConfigError>) {
+        let mut err =
+            |key: &str, reason: String| errors.push(ConfigError::new(&self.source, key, reason));
         let seq = &self.sequence;
         if !(2..=9).contains(&seq.max_ops) {
-            return err(
+            err(
                 "sequence.max_ops",
                 format!("must be 2..=9, got {}", seq.max_ops),
             );
         }
         if seq.window < Duration::from_secs(3600) {
-            return err(
+            err(
                 "sequence.window",
                 "must be at least 1h (hourly buckets)".into(),
             );
         }
         if seq.max_sessions == 0 || seq.max_sequences == 0 {
-            return err(
+            err(
                 "sequence",
                 "max_sessions and max_sequences must be at least 1".into(),
             );
         }
         if self.session.identifiers.len() > MAX_IDENTIFIERS {
-            return err(
+            err(
                 "session.identifiers",
                 format!(
                     "at most {MAX_IDENTIFIERS} identifiers, got {}",
@@ -345,42 +392,44 @@ impl Config {
             let (Identifier::Header(name) | Identifier::Cookie(name) | Identifier::JwtClaim(name)) =
                 ident;
             if name.is_empty() {
-                return err(
+                err(
                     &format!("session.identifiers[{i}]"),
                     "name must not be empty".into(),
                 );
             }
         }
         if self.capture.ports.is_empty() {
-            return err("capture.ports", "list at least one server port".into());
+            err("capture.ports", "list at least one server port".into());
         }
         if self.capture.snaplen == 0 {
-            return err("capture.snaplen", "must be at least 1".into());
+            err("capture.snaplen", "must be at least 1".into());
         }
-        for (i, ep) in self.endpoints.iter().enumerate() {
+        for ep in &self.endpoints {
+            let i = ep.position;
             if !ep.path.starts_with('/') {
-                return err(
+                err(
                     &format!("endpoint[{i}].path"),
                     format!("must start with '/', got {:?}", ep.path),
                 );
             }
             if ep.method.is_empty() || ep.method.contains(' ') {
-                return err(
+                err(
                     &format!("endpoint[{i}].method"),
                     format!("not an HTTP method: {:?}", ep.method),
                 );
             }
         }
-        for (i, rule) in self.rules.iter().enumerate() {
+        for rule in &self.rules {
+            let i = rule.position;
             let chars = rule.title.chars().count();
             if !(1..=MAX_TITLE_CHARS).contains(&chars) {
-                return err(
+                err(
                     &format!("rule[{i}].title"),
                     format!("must be 1-{MAX_TITLE_CHARS} characters, got {chars}"),
                 );
             }
             if rule.sequence.len() < 2 {
-                return err(
+                err(
                     &format!("rule[{i}].sequence"),
                     format!("needs 2 or more operations, got {}", rule.sequence.len()),
                 );
@@ -388,16 +437,15 @@ impl Config {
             if let Some(id) = &rule.id
                 && uuid::Uuid::parse_str(id).is_err()
             {
-                return err(&format!("rule[{i}].id"), format!("not a UUID: {id:?}"));
+                err(&format!("rule[{i}].id"), format!("not a UUID: {id:?}"));
             }
             if rule.min_interval.is_some() && rule.kind != RuleKind::Allow {
-                return err(
+                err(
                     &format!("rule[{i}].min_interval"),
                     "only allow rules take a min_interval".into(),
                 );
             }
         }
-        Ok(())
     }
 
     /// The OpenAPI file path, resolved against the config file's directory.
@@ -407,6 +455,89 @@ impl Config {
             .as_ref()
             .map(|p| self.base_dir.join(p))
     }
+}
+
+/// Reads one section into `target`, or records why not (key paths inside the section).
+fn section<T: serde::de::DeserializeOwned>(
+    target: &mut T,
+    value: toml::Value,
+    name: &str,
+    path: &Path,
+    errors: &mut Vec<ConfigError>,
+) {
+    if let Some(v) = read_reporting_every_key(value, name, path, errors) {
+        *target = v;
+    }
+}
+
+/// Deserializes a table; on an error, records it, drops the key it names and tries
+/// again, so every bad key of the table is reported.
+fn read_reporting_every_key<T: serde::de::DeserializeOwned>(
+    mut value: toml::Value,
+    name: &str,
+    path: &Path,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
+    let mut removed: Vec<String> = Vec::new();
+    loop {
+        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                // A required key we removed ourselves is already reported.
+                let message = e.inner().to_string();
+                if removed
+                    .iter()
+                    .any(|k| message.contains(&format!("missing field `{k}`")))
+                {
+                    return None;
+                }
+                errors.push(at(path, name, &e));
+                let first = e.path().iter().next().and_then(|seg| match seg {
+                    serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                    _ => None,
+                })?;
+                value.as_table_mut()?.remove(&first)?;
+                removed.push(first);
+            }
+        }
+    }
+}
+
+/// Reads each element of an array of tables on its own.
+fn array<T: serde::de::DeserializeOwned>(
+    target: &mut Vec<T>,
+    value: toml::Value,
+    name: &str,
+    path: &Path,
+    errors: &mut Vec<ConfigError>,
+    set_position: fn(&mut T, usize),
+) {
+    let toml::Value::Array(items) = value else {
+        errors.push(ConfigError::new(
+            path,
+            name,
+            format!("write it as [[{name}]] tables"),
+        ));
+        return;
+    };
+    for (i, item) in items.into_iter().enumerate() {
+        if let Some(mut v) =
+            read_reporting_every_key::<T>(item, &format!("{name}[{i}]"), path, errors)
+        {
+            set_position(&mut v, i);
+            target.push(v);
+        }
+    }
+}
+
+fn at(path: &Path, prefix: &str, e: &serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
+    let inner = e.path().to_string();
+    let key = if inner == "." {
+        prefix.to_string()
+    } else {
+        format!("{prefix}.{inner}")
+    };
+    ConfigError::new(path, key, one_line(&e.inner().to_string()))
 }
 
 /// toml errors span several lines (a source excerpt); keep them to one.

@@ -161,12 +161,7 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
-        Command::CheckConfig { config } => {
-            let config = Config::load(&config)?;
-            Pipeline::new(&config, &[0; 32])?;
-            println!("{}: ok", config.source.display());
-            Ok(())
-        }
+        Command::CheckConfig { config } => check_config(&config),
     }
 }
 
@@ -264,6 +259,38 @@ fn run(config_path: &Path, iface: Option<String>) -> Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(seqshield::daemon::run(&config, &interface))?;
     Ok(())
+}
+
+/// Every error in a config at once: sections, endpoints, rules, the OpenAPI import and
+/// the rules' operations; one line each.
+fn check_config(path: &Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (config, mut errors) = Config::check(&text, path);
+    match seqshield::ops::Catalog::from_config(&config) {
+        Err(e) => errors.push(e),
+        Ok(mut catalog) => match seqshield::rules::RuleSet::compile_all(
+            &config.rules,
+            &mut catalog,
+            &config.source,
+        ) {
+            Ok(rules) if errors.is_empty() => {
+                println!(
+                    "{}: ok ({} operations, {} rules)",
+                    path.display(),
+                    catalog.len(),
+                    rules.rules().len()
+                );
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(more) => errors.extend(more),
+        },
+    }
+    for e in &errors {
+        eprintln!("{e}");
+    }
+    bail!("{}: {} error(s)", path.display(), errors.len())
 }
 
 fn read_report(path: &Path) -> Result<Report> {

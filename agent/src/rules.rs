@@ -53,18 +53,33 @@ impl RuleSet {
         catalog: &mut Catalog,
         file: &Path,
     ) -> Result<Self, ConfigError> {
+        Self::compile_all(configs, catalog, file).map_err(|mut errors| errors.swap_remove(0))
+    }
+
+    /// Like [`RuleSet::compile`], with every rule's errors.
+    pub fn compile_all(
+        configs: &[RuleConfig],
+        catalog: &mut Catalog,
+        file: &Path,
+    ) -> Result<Self, Vec<ConfigError>> {
         let mut rules = Vec::with_capacity(configs.len());
-        for (i, rc) in configs.iter().enumerate() {
-            let ops = rc
-                .sequence
-                .iter()
-                .enumerate()
-                .map(|(j, name)| {
-                    catalog.lookup_for_rule(name).map_err(|reason| {
-                        ConfigError::new(file, format!("rule[{i}].sequence[{j}]"), reason)
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+        let mut errors = Vec::new();
+        for rc in configs {
+            let i = rc.position;
+            let mut ops = Vec::with_capacity(rc.sequence.len());
+            for (j, name) in rc.sequence.iter().enumerate() {
+                match catalog.lookup_for_rule(name) {
+                    Ok(op) => ops.push(op),
+                    Err(reason) => errors.push(ConfigError::new(
+                        file,
+                        format!("rule[{i}].sequence[{j}]"),
+                        reason,
+                    )),
+                }
+            }
+            if ops.len() < rc.sequence.len() || ops.len() < 2 {
+                continue;
+            }
             rules.push(Rule {
                 id: rc
                     .id
@@ -77,6 +92,9 @@ impl RuleSet {
                 priority: rc.priority,
                 min_interval: rc.min_interval.map(duration_nanos),
             });
+        }
+        if !errors.is_empty() {
+            return Err(errors);
         }
         // Stable: equal priorities keep file order.
         rules.sort_by_key(|r| std::cmp::Reverse(r.priority));

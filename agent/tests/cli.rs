@@ -457,3 +457,32 @@ fn a_corrupt_snapshot_is_set_aside_and_learning_starts_fresh() {
         "a fresh snapshot was written"
     );
 }
+
+#[test]
+fn check_config_reports_every_mistake_at_once() {
+    let file = fixture("many-mistakes.toml");
+    let out = seqshield(&["check-config", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for (key, reason) in [
+        ("capture.ports", "invalid type"),
+        ("capture.snaplen", "at least 1"),
+        ("nonsense", "unknown section"),
+        ("sequence.min_suport", "unknown field"),
+        ("sequence.window", "invalid duration"),
+        ("endpoint[0].path", "must start with '/'"),
+        ("rule[0].sequence", "2 or more"),
+        ("rule[1].kind", "unknown variant `sometimes`"),
+        ("rule[2].sequence[0]", "unknown operation"),
+        ("rule[2].sequence[1]", "unknown operation"),
+    ] {
+        let line = format!("{}: {key}: ", file.display());
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&line) && l.contains(reason)),
+            "{key}: {reason}\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("10 error(s)"), "{stderr}");
+}

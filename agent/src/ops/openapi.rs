@@ -48,6 +48,7 @@ fn from_document(doc: &Value) -> Result<Vec<EndpointConfig>, String> {
         for method in METHODS.iter().filter(|m| item.contains_key(**m)) {
             for (host, base) in &servers {
                 out.push(EndpointConfig {
+                    position: 0,
                     host: host.clone(),
                     method: method.to_ascii_uppercase(),
                     path: format!("{base}{template}"),
