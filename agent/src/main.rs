@@ -61,6 +61,25 @@ enum Command {
         #[arg(long)]
         admin: Option<String>,
     },
+    /// The running agent's operations, with their counts.
+    Operations {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long)]
+        admin: Option<String>,
+    },
+    /// A session's current history in the running agent (the hash alerts show).
+    Session {
+        hash: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long)]
+        admin: Option<String>,
+    },
     /// Prints the keyed hash of a session value under each configured identifier, to
     /// search alerts and logs for it.
     SessionHash {
@@ -117,6 +136,54 @@ fn main() -> Result<()> {
             persist,
         } => replay(&config, &pcap, report_out.as_deref(), persist),
         Command::Run { config, iface } => run(&config, iface),
+        Command::Operations {
+            json,
+            config,
+            admin,
+        } => {
+            let ops: Vec<seqshield::report::OperationReport> =
+                fetch(&config, admin, "/api/v1/operations")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&ops)?);
+            } else {
+                println!(
+                    "{:<12}  {:>9}  {:>11}  operation",
+                    "id", "requests", "occurrences"
+                );
+                for o in ops {
+                    println!(
+                        "{:<12}  {:>9}  {:>11}  {}",
+                        o.id,
+                        o.requests,
+                        o.occurrences,
+                        o.human()
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Session {
+            hash,
+            json,
+            config,
+            admin,
+        } => {
+            let session: serde_json::Value =
+                fetch(&config, admin, &format!("/api/v1/sessions/{hash}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&session)?);
+            } else {
+                println!("session {hash} (oldest first)\n{:>10}  operation", "age");
+                for e in session["history"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:>9.1}s  {}",
+                        e["age_secs"].as_f64().unwrap_or(0.0),
+                        e["operation"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::Report {
             file: Some(file),
             json,
@@ -302,19 +369,39 @@ fn read_report(path: &Path) -> Result<Report> {
 
 /// The running agent's report, from its admin API.
 fn fetch_report(config_path: &Path, admin: Option<String>) -> Result<Report> {
+    fetch(config_path, admin, "/api/v1/report")
+}
+
+/// GETs `path` from the running agent's admin API (address from `--admin` or the config).
+fn fetch<T: serde::de::DeserializeOwned>(
+    config_path: &Path,
+    admin: Option<String>,
+    path: &str,
+) -> Result<T> {
     let addr = match admin {
         Some(addr) => addr,
         None if config_path.exists() => Config::load(config_path)?.admin.listen,
         None => seqshield::config::AdminConfig::default().listen,
     };
-    let url = format!("http://{addr}/api/v1/report");
+    let url = format!("http://{addr}{path}");
     let mut response = ureq::get(&url)
+        .config()
+        .http_status_as_error(false)
+        .build()
         .call()
         .with_context(|| format!("no agent answering at {url}: is `seqshield run` up, and is [admin] listen this address?"))?;
+    if !response.status().is_success() {
+        let body: serde_json::Value = response.body_mut().read_json().unwrap_or_default();
+        bail!(
+            "{url}: {} {}",
+            response.status(),
+            body["error"].as_str().unwrap_or("")
+        );
+    }
     response
         .body_mut()
-        .read_json::<Report>()
-        .with_context(|| format!("{url} did not return a seqshield report"))
+        .read_json::<T>()
+        .with_context(|| format!("{url} did not answer as expected"))
 }
 
 fn print_report(report: &Report, json: bool) -> Result<()> {
