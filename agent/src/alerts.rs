@@ -90,9 +90,98 @@ impl<W: Write> OutcomeSink for JsonLines<W> {
     }
 }
 
+/// A log file that rotates by size: `file` → `file.1` → … → `file.<keep>` (dropped).
+/// Rotation happens between `write` calls: writers that write a line per call (as
+/// [`JsonLines`] does) never see a line split across files.
+pub struct RotatingFile {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    written: u64,
+    max_bytes: u64,
+    keep: usize,
+}
+
+impl RotatingFile {
+    pub fn open(path: &std::path::Path, max_bytes: u64, keep: usize) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let written = file.metadata()?.len();
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            written,
+            max_bytes: max_bytes.max(1),
+            keep,
+        })
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let numbered = |n: usize| {
+            let mut p = self.path.clone().into_os_string();
+            p.push(format!(".{n}"));
+            std::path::PathBuf::from(p)
+        };
+        for n in (1..self.keep).rev() {
+            let _ = std::fs::rename(numbered(n), numbered(n + 1));
+        }
+        if self.keep == 0 {
+            std::fs::remove_file(&self.path)?;
+        } else {
+            std::fs::rename(&self.path, numbered(1))?;
+        }
+        self.file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.written = 0;
+        Ok(())
+    }
+}
+
+impl Write for RotatingFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.written > 0 && self.written + buf.len() as u64 > self.max_bytes {
+            self.rotate()?;
+        }
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alert_files_rotate_by_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alerts.jsonl");
+        let mut f = RotatingFile::open(&path, 100, 2).unwrap();
+        for i in 0..10 {
+            // One write per line, as JsonLines does: rotation never splits a line.
+            let line = format!("{{\"n\":{i},\"pad\":\"{}\"}}\n", "x".repeat(40));
+            f.write_all(line.as_bytes()).unwrap();
+        }
+        let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+        assert!(read(&path).len() <= 100);
+        assert!(read(&dir.path().join("alerts.jsonl.1")).contains("\"n\":8"));
+        assert!(read(&dir.path().join("alerts.jsonl.2")).contains("\"n\":7"));
+        assert!(
+            !dir.path().join("alerts.jsonl.3").exists(),
+            "only `keep` old files"
+        );
+        assert!(read(&path).contains("\"n\":9"));
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc() {

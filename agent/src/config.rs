@@ -41,6 +41,7 @@ pub struct Config {
     pub enforce: EnforceConfig,
     pub admin: AdminConfig,
     pub state: StateConfig,
+    pub alerts: AlertsConfig,
     /// Directory of the config file: relative paths in it (the OpenAPI file) resolve here.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -272,6 +273,27 @@ impl Default for AdminConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Alerts go to this file (JSON lines) instead of stdout.
+    pub file: Option<PathBuf>,
+    /// The file is rotated when it would grow past this many bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept (`file.1` … `file.N`).
+    pub keep: usize,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            file: None,
+            max_bytes: 100 * 1024 * 1024,
+            keep: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct StateConfig {
     /// Learned counts and the session-hash key live here.
     pub dir: PathBuf,
@@ -344,12 +366,13 @@ impl Config {
                 "enforce" => section(&mut config.enforce, value, &key, path, &mut errors),
                 "admin" => section(&mut config.admin, value, &key, path, &mut errors),
                 "state" => section(&mut config.state, value, &key, path, &mut errors),
+                "alerts" => section(&mut config.alerts, value, &key, path, &mut errors),
                 "endpoint" => array(&mut config.endpoints, value, &key, path, &mut errors, |e, i| e.position = i),
                 "rule" => array(&mut config.rules, value, &key, path, &mut errors, |r, i| r.position = i),
                 other => errors.push(ConfigError::new(
                     path,
                     other,
-                    "unknown section (expected capture, operations, endpoint, session, sequence, rule, enforce, admin, state)",
+                    "unknown section (expected capture, operations, endpoint, session, sequence, rule, enforce, admin, state, alerts)",
                 )),
             }
         }

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::admin::{self, AgentState};
-use crate::alerts::{Alert, JsonLines, OutcomeSink};
+use crate::alerts::{Alert, JsonLines, OutcomeSink, RotatingFile};
 use crate::config::{Config, ConfigError, EnforceMode};
 use crate::enforce::Verdict;
 use crate::enforce::kernel::KernelEnforcer;
@@ -41,6 +41,11 @@ pub enum DaemonError {
     },
     #[error("signal handling: {0}")]
     Signals(std::io::Error),
+    #[error("alert file {path}: {source}")]
+    AlertFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("starting the capture thread: {0}")]
     Thread(std::io::Error),
     #[error("the capture thread panicked; the kernel programs are detached")]
@@ -84,8 +89,19 @@ pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
     // scheduling between a kernel wakeup and the verdict.
     let stop = Arc::new(AtomicBool::new(false));
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+    let alert_out: Box<dyn std::io::Write + Send> = match &config.alerts.file {
+        Some(path) => Box::new(
+            RotatingFile::open(path, config.alerts.max_bytes, config.alerts.keep).map_err(
+                |source| DaemonError::AlertFile {
+                    path: path.clone(),
+                    source,
+                },
+            )?,
+        ),
+        None => Box::new(std::io::stdout()),
+    };
     let outcomes = LiveOutcomes {
-        alerts: JsonLines::new(std::io::stdout()),
+        alerts: JsonLines::new(alert_out),
         enforcer,
     };
     let state_dir = config.state.dir.clone();
@@ -192,7 +208,7 @@ fn save_snapshot(shared: &AgentState, dir: &Path) {
 
 /// Alerts to stdout; verdicts to the kernel (enforce mode).
 struct LiveOutcomes {
-    alerts: JsonLines<std::io::Stdout>,
+    alerts: JsonLines<Box<dyn std::io::Write + Send>>,
     enforcer: Option<KernelEnforcer>,
 }
 

@@ -19,8 +19,18 @@ use seqshield::state;
     about = "Sequence analytics and sequence mitigation for API hosts"
 )]
 struct Cli {
+    /// Log lines on stderr: `pretty` for people, `json` (one object per line) for
+    /// journald and collectors. Default: pretty on a terminal, json otherwise.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -121,14 +131,26 @@ enum RulesCommand {
 const DEFAULT_CONFIG: &str = "/etc/seqshield/config.toml";
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let terminal = std::io::stderr().is_terminal();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    match Cli::parse().command {
+        .with_env_filter(filter);
+    match cli.log_format.unwrap_or(if terminal {
+        LogFormat::Pretty
+    } else {
+        LogFormat::Json
+    }) {
+        LogFormat::Pretty => builder.with_ansi(terminal).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+    match cli.command {
         Command::Replay {
             config,
             pcap,
