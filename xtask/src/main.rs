@@ -36,6 +36,11 @@ enum Task {
     BenchLive,
     /// Enforcement (root): responses leaked and verdict latency for 0, 1, 10 ms servers.
     BenchEnforce,
+    /// Installs the agent: /usr/local/bin/seqshield, /etc/seqshield/config.toml (kept if
+    /// present) and the systemd unit.
+    Install,
+    /// Removes what `install` put in place (the learned state in /var/lib/seqshield stays).
+    Uninstall,
     /// Builds the kernel object alone (it is also built, and embedded, by every build of
     /// the agent).
     BuildEbpf,
@@ -138,6 +143,12 @@ fn main() -> Result<()> {
             )?;
             bench_enforce::run(&root, &root.join("target/release/seqshield"))
         }
+        Task::Install => {
+            setup()?;
+            cargo(&root, &["build", "--release", "--locked", "-p", "seqshield"])?;
+            install(&root)
+        }
+        Task::Uninstall => uninstall(),
         Task::BuildEbpf => {
             setup()?;
             cargo(
@@ -455,6 +466,61 @@ fn bench(root: &Path) -> Result<()> {
     );
     println!("pipeline / httparse: {:.2}x", pipeline_ns / httparse_ns);
     Ok(())
+}
+
+const BIN: &str = "/usr/local/bin/seqshield";
+const CONFIG_DIR: &str = "/etc/seqshield";
+const UNIT: &str = "/etc/systemd/system/seqshield.service";
+
+fn install(root: &Path) -> Result<()> {
+    if !is_root() {
+        bail!("install writes to /usr/local/bin, /etc and systemd: run it as root");
+    }
+    run(Command::new("install").args(["-s", "-m", "0755"]).arg(root.join("target/release/seqshield")).arg(BIN))?;
+    std::fs::create_dir_all(CONFIG_DIR)?;
+    let config = Path::new(CONFIG_DIR).join("config.toml");
+    if config.exists() {
+        println!("{} exists: kept", config.display());
+    } else {
+        run(Command::new("install").args(["-m", "0644"]).arg(root.join("packaging/config.toml")).arg(&config))?;
+    }
+    run(Command::new("install").args(["-m", "0644"]).arg(root.join("packaging/seqshield.service")).arg(UNIT))?;
+    if systemd_running() {
+        run(Command::new("systemctl").arg("daemon-reload"))?;
+        println!("installed; set [capture] interface in {}, then: systemctl enable --now seqshield", config.display());
+    } else {
+        println!("installed (systemd is not running here: the unit takes effect on a systemd host)");
+    }
+    Ok(())
+}
+
+fn uninstall() -> Result<()> {
+    if !is_root() {
+        bail!("uninstall removes files from /usr/local/bin, /etc and systemd: run it as root");
+    }
+    if systemd_running() {
+        let _ = Command::new("systemctl").args(["disable", "--now", "seqshield"]).status();
+    }
+    for path in [BIN, UNIT] {
+        match std::fs::remove_file(path) {
+            Ok(()) => println!("removed {path}"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {path}")),
+        }
+    }
+    if Path::new(CONFIG_DIR).exists() {
+        std::fs::remove_dir_all(CONFIG_DIR)?;
+        println!("removed {CONFIG_DIR}");
+    }
+    if systemd_running() {
+        let _ = Command::new("systemctl").arg("daemon-reload").status();
+    }
+    println!("learned state in /var/lib/seqshield is kept (remove it by hand to forget it)");
+    Ok(())
+}
+
+fn systemd_running() -> bool {
+    Path::new("/run/systemd/system").exists()
 }
 
 fn path_str(p: &Path) -> Result<&str> {
