@@ -489,23 +489,52 @@ fn check_config_reports_every_mistake_at_once() {
 
 #[test]
 fn the_systemd_unit_passes_systemd_analyze_verify() {
-    if std::process::Command::new("systemd-analyze").arg("--version").output().is_err() {
-        eprintln!("\n*** SKIPPED the_systemd_unit_passes_systemd_analyze_verify: no systemd-analyze ***\n");
+    if std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!(
+            "\n*** SKIPPED the_systemd_unit_passes_systemd_analyze_verify: no systemd-analyze ***\n"
+        );
         return;
     }
-    let unit = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/seqshield.service")).unwrap();
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/seqshield.service"),
+    )
+    .unwrap();
     assert!(unit.contains("ExecStart=/usr/local/bin/seqshield "));
     assert!(unit.contains("CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_SYS_NICE"));
     assert!(unit.contains("ProtectSystem=strict") && unit.contains("StateDirectory=seqshield"));
     // Verify the unit as installed, with the binary this test built in its place.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("seqshield.service");
-    std::fs::write(&path, unit.replace("/usr/local/bin/seqshield", env!("CARGO_BIN_EXE_seqshield"))).unwrap();
-    let out = std::process::Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).trim().is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/seqshield", env!("CARGO_BIN_EXE_seqshield")),
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).trim().is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The default config it points at is valid and documents every section.
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config.toml");
     let out = seqshield(&["check-config", config.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

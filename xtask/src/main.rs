@@ -145,7 +145,10 @@ fn main() -> Result<()> {
         }
         Task::Install => {
             setup()?;
-            cargo(&root, &["build", "--release", "--locked", "-p", "seqshield"])?;
+            cargo(
+                &root,
+                &["build", "--release", "--locked", "-p", "seqshield"],
+            )?;
             install(&root)
         }
         Task::Uninstall => uninstall(),
@@ -476,20 +479,34 @@ fn install(root: &Path) -> Result<()> {
     if !is_root() {
         bail!("install writes to /usr/local/bin, /etc and systemd: run it as root");
     }
-    run(Command::new("install").args(["-s", "-m", "0755"]).arg(root.join("target/release/seqshield")).arg(BIN))?;
+    run(Command::new("install")
+        .args(["-s", "-m", "0755"])
+        .arg(root.join("target/release/seqshield"))
+        .arg(BIN))?;
     std::fs::create_dir_all(CONFIG_DIR)?;
     let config = Path::new(CONFIG_DIR).join("config.toml");
     if config.exists() {
         println!("{} exists: kept", config.display());
     } else {
-        run(Command::new("install").args(["-m", "0644"]).arg(root.join("packaging/config.toml")).arg(&config))?;
+        run(Command::new("install")
+            .args(["-m", "0644"])
+            .arg(root.join("packaging/config.toml"))
+            .arg(&config))?;
     }
-    run(Command::new("install").args(["-m", "0644"]).arg(root.join("packaging/seqshield.service")).arg(UNIT))?;
+    run(Command::new("install")
+        .args(["-m", "0644"])
+        .arg(root.join("packaging/seqshield.service"))
+        .arg(UNIT))?;
     if systemd_running() {
         run(Command::new("systemctl").arg("daemon-reload"))?;
-        println!("installed; set [capture] interface in {}, then: systemctl enable --now seqshield", config.display());
+        println!(
+            "installed; set [capture] interface in {}, then: systemctl enable --now seqshield",
+            config.display()
+        );
     } else {
-        println!("installed (systemd is not running here: the unit takes effect on a systemd host)");
+        println!(
+            "installed (systemd is not running here: the unit takes effect on a systemd host)"
+        );
     }
     Ok(())
 }
@@ -499,7 +516,9 @@ fn uninstall() -> Result<()> {
         bail!("uninstall removes files from /usr/local/bin, /etc and systemd: run it as root");
     }
     if systemd_running() {
-        let _ = Command::new("systemctl").args(["disable", "--now", "seqshield"]).status();
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "seqshield"])
+            .status();
     }
     for path in [BIN, UNIT] {
         match std::fs::remove_file(path) {
