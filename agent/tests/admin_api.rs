@@ -17,26 +17,12 @@ use tower::ServiceExt;
 
 const KEY: [u8; 32] = [7; 32];
 
-const CONFIG: &str = r#"
-[capture]
-ports = [18080]
-[sequence]
-min_support = 1
-[[endpoint]]
-host = "bank.test"
-method = "GET"
-path = "/api/v1/accounts/{account_id}/balance"
-[[endpoint]]
-host = "bank.test"
-method = "POST"
-path = "/api/v1/transferFunds"
-[[rule]]
-id = "0b5c8f3e-2c7a-4a39-a1d7-6f3e1c2b9d40"
-title = "transfer needs a balance check"
-kind = "allow"
-action = "block"
-sequence = ["GET bank.test/api/v1/accounts/{account_id}/balance", "POST bank.test/api/v1/transferFunds"]
-"#;
+/// The bank API (tests/fixtures/bank-api.toml) on the fixture's port.
+const API: &str = include_str!("../../tests/fixtures/bank-api.toml");
+
+fn config_text() -> String {
+    format!("[capture]\nports = [18080]\n[sequence]\nmin_support = 1\n{API}")
+}
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -49,7 +35,7 @@ struct Fixture {
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("config.toml");
-    std::fs::write(&config_path, CONFIG).unwrap();
+    std::fs::write(&config_path, config_text()).unwrap();
     let config = Config::load(&config_path).unwrap();
     let mut pipeline = Pipeline::new(&config, &KEY).unwrap();
     let pcap = std::fs::read(
@@ -183,7 +169,7 @@ async fn reload_keeps_the_old_rules_when_the_file_is_bad() {
     let f = fixture();
     std::fs::write(
         &f.config_path,
-        CONFIG.replace(
+        config_text().replace(
             "title = \"transfer needs a balance check\"",
             &format!("title = \"{}\"", "x".repeat(60)),
         ),
@@ -200,7 +186,7 @@ async fn reload_keeps_the_old_rules_when_the_file_is_bad() {
 
     std::fs::write(
         &f.config_path,
-        CONFIG.replace("transfer needs a balance check", "new title"),
+        config_text().replace("transfer needs a balance check", "new title"),
     )
     .unwrap();
     let (status, body) = call(&f.state, "POST", "/api/v1/rules/reload").await;

@@ -20,30 +20,9 @@ fn seqshield(args: &[&str]) -> Output {
         .expect("run seqshield")
 }
 
-const BANK_ENDPOINTS: &str = r#"
-[[endpoint]]
-host = "bank.test"
-method = "POST"
-path = "/api/v1/login"
-[[endpoint]]
-host = "bank.test"
-method = "GET"
-path = "/api/v1/users/{user_id}/accounts"
-[[endpoint]]
-host = "bank.test"
-method = "GET"
-path = "/api/v1/accounts/{account_id}/balance"
-[[endpoint]]
-host = "bank.test"
-method = "POST"
-path = "/api/v1/transferFunds"
-[[rule]]
-id = "0b5c8f3e-2c7a-4a39-a1d7-6f3e1c2b9d40"
-title = "transfer needs a balance check"
-kind = "allow"
-action = "block"
-sequence = ["GET bank.test/api/v1/accounts/{account_id}/balance", "POST bank.test/api/v1/transferFunds"]
-"#;
+/// The bank API's endpoints and allow rule (tests/fixtures/bank-api.toml).
+const BANK_ENDPOINTS: &str = include_str!("../../tests/fixtures/bank-api.toml");
+const RULE_ID: &str = "6f1c1f9e-3f43-4a53-9d2c-2a4c1d3e5b7a";
 
 fn write_config(dir: &Path, body: &str) -> PathBuf {
     let path = dir.join("config.toml");
@@ -119,7 +98,7 @@ fn replays_a_real_tcpdump_capture_of_curl_clients() {
     assert_eq!(alerts.len(), 2);
     for a in &alerts {
         assert_eq!(a["action"], "would_block");
-        assert_eq!(a["rule_id"], "0b5c8f3e-2c7a-4a39-a1d7-6f3e1c2b9d40");
+        assert_eq!(a["rule_id"], RULE_ID);
         assert_eq!(a["server"], "127.0.0.1:18080");
         assert_eq!(
             a["previous_operations"],

@@ -17,36 +17,13 @@ fn setup(admin_port: u16, enforce: &str) -> (tempfile::TempDir, NetPair, common:
     let dir = tempfile::tempdir().unwrap();
     let mut pair = NetPair::new();
     let config = common::bank_config(dir.path(), admin_port, enforce);
-    let server_ip = pair.server_ip.clone();
-    pair.spawn_server_side(
-        &[
-            "env",
-            "BANK_DELAY_MS=5",
-            "python3",
-            fixture("bank_server.py").to_str().unwrap(),
-            &server_ip,
-            "80",
-        ],
-        None,
-    );
+    pair.start_bank_server(5);
     let agent = start_agent(
         &mut pair,
         &config,
         admin_port,
         &dir.path().join("alerts.jsonl"),
     );
-    eventually("the bank server", Duration::from_secs(10), || {
-        pair.in_client(&[
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            &format!("http://{server_ip}/ready"),
-        ])
-        .status
-        .success()
-        .then_some(())
-    });
     (dir, pair, agent)
 }
 

@@ -120,15 +120,7 @@ fn live_report_matches_what_clients_sent_and_the_replay_of_a_tcpdump_capture() {
     let admin_port = 19_464;
     let config = common::bank_config(dir.path(), admin_port, "");
     let server_ip = pair.server_ip.clone();
-    pair.spawn_server_side(
-        &[
-            "python3",
-            fixture("bank_server.py").to_str().unwrap(),
-            &server_ip,
-            "80",
-        ],
-        None,
-    );
+    pair.start_bank_server(0);
     let pcap = dir.path().join("live.pcap");
     let server_if = pair.server_if.clone();
     let tcpdump = pair.spawn_server_side(
@@ -153,18 +145,6 @@ fn live_report_matches_what_clients_sent_and_the_replay_of_a_tcpdump_capture() {
     );
     let alerts_path = dir.path().join("alerts.jsonl");
     let agent = start_agent(&mut pair, &config, admin_port, &alerts_path);
-    eventually("the bank server", Duration::from_secs(10), || {
-        pair.in_client(&[
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            &format!("http://{server_ip}/ready"),
-        ])
-        .status
-        .success()
-        .then_some(())
-    });
     let before = live_report(&pair, &agent).unwrap().stats.requests;
 
     let base = format!("http://{server_ip}/api/v1");
@@ -335,33 +315,13 @@ fn pipelined_requests_bodies_and_large_headers_live() {
     let admin_port = 19_465;
     let config = common::bank_config(dir.path(), admin_port, "");
     let server_ip = pair.server_ip.clone();
-    pair.spawn_server_side(
-        &[
-            "python3",
-            fixture("bank_server.py").to_str().unwrap(),
-            &server_ip,
-            "80",
-        ],
-        None,
-    );
+    pair.start_bank_server(0);
     let agent = start_agent(
         &mut pair,
         &config,
         admin_port,
         &dir.path().join("alerts.jsonl"),
     );
-    eventually("the bank server", Duration::from_secs(10), || {
-        pair.in_client(&[
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            &format!("http://{server_ip}/ready"),
-        ])
-        .status
-        .success()
-        .then_some(())
-    });
     let before = live_report(&pair, &agent).unwrap();
 
     let smuggled = "GET /evil HTTP/1.1\r\nHost: bank.test\r\nCookie: sid=p\r\n\r\n";
@@ -522,15 +482,7 @@ fn learned_state_survives_a_restart_and_a_corrupt_snapshot_is_set_aside() {
     let admin_port = 19_469;
     let config = common::bank_config(dir.path(), admin_port, "");
     let server_ip = pair.server_ip.clone();
-    pair.spawn_server_side(
-        &[
-            "python3",
-            fixture("bank_server.py").to_str().unwrap(),
-            &server_ip,
-            "80",
-        ],
-        None,
-    );
+    pair.start_bank_server(0);
     // A damaged snapshot from "before": the agent starts anyway and moves it aside.
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
@@ -543,18 +495,6 @@ fn learned_state_survives_a_restart_and_a_corrupt_snapshot_is_set_aside() {
             .to_string_lossy()
             .starts_with("snapshot.bin.bad-")
     }));
-    eventually("the bank server", Duration::from_secs(10), || {
-        pair.in_client(&[
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            &format!("http://{server_ip}/ready"),
-        ])
-        .status
-        .success()
-        .then_some(())
-    });
     let base = format!("http://{server_ip}/api/v1");
     let before = live_report(&pair, &agent).unwrap().stats.requests;
     // Burst 1: alice logs in and lists her accounts. Then the agent stops (and saves).

@@ -10,49 +10,19 @@ pub const BALANCE: &str = "GET bank.test/api/v1/accounts/{account_id}/balance";
 pub const TRANSFER: &str = "POST bank.test/api/v1/transferFunds";
 pub const RULE_TITLE: &str = "transfer needs a balance check";
 
-/// The bank's endpoints and the "balance before transfer" allow rule; `extra` is
-/// appended (sections such as `[state]`).
+/// The bank API's endpoints and its allow rule (one file for every test, demo and
+/// benchmark).
+pub const API_TOML: &str = include_str!("../fixtures/bank-api.toml");
+
+/// The rule's id in [`API_TOML`].
+pub const RULE_ID: &str = "6f1c1f9e-3f43-4a53-9d2c-2a4c1d3e5b7a";
+
+/// [`API_TOML`] with ports 80 and 8080, the three identifiers and `min_support`;
+/// `extra` is appended (sections such as `[state]`).
 pub fn config(min_support: u64, extra: &str) -> String {
     format!(
-        r#"
-[capture]
-ports = [80, 8080]
-
-[[endpoint]]
-host = "bank.test"
-method = "POST"
-path = "/api/v1/login"
-
-[[endpoint]]
-host = "bank.test"
-method = "GET"
-path = "/api/v1/users/{{user_id}}/accounts"
-
-[[endpoint]]
-host = "bank.test"
-method = "GET"
-path = "/api/v1/accounts/{{account_id}}/balance"
-
-[[endpoint]]
-host = "bank.test"
-method = "POST"
-path = "/api/v1/transferFunds"
-
-[session]
-identifiers = [ {{ cookie = "sid" }}, {{ header = "x-session-id" }}, {{ jwt_claim = "sub" }} ]
-
-[sequence]
-min_support = {min_support}
-
-[[rule]]
-id = "6f1c1f9e-3f43-4a53-9d2c-2a4c1d3e5b7a"
-title = "{RULE_TITLE}"
-kind = "allow"
-action = "block"
-sequence = ["{BALANCE}", "{TRANSFER}"]
-priority = 10
-{extra}
-"#
+        "[capture]\nports = [80, 8080]\n\n[session]\nidentifiers = [ {{ cookie = \"sid\" }}, {{ header = \"x-session-id\" }}, {{ jwt_claim = \"sub\" }} ]\n\n\
+         [sequence]\nmin_support = {min_support}\n\n{API_TOML}\n{extra}\n"
     )
 }
 

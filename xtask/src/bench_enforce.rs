@@ -9,7 +9,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::lab::{Lab, path, wait_until};
+use crate::lab::{Lab, bank_agent_config, path, wait_until};
 
 const ADMIN: &str = "127.0.0.1:9466";
 const ATTACKERS: usize = 60;
@@ -26,7 +26,14 @@ pub fn run(root: &Path, seqshield: &Path) -> Result<()> {
     let mut all_latencies = Vec::new();
     for delay in DELAYS_MS {
         let config = dir.join(format!("agent-{delay}ms.toml"));
-        std::fs::write(&config, agent_config(&lab.server_if, &dir.join("state")))?;
+        let text = bank_agent_config(
+            root,
+            &lab.server_if,
+            ADMIN,
+            &dir.join("state"),
+            "[enforce]\nmode = \"enforce\"\n",
+        )?;
+        std::fs::write(&config, text)?;
         let delay_env = format!("BANK_DELAY_MS={delay}");
         let srv = lab.spawn_server_side(
             &[
@@ -128,33 +135,4 @@ fn percentile(sorted: &[u64], p: usize) -> u64 {
         return 0;
     }
     sorted[((sorted.len() * p).div_ceil(100)).clamp(1, sorted.len()) - 1]
-}
-
-fn agent_config(interface: &str, state: &Path) -> String {
-    format!(
-        r#"# Written by `cargo xtask bench-enforce`.
-[capture]
-interface = "{interface}"
-ports = [80]
-[[endpoint]]
-host = "bank.test"
-method = "GET"
-path = "/api/v1/accounts/{{account_id}}/balance"
-[[endpoint]]
-host = "bank.test"
-method = "POST"
-path = "/api/v1/transferFunds"
-[[rule]]
-title = "transfer needs a balance check"
-kind = "allow"
-action = "block"
-sequence = ["GET bank.test/api/v1/accounts/{{account_id}}/balance", "POST bank.test/api/v1/transferFunds"]
-[enforce]
-mode = "enforce"
-[admin]
-listen = "{ADMIN}"
-[state]
-dir = {state:?}
-"#
-    )
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::lab::{Lab, path, wait_until};
+use crate::lab::{Lab, bank_agent_config, path, wait_until};
 
 const ADMIN: &str = "127.0.0.1:9465";
 const DURATION_SECS: u32 = 10;
@@ -49,7 +49,10 @@ pub fn run(root: &Path, seqshield: &Path) -> Result<()> {
     let script = dir.join("bank.lua");
     std::fs::write(&script, WRK_SCRIPT)?;
     let config = dir.join("agent.toml");
-    std::fs::write(&config, agent_config(&lab.server_if, &dir.join("state")))?;
+    std::fs::write(
+        &config,
+        bank_agent_config(root, &lab.server_if, ADMIN, &dir.join("state"), "")?,
+    )?;
 
     lab.spawn_server_side(
         &["nginx", "-c", path(&nginx_conf)?, "-p", path(&dir)?],
@@ -177,40 +180,5 @@ http {{
         pid = dir.join("nginx.pid").display(),
         err = dir.join("nginx-error.log").display(),
         tmp = tmp.display(),
-    )
-}
-
-fn agent_config(interface: &str, state: &Path) -> String {
-    format!(
-        r#"# Written by `cargo xtask bench-live`.
-[capture]
-interface = "{interface}"
-ports = [80]
-[[endpoint]]
-host = "bank.test"
-method = "POST"
-path = "/api/v1/login"
-[[endpoint]]
-host = "bank.test"
-method = "GET"
-path = "/api/v1/users/{{user_id}}/accounts"
-[[endpoint]]
-host = "bank.test"
-method = "GET"
-path = "/api/v1/accounts/{{account_id}}/balance"
-[[endpoint]]
-host = "bank.test"
-method = "POST"
-path = "/api/v1/transferFunds"
-[[rule]]
-title = "transfer needs a balance check"
-kind = "allow"
-action = "block"
-sequence = ["GET bank.test/api/v1/accounts/{{account_id}}/balance", "POST bank.test/api/v1/transferFunds"]
-[admin]
-listen = "{ADMIN}"
-[state]
-dir = {state:?}
-"#
     )
 }

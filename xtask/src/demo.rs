@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 
-use crate::lab::{Lab, path, wait_until};
+use crate::lab::{Lab, bank_agent_config, path, wait_until};
 
 const ADMIN: &str = "127.0.0.1:9464";
 const LEGIT_USERS: u32 = 24;
@@ -21,7 +21,14 @@ pub fn run(root: &Path, seqshield: &Path) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let lab = Lab::create("sqdemo", 77)?;
     let config = dir.join("live-config.toml");
-    std::fs::write(&config, config_text(&lab.server_if, &dir.join("state")))?;
+    let text = bank_agent_config(
+        root,
+        &lab.server_if,
+        ADMIN,
+        &dir.join("state"),
+        "[sequence]\nmin_support = 3\n",
+    )?;
+    std::fs::write(&config, text)?;
     let server = root.join("tests/fixtures/bank_server.py");
     lab.spawn_server_side(&["python3", path(&server)?, &lab.server_ip, "80"], None)?;
     let alerts = dir.join("live-alerts.jsonl");
@@ -164,46 +171,4 @@ fn base64url(data: &[u8]) -> String {
         }
     }
     out
-}
-
-fn config_text(interface: &str, state: &Path) -> String {
-    format!(
-        r#"# Written by `cargo xtask demo`.
-[capture]
-interface = "{interface}"
-ports = [80]
-
-[[endpoint]]
-host = "bank.test"
-method = "POST"
-path = "/api/v1/login"
-[[endpoint]]
-host = "bank.test"
-method = "GET"
-path = "/api/v1/users/{{user_id}}/accounts"
-[[endpoint]]
-host = "bank.test"
-method = "GET"
-path = "/api/v1/accounts/{{account_id}}/balance"
-[[endpoint]]
-host = "bank.test"
-method = "POST"
-path = "/api/v1/transferFunds"
-
-[sequence]
-min_support = 3
-
-[[rule]]
-title = "transfer needs a balance check"
-kind = "allow"
-action = "block"
-sequence = ["GET bank.test/api/v1/accounts/{{account_id}}/balance", "POST bank.test/api/v1/transferFunds"]
-
-[admin]
-listen = "{ADMIN}"
-
-[state]
-dir = {state:?}
-"#
-    )
 }

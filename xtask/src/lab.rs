@@ -159,6 +159,23 @@ fn terminate(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// An agent config for the bank API (tests/fixtures/bank-api.toml: endpoints and the
+/// allow rule) capturing on `interface`, with its admin API and state; `extra` appended.
+pub fn bank_agent_config(
+    root: &Path,
+    interface: &str,
+    admin: &str,
+    state: &Path,
+    extra: &str,
+) -> Result<String> {
+    let api = std::fs::read_to_string(root.join("tests/fixtures/bank-api.toml"))
+        .context("tests/fixtures/bank-api.toml")?;
+    Ok(format!(
+        "# Written by cargo xtask.\n[capture]\ninterface = \"{interface}\"\nports = [80]\n[admin]\nlisten = \"{admin}\"\n\
+         [state]\ndir = {state:?}\n{extra}\n{api}"
+    ))
+}
+
 pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !ready() {

@@ -117,32 +117,8 @@ fn main() -> Result<()> {
             }
         }
         Task::DemoReplay => demo_replay(&root),
-        Task::BenchLive => {
-            setup()?;
-            if !is_root() {
-                bail!(
-                    "bench-live needs root: it creates network namespaces and attaches the agent"
-                );
-            }
-            cargo(
-                &root,
-                &["build", "--release", "--locked", "-p", "seqshield"],
-            )?;
-            bench_live::run(&root, &root.join("target/release/seqshield"))
-        }
-        Task::BenchEnforce => {
-            setup()?;
-            if !is_root() {
-                bail!(
-                    "bench-enforce needs root: it creates network namespaces and attaches the agent"
-                );
-            }
-            cargo(
-                &root,
-                &["build", "--release", "--locked", "-p", "seqshield"],
-            )?;
-            bench_enforce::run(&root, &root.join("target/release/seqshield"))
-        }
+        Task::BenchLive => live_bench(&root, "bench-live", bench_live::run),
+        Task::BenchEnforce => live_bench(&root, "bench-enforce", bench_enforce::run),
         Task::Install => {
             setup()?;
             cargo(
@@ -364,6 +340,16 @@ fn capture(cmd: &mut Command) -> Result<String> {
         bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8(out.stdout)?)
+}
+
+/// A benchmark in network namespaces against the release agent (root only).
+fn live_bench(root: &Path, name: &str, bench: fn(&Path, &Path) -> Result<()>) -> Result<()> {
+    setup()?;
+    if !is_root() {
+        bail!("{name} needs root: it creates network namespaces and attaches the agent");
+    }
+    cargo(root, &["build", "--release", "--locked", "-p", "seqshield"])?;
+    bench(root, &root.join("target/release/seqshield"))
 }
 
 fn demo_replay(root: &Path) -> Result<()> {

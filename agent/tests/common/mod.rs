@@ -95,6 +95,31 @@ impl NetPair {
         pid
     }
 
+    /// Starts the bank API server (tests/fixtures/bank_server.py) on port 80 of the
+    /// server side, answering after `delay_ms`, and waits until it answers.
+    pub fn start_bank_server(&mut self, delay_ms: u32) {
+        let (server, ip) = (fixture("bank_server.py"), self.server_ip.clone());
+        let delay = format!("BANK_DELAY_MS={delay_ms}");
+        self.spawn_server_side(
+            &[
+                "env",
+                &delay,
+                "python3",
+                server.to_str().unwrap(),
+                &ip,
+                "80",
+            ],
+            None,
+        );
+        let url = format!("http://{ip}/ready");
+        eventually("the bank server", Duration::from_secs(10), || {
+            self.in_client(&["curl", "-s", "-o", "/dev/null", &url])
+                .status
+                .success()
+                .then_some(())
+        });
+    }
+
     /// Runs a command in the server namespace to completion.
     pub fn in_server(&self, args: &[&str]) -> Output {
         run_in(&self.server_ns, args)
@@ -194,48 +219,19 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-pub const RULE_ID: &str = "5b7e1f0a-8a51-4d0e-9e1c-3f2b6c7d8e90";
+pub const RULE_ID: &str = "6f1c1f9e-3f43-4a53-9d2c-2a4c1d3e5b7a";
 pub const BALANCE: &str = "GET bank.test/api/v1/accounts/{account_id}/balance";
 pub const TRANSFER: &str = "POST bank.test/api/v1/transferFunds";
 
-/// The bank API's endpoints and its "transfer needs a balance check" allow rule (action
-/// block), sequences reported from one occurrence; `extra` is appended (e.g. `[enforce]`).
+/// The bank API (tests/fixtures/bank-api.toml: endpoints and the "transfer needs a
+/// balance check" allow rule, action block), sequences reported from one occurrence,
+/// the admin API on `admin_port`, state in `dir`; `extra` is appended (e.g. `[enforce]`).
 pub fn bank_config(dir: &Path, admin_port: u16, extra: &str) -> PathBuf {
+    let api = std::fs::read_to_string(fixture("bank-api.toml")).expect("bank-api.toml");
     let config = format!(
-        r#"
-[capture]
-ports = [80]
-[sequence]
-min_support = 1
-[admin]
-listen = "127.0.0.1:{admin_port}"
-[state]
-dir = {state:?}
-[[endpoint]]
-host = "bank.test"
-method = "POST"
-path = "/api/v1/login"
-[[endpoint]]
-host = "bank.test"
-method = "GET"
-path = "/api/v1/users/{{user_id}}/accounts"
-[[endpoint]]
-host = "bank.test"
-method = "GET"
-path = "/api/v1/accounts/{{account_id}}/balance"
-[[endpoint]]
-host = "bank.test"
-method = "POST"
-path = "/api/v1/transferFunds"
-[[rule]]
-id = "{RULE_ID}"
-title = "transfer needs a balance check"
-kind = "allow"
-action = "block"
-sequence = ["{BALANCE}", "{TRANSFER}"]
-{extra}
-"#,
-        state = dir.join("state")
+        "[capture]\nports = [80]\n[sequence]\nmin_support = 1\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+         [state]\ndir = {:?}\n{api}\n{extra}\n",
+        dir.join("state")
     );
     let path = dir.join("config.toml");
     std::fs::write(&path, config).unwrap();
