@@ -171,7 +171,15 @@ fn capture_loop(
         capture.wait()?;
         capture.drain_with(
             || shared.pipeline(),
-            |pipeline, segment| pipeline.process(&segment, &mut outcomes),
+            |pipeline, segment| {
+                let (before, started) = (pipeline.stats_requests(), Instant::now());
+                pipeline.process(&segment, &mut outcomes);
+                let requests = pipeline.stats_requests() - before;
+                if requests > 0 {
+                    let each = started.elapsed().as_secs_f64() / requests as f64;
+                    (0..requests).for_each(|_| shared.request_seconds().observe(each));
+                }
+            },
         );
         if last_tick.elapsed() >= TICK {
             last_tick = Instant::now();

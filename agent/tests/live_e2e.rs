@@ -367,6 +367,37 @@ fn pipelined_requests_bodies_and_large_headers_live() {
         live.operations.iter().all(|o| !o.path.contains("evil")),
         "body bytes are never requests"
     );
+    // Kernel counters and the per-request time histogram reach /metrics (read every second).
+    let metrics = eventually(
+        "kernel counters in /metrics",
+        Duration::from_secs(3),
+        || {
+            let out = pair.in_server(&["curl", "-s", &format!("http://{}/metrics", agent.admin)]);
+            let text = String::from_utf8(out.stdout).ok()?;
+            let value = |name: &str| -> Option<u64> {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name))?
+                    .trim()
+                    .parse()
+                    .ok()
+            };
+            (value("seqshield_packets_captured_total ")? > 0).then_some(text.clone())
+        },
+    );
+    let parsed = format!(
+        "seqshield_requests_total{{result=\"parsed\"}} {}",
+        live.stats.requests
+    );
+    assert!(metrics.contains(&parsed), "{metrics}");
+    let observed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("seqshield_request_pipeline_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        observed >= 4,
+        "per-request pipeline time observed {observed} times\n{metrics}"
+    );
     let want = [
         "GET bank.test/p/a",
         "POST bank.test/p/b",

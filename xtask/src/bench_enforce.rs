@@ -115,13 +115,15 @@ pub fn run(root: &Path, seqshield: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `latency_us=N` of the agent's `enforced` log lines.
+/// `latency_us` of the agent's `enforced` log lines (JSON: `"latency_us":N`; pretty:
+/// `latency_us=N`).
 fn latencies_us(log: &str) -> Vec<u64> {
     log.lines()
         .filter(|l| l.contains("enforced"))
         .filter_map(|l| {
-            l.split("latency_us=")
-                .nth(1)?
+            let rest = l.split("latency_us").nth(1)?;
+            let digits = rest.trim_start_matches(['"', ':', '=']);
+            digits
                 .split(|c: char| !c.is_ascii_digit())
                 .next()?
                 .parse()
