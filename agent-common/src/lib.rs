@@ -103,9 +103,10 @@ pub const COUNTERS: u32 = 7;
 pub struct CaptureConfig {
     /// Payload bytes to copy per packet (at most [`MAX_SNAPLEN`]).
     pub snaplen: u32,
-    /// 1: wake the agent for every event (enforcement: verdicts must beat the server's
-    /// response); 0: only when the ring fills, the agent drains on a timer.
-    pub wake_every_event: u32,
+    /// 1 in enforce mode: apply the block and flag maps, and wake the agent for every
+    /// event (its verdicts must beat the server's answer). 0 (monitor): the kernel only
+    /// copies, and wakes the agent only when the ring fills up (it drains on a timer).
+    pub enforce: u32,
 }
 
 /// Direction of a captured packet.
@@ -147,13 +148,18 @@ pub struct EventHeader {
     pub _pad: [u8; 6],
 }
 
-/// What the kernel puts in the ring buffer for one packet.
+/// What the kernel puts in the ring buffer for one packet: the header, then room for `N`
+/// payload bytes. The kernel reserves the smallest of [`EVENT_SIZES`] that fits, so a
+/// small request does not cost a 4 KiB slot of ring (memory traffic, ring capacity).
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct CaptureEvent {
+pub struct CaptureEvent<const N: usize = MAX_SNAPLEN> {
     pub header: EventHeader,
-    pub data: [u8; MAX_SNAPLEN],
+    pub data: [u8; N],
 }
+
+/// Payload room of the event sizes (powers of two: the copy length is masked to them).
+pub const EVENT_SIZES: [usize; 3] = [512, 2048, MAX_SNAPLEN];
 
 #[cfg(feature = "user")]
 mod user {

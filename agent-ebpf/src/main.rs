@@ -7,7 +7,7 @@
 #![no_main]
 
 use agent_common::{
-    BlockEntry, CaptureConfig, CaptureEvent, Counter, DIRECTION_TO_SERVER, FlowKey,
+    BlockEntry, CaptureConfig, CaptureEvent, Counter, DIRECTION_TO_SERVER, EVENT_SIZES, FlowKey,
     MAX_BLOCK_ENTRIES, MAX_PORTS, MAX_SNAPLEN, RING_BYTES, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
     WAKEUP_BYTES,
 };
@@ -89,26 +89,36 @@ fn l3(ctx: &TcContext) -> Result<L3, i64> {
 
 fn try_ingress(ctx: &TcContext) -> Result<i32, i64> {
     let l3 = l3(ctx)?;
-    let server_port = u16::from_be(ctx.load::<u16>(l3.l4 + 2)?);
+    let tcp = ctx.load::<[u8; 20]>(l3.l4)?;
+    let server_port = u16::from_be_bytes([tcp[2], tcp[3]]);
     // SAFETY: a map lookup by value; the returned reference is not kept.
     if unsafe { PORTS.get(server_port) }.is_none() {
         return Ok(TC_ACT_UNSPEC);
     }
-    let client_port = u16::from_be(ctx.load::<u16>(l3.l4)?);
-    let data_offset = usize::from(ctx.load::<u8>(l3.l4 + 12)? >> 4) * 4;
-    let tcp_flags = ctx.load::<u8>(l3.l4 + 13)?;
+    let client_port = u16::from_be_bytes([tcp[0], tcp[1]]);
+    let data_offset = usize::from(tcp[12] >> 4) * 4;
+    let tcp_flags = tcp[13];
     let wire_len = l3.ip_payload_len.saturating_sub(data_offset);
+    let config = CONFIG.get(0).copied().unwrap_or(CaptureConfig {
+        snaplen: MAX_SNAPLEN as u32,
+        enforce: 0,
+    });
     if wire_len > 0 || tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
         // Bare ACKs carry nothing the agent uses.
-        capture(
-            ctx,
-            &l3,
+        let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+        let packet = Packet {
+            l3: &l3,
             client_port,
             server_port,
+            seq,
             tcp_flags,
             wire_len,
-            l3.l4 + data_offset,
-        )?;
+            payload_at: l3.l4 + data_offset,
+        };
+        capture(ctx, &config, &packet);
+    }
+    if config.enforce == 0 {
+        return Ok(TC_ACT_UNSPEC); // Monitor mode: the kernel changes nothing.
     }
 
     // Verdicts, after the capture: the agent sees every request, dropped ones too.
@@ -184,36 +194,58 @@ fn live_entry<K>(map: &HashMap<K, BlockEntry>, key: &K, now: u64) -> Option<Bloc
     Some(entry)
 }
 
-fn capture(
-    ctx: &TcContext,
-    l3: &L3,
+/// What a capture event says about its packet.
+struct Packet<'a> {
+    l3: &'a L3,
     client_port: u16,
     server_port: u16,
+    seq: u32,
     tcp_flags: u8,
     wire_len: usize,
     payload_at: usize,
-) -> Result<(), i64> {
-    let seq = u32::from_be(ctx.load::<u32>(l3.l4 + 4)?);
-    let Some(mut entry) = EVENTS.reserve::<CaptureEvent>(0) else {
-        count(Counter::Lost);
-        return Ok(());
+}
+
+/// Copies the packet into the smallest event size that holds what is to be copied.
+#[inline(always)]
+fn capture(ctx: &TcContext, config: &CaptureConfig, p: &Packet<'_>) {
+    let in_skb = (ctx.len() as usize).saturating_sub(p.payload_at);
+    let want = p.wire_len.min(config.snaplen as usize).min(in_skb);
+    let wake_every_event = config.enforce != 0;
+    let submitted = if want <= EVENT_SIZES[0] {
+        capture_into::<{ EVENT_SIZES[0] }>(ctx, p, want, wake_every_event)
+    } else if want <= EVENT_SIZES[1] {
+        capture_into::<{ EVENT_SIZES[1] }>(ctx, p, want, wake_every_event)
+    } else {
+        capture_into::<{ EVENT_SIZES[2] }>(ctx, p, want, wake_every_event)
     };
-    let config = CONFIG.get(0);
-    let snaplen = config.map_or(MAX_SNAPLEN as u32, |c| c.snaplen) as usize;
-    let wake_every_event = config.is_some_and(|c| c.wake_every_event != 0);
-    let in_skb = (ctx.len() as usize).saturating_sub(payload_at);
-    let want = wire_len.min(snaplen).min(in_skb);
+    count(if submitted {
+        Counter::Captured
+    } else {
+        Counter::Lost
+    });
+}
+
+/// One event with room for `N` payload bytes; false when the ring is full.
+#[inline(always)]
+fn capture_into<const N: usize>(
+    ctx: &TcContext,
+    p: &Packet<'_>,
+    want: usize,
+    wake_every_event: bool,
+) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<CaptureEvent<N>>(0) else {
+        return false;
+    };
     let event = entry.as_mut_ptr();
     let mut copied = 0usize;
     if want > 0 {
-        // Provably 1..=MAX_SNAPLEN for the verifier: mask a copy it cannot see through.
-        let len = (core::hint::black_box(want - 1) & (MAX_SNAPLEN - 1)) + 1;
-        // SAFETY: `data` has MAX_SNAPLEN bytes and len <= MAX_SNAPLEN; the record is ours
-        // until submitted.
+        // Provably 1..=N for the verifier: mask a copy it cannot see through.
+        let len = (core::hint::black_box(want - 1) & (N - 1)) + 1;
+        // SAFETY: `data` has N bytes and len <= N; the record is ours until submitted.
         let ret = unsafe {
             bpf_skb_load_bytes(
                 ctx.skb.skb.cast(),
-                payload_at as u32,
+                p.payload_at as u32,
                 (*event).data.as_mut_ptr().cast(),
                 len as u32,
             )
@@ -226,17 +258,17 @@ fn capture(
     unsafe {
         let h = &mut (*event).header;
         h.ktime_ns = bpf_ktime_get_ns();
-        h.client_addr = l3.src;
-        h.server_addr = l3.dst;
-        h.client_port = client_port;
-        h.server_port = server_port;
-        h.seq = seq;
-        h.wire_len = wire_len as u32;
+        h.client_addr = p.l3.src;
+        h.server_addr = p.l3.dst;
+        h.client_port = p.client_port;
+        h.server_port = p.server_port;
+        h.seq = p.seq;
+        h.wire_len = p.wire_len as u32;
         h.copied = copied as u16;
-        h.family = l3.family;
-        h.tcp_flags = tcp_flags;
+        h.family = p.l3.family;
+        h.tcp_flags = p.tcp_flags;
         h.direction = DIRECTION_TO_SERVER;
-        h.truncated = u8::from(copied < wire_len);
+        h.truncated = u8::from(copied < p.wire_len);
         h._pad = [0; 6];
     }
     // Wakeups: when enforcing, every event wakes the agent (its verdict must beat the
@@ -250,28 +282,27 @@ fn capture(
         u64::from(BPF_RB_NO_WAKEUP)
     };
     entry.submit(flags);
-    count(Counter::Captured);
-    Ok(())
+    true
 }
 
 fn ipv4(ctx: &TcContext) -> Result<L3, i64> {
-    let version_ihl = ctx.load::<u8>(ETH_HLEN)?;
-    let header_len = usize::from(version_ihl & 0x0f) * 4;
-    if ctx.load::<u8>(ETH_HLEN + 9)? != IPPROTO_TCP {
+    // The fixed header in one helper call (each call costs more than the bytes).
+    let h = ctx.load::<[u8; 20]>(ETH_HLEN)?;
+    let header_len = usize::from(h[0] & 0x0f) * 4;
+    if h[9] != IPPROTO_TCP {
         return Err(0);
     }
-    let frag = u16::from_be(ctx.load::<u16>(ETH_HLEN + 6)?);
-    if frag & 0x3fff != 0 {
+    if u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0 {
         // More fragments or a non-zero offset: not a whole segment.
         count(Counter::Unsupported);
         warn!(ctx, "IPv4 fragment: packet not captured");
         return Err(0);
     }
-    let total_len = usize::from(u16::from_be(ctx.load::<u16>(ETH_HLEN + 2)?));
+    let total_len = usize::from(u16::from_be_bytes([h[2], h[3]]));
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
-    src[..4].copy_from_slice(&ctx.load::<[u8; 4]>(ETH_HLEN + 12)?);
-    dst[..4].copy_from_slice(&ctx.load::<[u8; 4]>(ETH_HLEN + 16)?);
+    src[..4].copy_from_slice(&h[12..16]);
+    dst[..4].copy_from_slice(&h[16..20]);
     Ok(L3 {
         family: 4,
         src,
@@ -282,8 +313,9 @@ fn ipv4(ctx: &TcContext) -> Result<L3, i64> {
 }
 
 fn ipv6(ctx: &TcContext) -> Result<L3, i64> {
-    let payload_len = usize::from(u16::from_be(ctx.load::<u16>(ETH_HLEN + 4)?));
-    let mut next_header = ctx.load::<u8>(ETH_HLEN + 6)?;
+    let h = ctx.load::<[u8; IPV6_HLEN]>(ETH_HLEN)?;
+    let payload_len = usize::from(u16::from_be_bytes([h[4], h[5]]));
+    let mut next_header = h[6];
     let mut l4 = ETH_HLEN + IPV6_HLEN;
     // Walk a few extension headers (hop-by-hop, routing, destination options, AH); a
     // fragment header means not a whole segment. Bounded for the verifier.
@@ -311,11 +343,17 @@ fn ipv6(ctx: &TcContext) -> Result<L3, i64> {
     }
     Ok(L3 {
         family: 6,
-        src: ctx.load::<[u8; 16]>(ETH_HLEN + 8)?,
-        dst: ctx.load::<[u8; 16]>(ETH_HLEN + 24)?,
+        src: addr16(&h, 8),
+        dst: addr16(&h, 24),
         l4,
         ip_payload_len: payload_len.saturating_sub(l4 - ETH_HLEN - IPV6_HLEN),
     })
+}
+
+fn addr16(h: &[u8; IPV6_HLEN], at: usize) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&h[at..at + 16]);
+    a
 }
 
 fn count(counter: Counter) {

@@ -154,7 +154,7 @@ impl LiveCapture {
                     0,
                     CaptureConfig {
                         snaplen,
-                        wake_every_event: u32::from(enforce),
+                        enforce: u32::from(enforce),
                     },
                     0,
                 )
