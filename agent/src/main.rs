@@ -64,31 +64,23 @@ enum Command {
         /// Print the JSON instead of the table.
         #[arg(long)]
         json: bool,
-        /// Config of the running agent (for its admin address).
-        #[arg(long, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-        /// Admin address of the running agent (overrides the config's).
-        #[arg(long)]
-        admin: Option<String>,
+        #[command(flatten)]
+        agent: AgentAddress,
     },
     /// The running agent's operations, with their counts.
     Operations {
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-        #[arg(long)]
-        admin: Option<String>,
+        #[command(flatten)]
+        agent: AgentAddress,
     },
     /// A session's current history in the running agent (the hash alerts show).
     Session {
         hash: String,
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-        #[arg(long)]
-        admin: Option<String>,
+        #[command(flatten)]
+        agent: AgentAddress,
     },
     /// Prints the keyed hash of a session value under each configured identifier, to
     /// search alerts and logs for it.
@@ -115,10 +107,8 @@ enum RulesCommand {
     Suggest {
         /// A report file; without it, the running agent's report.
         report: Option<PathBuf>,
-        #[arg(long, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-        #[arg(long)]
-        admin: Option<String>,
+        #[command(flatten)]
+        agent: AgentAddress,
         /// Lowest 95% lower bound of the score to suggest.
         #[arg(long, default_value_t = 0.5)]
         min_lower: f64,
@@ -126,6 +116,17 @@ enum RulesCommand {
         #[arg(long, default_value_t = 5)]
         min_count: u64,
     },
+}
+
+/// Where the running agent's admin API is: `--admin`, else its config's `[admin] listen`.
+#[derive(clap::Args)]
+struct AgentAddress {
+    /// Config of the running agent (for its admin address).
+    #[arg(long, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Admin address of the running agent (overrides the config's).
+    #[arg(long)]
+    admin: Option<String>,
 }
 
 const DEFAULT_CONFIG: &str = "/etc/seqshield/config.toml";
@@ -158,13 +159,8 @@ fn main() -> Result<()> {
             persist,
         } => replay(&config, &pcap, report_out.as_deref(), persist),
         Command::Run { config, iface } => run(&config, iface),
-        Command::Operations {
-            json,
-            config,
-            admin,
-        } => {
-            let ops: Vec<seqshield::report::OperationReport> =
-                fetch(&config, admin, "/api/v1/operations")?;
+        Command::Operations { json, agent } => {
+            let ops: Vec<seqshield::report::OperationReport> = agent.get("/api/v1/operations")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&ops)?);
             } else {
@@ -184,14 +180,8 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Session {
-            hash,
-            json,
-            config,
-            admin,
-        } => {
-            let session: serde_json::Value =
-                fetch(&config, admin, &format!("/api/v1/sessions/{hash}"))?;
+        Command::Session { hash, json, agent } => {
+            let session: serde_json::Value = agent.get(&format!("/api/v1/sessions/{hash}"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&session)?);
             } else {
@@ -214,9 +204,8 @@ fn main() -> Result<()> {
         Command::Report {
             file: None,
             json,
-            config,
-            admin,
-        } => print_report(&fetch_report(&config, admin)?, json),
+            agent,
+        } => print_report(&agent.get("/api/v1/report")?, json),
         Command::SessionHash { config, value } => session_hash(&config, &value),
         Command::Rules {
             command: RulesCommand::Check { file },
@@ -234,15 +223,14 @@ fn main() -> Result<()> {
             command:
                 RulesCommand::Suggest {
                     report,
-                    config,
-                    admin,
+                    agent,
                     min_lower,
                     min_count,
                 },
         } => {
             let report = match report {
                 Some(file) => read_report(&file)?,
-                None => fetch_report(&config, admin)?,
+                None => agent.get("/api/v1/report")?,
             };
             print!(
                 "{}",
@@ -389,41 +377,34 @@ fn read_report(path: &Path) -> Result<Report> {
         .with_context(|| format!("{} is not a seqshield report", path.display()))
 }
 
-/// The running agent's report, from its admin API.
-fn fetch_report(config_path: &Path, admin: Option<String>) -> Result<Report> {
-    fetch(config_path, admin, "/api/v1/report")
-}
-
-/// GETs `path` from the running agent's admin API (address from `--admin` or the config).
-fn fetch<T: serde::de::DeserializeOwned>(
-    config_path: &Path,
-    admin: Option<String>,
-    path: &str,
-) -> Result<T> {
-    let addr = match admin {
-        Some(addr) => addr,
-        None if config_path.exists() => Config::load(config_path)?.admin.listen,
-        None => seqshield::config::AdminConfig::default().listen,
-    };
-    let url = format!("http://{addr}{path}");
-    let mut response = ureq::get(&url)
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .call()
-        .with_context(|| format!("no agent answering at {url}: is `seqshield run` up, and is [admin] listen this address?"))?;
-    if !response.status().is_success() {
-        let body: serde_json::Value = response.body_mut().read_json().unwrap_or_default();
-        bail!(
-            "{url}: {} {}",
-            response.status(),
-            body["error"].as_str().unwrap_or("")
-        );
+impl AgentAddress {
+    /// GETs `path` from the running agent's admin API.
+    fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let addr = match &self.admin {
+            Some(addr) => addr.clone(),
+            None if self.config.exists() => Config::load(&self.config)?.admin.listen,
+            None => seqshield::config::AdminConfig::default().listen,
+        };
+        let url = format!("http://{addr}{path}");
+        let mut response = ureq::get(&url)
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+            .with_context(|| format!("no agent answering at {url}: is `seqshield run` up, and is [admin] listen this address?"))?;
+        if !response.status().is_success() {
+            let body: serde_json::Value = response.body_mut().read_json().unwrap_or_default();
+            bail!(
+                "{url}: {} {}",
+                response.status(),
+                body["error"].as_str().unwrap_or("")
+            );
+        }
+        response
+            .body_mut()
+            .read_json::<T>()
+            .with_context(|| format!("{url} did not answer as expected"))
     }
-    response
-        .body_mut()
-        .read_json::<T>()
-        .with_context(|| format!("{url} did not answer as expected"))
 }
 
 fn print_report(report: &Report, json: bool) -> Result<()> {

@@ -20,6 +20,26 @@ fn seqshield(args: &[&str]) -> Output {
         .expect("run seqshield")
 }
 
+/// `seqshield replay` of `pcap` with `config`, the report written to `report_out`.
+fn replay(config: &Path, pcap: &Path, report_out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "replay",
+        "--config",
+        config.to_str().unwrap(),
+        "--pcap",
+        pcap.to_str().unwrap(),
+        "--report-out",
+        report_out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    seqshield(&args)
+}
+
+/// A report file written by `replay`.
+fn read_report(path: &Path) -> Report {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 /// The bank API's endpoints and allow rule (tests/fixtures/bank-api.toml).
 const BANK_ENDPOINTS: &str = include_str!("../../tests/fixtures/bank-api.toml");
 const RULE_ID: &str = "6f1c1f9e-3f43-4a53-9d2c-2a4c1d3e5b7a";
@@ -39,15 +59,7 @@ fn replays_a_real_tcpdump_capture_of_curl_clients() {
         &format!("[capture]\nports = [18080]\n[sequence]\nmin_support = 1\n{BANK_ENDPOINTS}"),
     );
     let report_path = dir.path().join("report.json");
-    let out = seqshield(&[
-        "replay",
-        "--config",
-        config.to_str().unwrap(),
-        "--pcap",
-        fixture("curl-loopback.pcap").to_str().unwrap(),
-        "--report-out",
-        report_path.to_str().unwrap(),
-    ]);
+    let out = replay(&config, &fixture("curl-loopback.pcap"), &report_path, &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -57,8 +69,7 @@ fn replays_a_real_tcpdump_capture_of_curl_clients() {
     // What the clients sent (see record-curl-fixture.sh): alice (cookie, keep-alive) and
     // bob (header, a connection per request) log in → accounts → balance → transfer;
     // mallory (JWT) logs in and transfers twice; one request has no session.
-    let report: Report =
-        serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    let report = read_report(&report_path);
     assert_eq!(report.stats.requests, 12);
     assert_eq!(report.stats.unidentified_requests, 1);
     assert_eq!(report.stats.parse_errors, 0);
@@ -233,22 +244,14 @@ fn a_capture_cut_off_mid_record_replays_what_is_whole() {
     let cut = dir.path().join("cut.pcap");
     std::fs::write(&cut, &whole[..whole.len() - 30]).unwrap();
     let report = dir.path().join("r.json");
-    let out = seqshield(&[
-        "replay",
-        "--config",
-        config.to_str().unwrap(),
-        "--pcap",
-        cut.to_str().unwrap(),
-        "--report-out",
-        report.to_str().unwrap(),
-    ]);
+    let out = replay(&config, &cut, &report, &[]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("cut off"));
-    let report: Report = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let report = read_report(&report);
     assert_eq!(
         report.stats.requests, 12,
         "the cut record carried no request"
@@ -272,15 +275,7 @@ fn rules_check_and_suggest() {
 
     // Learn from the curl capture, then draft allow rules from the report.
     let report = dir.path().join("report.json");
-    let out = seqshield(&[
-        "replay",
-        "--config",
-        config.to_str().unwrap(),
-        "--pcap",
-        fixture("curl-loopback.pcap").to_str().unwrap(),
-        "--report-out",
-        report.to_str().unwrap(),
-    ]);
+    let out = replay(&config, &fixture("curl-loopback.pcap"), &report, &[]);
     assert!(out.status.success());
     let out = seqshield(&[
         "rules",
@@ -362,24 +357,18 @@ fn replay_persist_in_two_halves_equals_one_run() {
         std::fs::create_dir_all(state).unwrap();
         let config = write_config(state, &body);
         let out_path = state.join("r.json");
-        let mut args = vec![
-            "replay",
-            "--config",
-            config.to_str().unwrap(),
-            "--pcap",
-            pcap.to_str().unwrap(),
-        ];
-        args.extend(["--report-out", out_path.to_str().unwrap()]);
-        if persist {
-            args.push("--persist");
-        }
-        let out = seqshield(&args);
+        let out = replay(
+            &config,
+            pcap,
+            &out_path,
+            if persist { &["--persist"] } else { &[] },
+        );
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap()
+        read_report(&out_path)
     };
     let one_run = report_of(
         &dir.path().join("one"),

@@ -100,19 +100,7 @@ impl LiveCapture {
         snaplen: u32,
         enforce: bool,
     ) -> Result<Self, LiveError> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 && !has_bpf_capabilities() {
-            return Err(LiveError::NotRoot);
-        }
-        let name = std::ffi::CString::new(interface)
-            .map_err(|_| LiveError::NoInterface(interface.into()))?;
-        // SAFETY: a NUL-terminated name we own.
-        if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
-            return Err(LiveError::NoInterface(interface.into()));
-        }
-        if KERNEL_OBJECT.is_empty() {
-            return Err(LiveError::NoKernelObject);
-        }
+        Self::preflight(interface)?;
         let mut ebpf = EbpfLoader::new().load(KERNEL_OBJECT)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
