@@ -20,6 +20,8 @@ pub fn run(root: &Path, seqshield: &Path) -> Result<()> {
     let dir = root.join("target/demo");
     std::fs::create_dir_all(&dir)?;
     let lab = Lab::create("sqdemo", 77)?;
+    // Every demo starts from nothing learned (the agent would resume from its snapshot).
+    let _ = std::fs::remove_file(dir.join("state/snapshot.bin"));
     let config = dir.join("live-config.toml");
     let text = bank_agent_config(
         root,
