@@ -156,6 +156,31 @@ impl SeqKey {
         ops
     }
 
+    /// Operations in the key.
+    pub fn len(&self) -> usize {
+        (0..MAX_SEQUENCE_OPS)
+            .take_while(|&i| (self.0[i / 4] >> ((i % 4) * 16)) & 0xffff != 0)
+            .count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0[0] & 0xffff == 0
+    }
+
+    /// The last `k` operations (the key's first `k` positions: most recent first).
+    fn suffix(&self, k: usize) -> Self {
+        let mut out = [0u64; 3];
+        for (i, word) in out.iter_mut().enumerate() {
+            let keep = k.saturating_sub(i * 4).min(4);
+            *word = match keep {
+                0 => 0,
+                4 => self.0[i],
+                n => self.0[i] & ((1u64 << (n * 16)) - 1),
+            };
+        }
+        Self(out)
+    }
+
     /// From operations in chronological order.
     pub fn from_ops(ops: &[OpId]) -> Self {
         ops.iter()
@@ -240,27 +265,31 @@ impl Analytics {
         self.op(op, hour).requests.add(hour, slots);
     }
 
-    /// A new occurrence of the final entry of `history` (oldest first): N(x) and N(s)
-    /// of every suffix of 2..=max_ops operations.
+    /// A new occurrence of the final entry of `history` (oldest first): N(x), and one
+    /// count for the window of its last 2..=max_ops operations. N(s) of every suffix s
+    /// of a window is the sum over the windows that end with s — summed when a report
+    /// asks (`scores`), so a request costs one table probe instead of eight.
     pub fn record_occurrence(&mut self, history: &[Entry], now: Nanos) {
         let Some(last) = history.last() else { return };
         let (hour, slots) = (hour_of(now), self.slots);
         self.op(last.op, hour).occurrences.add(hour, slots);
-        let mut key = SeqKey::default().with(0, last.op);
         let longest = self.max_ops.min(history.len());
-        for k in 2..=longest {
-            key = key.with(k - 1, history[history.len() - k].op);
-            if let Some(counts) = self.sequences.get_mut(&key) {
-                counts.add(hour, slots);
-                continue;
-            }
-            if self.sequences.len() >= self.max_sequences {
-                self.evict_low_support(hour);
-            }
-            let mut counts = Hourly::new(hour);
-            counts.add(hour, slots);
-            self.sequences.insert(key, counts);
+        if longest < 2 {
+            return;
         }
+        let key = (0..longest).fold(SeqKey::default(), |key, i| {
+            key.with(i, history[history.len() - 1 - i].op)
+        });
+        if let Some(counts) = self.sequences.get_mut(&key) {
+            counts.add(hour, slots);
+            return;
+        }
+        if self.sequences.len() >= self.max_sequences {
+            self.evict_low_support(hour);
+        }
+        let mut counts = Hourly::new(hour);
+        counts.add(hour, slots);
+        self.sequences.insert(key, counts);
     }
 
     /// Frees a tenth of the table, lowest window counts first.
@@ -371,11 +400,19 @@ impl Analytics {
     /// highest score first (ties: higher count first, then operation ids).
     pub fn scores(&self, now: Nanos, min_support: u64) -> Vec<SequenceScore> {
         let hour = hour_of(now);
-        let mut out: Vec<SequenceScore> = self
-            .sequences
-            .iter()
-            .filter_map(|(key, counts)| {
-                let count = counts.total(hour, self.slots);
+        // N(s): every window counts for each of its suffixes of 2 or more operations.
+        let mut counts: HashMap<SeqKey, u64, foldhash::fast::RandomState> = HashMap::default();
+        for (window, hourly) in &self.sequences {
+            let n = hourly.total(hour, self.slots);
+            if n > 0 {
+                for k in 2..=window.len() {
+                    *counts.entry(window.suffix(k)).or_default() += n;
+                }
+            }
+        }
+        let mut out: Vec<SequenceScore> = counts
+            .into_iter()
+            .filter_map(|(key, count)| {
                 if count < min_support.max(1) {
                     return None;
                 }
@@ -429,6 +466,48 @@ mod tests {
         assert_eq!(SeqKey::from_ops(&ops).ops(), ops);
         assert_eq!(SeqKey::from_ops(&[1, 2]).ops(), [1, 2]);
         assert_ne!(SeqKey::from_ops(&[1, 2]), SeqKey::from_ops(&[2, 1]));
+    }
+
+    #[test]
+    fn seq_key_suffixes() {
+        let k = SeqKey::from_ops(&[1, 2, 3, 4, 5, 6]);
+        assert_eq!(k.len(), 6);
+        assert_eq!(k.suffix(2).ops(), [5, 6]);
+        assert_eq!(k.suffix(5).ops(), [2, 3, 4, 5, 6]);
+        assert_eq!(k.suffix(6), k);
+        assert!(SeqKey::default().is_empty());
+    }
+
+    #[test]
+    fn window_counts_equal_counting_every_suffix() {
+        // Model: N(s) for every suffix of 2..=max_ops of each occurrence's history.
+        let mut a = Analytics::new(24 * H, 5, 100_000);
+        let mut model: std::collections::HashMap<Vec<OpId>, u64> = std::collections::HashMap::new();
+        let mut history: Vec<Entry> = Vec::new();
+        let mut x: u32 = 7;
+        for _ in 0..3000 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let op = ((x >> 16) % 4) as OpId;
+            if history.last().is_some_and(|e| e.op == op) {
+                continue;
+            }
+            history.push(Entry { op, at: 0 });
+            if history.len() > 10 {
+                history.remove(0);
+            }
+            a.record_occurrence(&history, 0);
+            for k in 2..=history.len().min(5) {
+                *model
+                    .entry(history[history.len() - k..].iter().map(|e| e.op).collect())
+                    .or_default() += 1;
+            }
+        }
+        let got: std::collections::HashMap<Vec<OpId>, u64> = a
+            .scores(0, 1)
+            .into_iter()
+            .map(|s| (s.ops, s.count))
+            .collect();
+        assert_eq!(got, model);
     }
 
     #[test]
