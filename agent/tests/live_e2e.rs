@@ -580,3 +580,89 @@ fn learned_state_survives_a_restart_and_a_corrupt_snapshot_is_set_aside() {
         "the balance check before the transfer was remembered: {alerts_text}"
     );
 }
+
+#[test]
+fn the_netlink_fallback_cleans_up_after_itself_and_after_a_killed_run() {
+    if !root_or_skip("the_netlink_fallback_cleans_up_after_itself_and_after_a_killed_run") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut pair = NetPair::new();
+    let admin_port = 19_477;
+    let config = common::bank_config(dir.path(), admin_port, "");
+    let iface = pair.server_if.clone();
+    let filters = |pair: &NetPair| {
+        let out = pair.in_server(&["tc", "filter", "show", "dev", &iface, "ingress"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // As on a kernel without TCX: a netlink filter on a clsact qdisc.
+    let start = |pair: &mut NetPair| {
+        let args = [
+            "env",
+            "SEQSHIELD_TC_NETLINK=1",
+            seqshield_bin(),
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--iface",
+            &iface,
+        ];
+        let pid = pair.spawn_server_side(&args, Some(&dir.path().join("alerts.jsonl")));
+        let agent = common::Agent {
+            pid,
+            admin: format!("127.0.0.1:{admin_port}"),
+        };
+        eventually("the agent", Duration::from_secs(15), || {
+            live_report(pair, &agent)
+        });
+        agent
+    };
+    let agent = start(&mut pair);
+    assert!(
+        filters(&pair).contains("seqshield_ingress"),
+        "{}",
+        filters(&pair)
+    );
+    // SIGKILL leaves the filter behind (no link dies with the process on this path)…
+    signal(agent.pid, libc::SIGKILL);
+    pair.wait_for(agent.pid, Duration::from_secs(5))
+        .expect("killed");
+    assert!(
+        filters(&pair).contains("seqshield_ingress"),
+        "a netlink filter outlives SIGKILL"
+    );
+    // …the next start removes it before attaching its own, and a clean exit leaves none.
+    let agent = start(&mut pair);
+    assert_eq!(
+        filters(&pair).matches("seqshield_ingress").count(),
+        1,
+        "{}",
+        filters(&pair)
+    );
+    signal(agent.pid, libc::SIGTERM);
+    assert!(
+        pair.wait_for(agent.pid, Duration::from_secs(5))
+            .expect("exits")
+            .success()
+    );
+    assert!(
+        !filters(&pair).contains("seqshield_ingress"),
+        "{}",
+        filters(&pair)
+    );
+    // A clsact qdisc the agent created itself goes with it.
+    let qdiscs = |pair: &NetPair| {
+        let out = pair.in_server(&["tc", "qdisc", "show", "dev", &iface]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    pair.in_server(&["tc", "qdisc", "del", "dev", &iface, "clsact"]);
+    let agent = start(&mut pair);
+    assert!(qdiscs(&pair).contains("clsact"), "{}", qdiscs(&pair));
+    signal(agent.pid, libc::SIGINT);
+    assert!(
+        pair.wait_for(agent.pid, Duration::from_secs(5))
+            .expect("exits")
+            .success()
+    );
+    assert!(!qdiscs(&pair).contains("clsact"), "{}", qdiscs(&pair));
+}

@@ -12,7 +12,8 @@ use agent_common::{
     CAPTURE_PROGRAM, CaptureConfig, Counter, DRAIN_INTERVAL_MS, EGRESS_PROGRAM, MAX_SNAPLEN, maps,
 };
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::{SchedClassifier, TcAttachType};
+use aya::programs::tc::{NlOptions, TcAttachOptions};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
 use super::Segment;
@@ -49,6 +50,28 @@ pub enum LiveError {
     Io(#[from] std::io::Error),
 }
 
+/// Set to attach through netlink and clsact even where TCX exists (tests of that path).
+pub const FORCE_NETLINK: &str = "SEQSHIELD_TC_NETLINK";
+
+impl Drop for LiveCapture {
+    /// The programs detach when their links drop (right after this); a clsact qdisc this
+    /// agent created is removed too, best effort.
+    fn drop(&mut self) {
+        if let Some(interface) = &self.created_clsact {
+            let removed = std::process::Command::new("tc")
+                .args(["qdisc", "del", "dev", interface, "clsact"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if !removed {
+                tracing::warn!(
+                    interface,
+                    "could not remove the clsact qdisc this agent created"
+                );
+            }
+        }
+    }
+}
+
 /// Kernel counters, summed over CPUs.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct KernelCounters {
@@ -67,6 +90,8 @@ pub struct LiveCapture {
     counters: PerCpuArray<MapData, u64>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     clock: KernelClock,
+    /// Interface whose clsact qdisc this agent created (netlink attachment only).
+    created_clsact: Option<String>,
     /// Holds the program, its link, and the remaining maps.
     _ebpf: Ebpf,
 }
@@ -170,27 +195,61 @@ impl LiveCapture {
             .ok_or(LiveError::Missing(CAPTURE_PROGRAM))?
             .try_into()?;
         program.load()?;
-        let tcx = aya::util::KernelVersion::current()
-            .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
-        if !tcx {
-            // Before TCX, TC programs hang off a clsact qdisc (it may already exist).
-            let _ = aya::programs::tc::qdisc_add_clsact(interface);
+        // TCX links (kernel ≥ 6.6) live as long as this process. Older kernels (or
+        // SEQSHIELD_TC_NETLINK=1, to exercise that path) attach netlink filters to a clsact
+        // qdisc instead: those outlive a SIGKILLed agent, so leftovers of an earlier run
+        // are removed first (SPEC §9), and a qdisc this run created goes on exit.
+        let netlink = std::env::var_os(FORCE_NETLINK).is_some()
+            || !aya::util::KernelVersion::current()
+                .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+        let mut created_clsact = None;
+        if netlink {
+            if aya::programs::tc::qdisc_add_clsact(interface).is_ok() {
+                created_clsact = Some(interface.to_string());
+            }
+            for (kind, name) in [
+                (TcAttachType::Ingress, CAPTURE_PROGRAM),
+                (TcAttachType::Egress, EGRESS_PROGRAM),
+            ] {
+                if aya::programs::tc::qdisc_detach_program(interface, kind, name).is_ok() {
+                    tracing::warn!(
+                        interface,
+                        program = name,
+                        "removed a leftover filter of an earlier run"
+                    );
+                }
+            }
         }
-        program.attach(interface, TcAttachType::Ingress)?;
+        let options = || {
+            if netlink {
+                TcAttachOptions::Netlink(NlOptions::default())
+            } else {
+                TcAttachOptions::TcxOrder(LinkOrder::default())
+            }
+        };
+        program.attach_with_options(interface, TcAttachType::Ingress, options())?;
         if enforce {
             let egress: &mut SchedClassifier = ebpf
                 .program_mut(EGRESS_PROGRAM)
                 .ok_or(LiveError::Missing(EGRESS_PROGRAM))?
                 .try_into()?;
             egress.load()?;
-            egress.attach(interface, TcAttachType::Egress)?;
+            egress.attach_with_options(interface, TcAttachType::Egress, options())?;
         }
-        tracing::info!(interface, ?ports, snaplen, enforce, "capture attached");
+        tracing::info!(
+            interface,
+            ?ports,
+            snaplen,
+            enforce,
+            netlink,
+            "capture attached"
+        );
         Ok(Self {
             ring,
             counters,
             logger,
             clock: KernelClock::measure(),
+            created_clsact,
             _ebpf: ebpf,
         })
     }
