@@ -82,6 +82,25 @@ impl AgentState {
     }
 }
 
+/// `[admin] listen = "unix:/path"` serves the API on a unix socket instead of TCP.
+pub const UNIX_PREFIX: &str = "unix:";
+
+/// Binds the admin API's unix socket, readable and writable by its owner only (0600);
+/// a stale socket of an earlier run is replaced.
+pub fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
 pub fn router(state: Arc<AgentState>) -> Router {
     Router::new()
         .route("/api/v1/report", get(report))

@@ -259,7 +259,8 @@ impl Default for EnforceConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Admin API address: loopback only unless the operator says otherwise.
+    /// Admin API address: loopback only unless the operator says otherwise;
+    /// `"unix:/run/seqshield/admin.sock"` serves it on a 0600 unix socket instead.
     pub listen: String,
 }
 
@@ -420,6 +421,22 @@ impl Config {
                     "name must not be empty".into(),
                 );
             }
+        }
+        let listen = &self.admin.listen;
+        let valid_listen = match listen.strip_prefix("unix:") {
+            Some(path) => path.starts_with('/'),
+            None => {
+                listen.parse::<std::net::SocketAddr>().is_ok()
+                    || listen
+                        .rsplit_once(':')
+                        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+            }
+        };
+        if !valid_listen {
+            err(
+                "admin.listen",
+                format!("{listen:?} is neither host:port nor unix:/absolute/path"),
+            );
         }
         if self.capture.ports.is_empty() {
             err("capture.ports", "list at least one server port".into());
@@ -696,6 +713,16 @@ dir = "/var/lib/seqshield"
         .unwrap_err();
         assert_eq!(e.key, "rule[0].sequence");
         assert!(e.reason.contains("2 or more"));
+    }
+
+    #[test]
+    fn admin_listens_on_host_port_or_a_unix_socket() {
+        assert!(parse("[admin]\nlisten = \"127.0.0.1:9464\"\n").is_ok());
+        assert!(parse("[admin]\nlisten = \"localhost:9464\"\n").is_ok());
+        assert!(parse("[admin]\nlisten = \"unix:/run/seqshield/admin.sock\"\n").is_ok());
+        let e = parse("[admin]\nlisten = \"unix:relative.sock\"\n").unwrap_err();
+        assert_eq!(e.key, "admin.listen");
+        assert!(parse("[admin]\nlisten = \"9464\"\n").is_err());
     }
 
     #[test]

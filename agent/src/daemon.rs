@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::admin::{self, AgentState};
+use crate::admin::{self, AgentState, UNIX_PREFIX};
 use crate::alerts::{Alert, JsonLines, OutcomeSink, RotatingFile};
 use crate::config::{Config, ConfigError, EnforceMode};
 use crate::enforce::Verdict;
@@ -76,13 +76,28 @@ pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
     };
     // The API answers only once the capture is attached: readiness (SPEC §9).
     let addr = config.admin.listen.clone();
-    let listener = TcpListener::bind(&addr)
-        .await
-        .map_err(|source| DaemonError::Admin {
-            addr: addr.clone(),
-            source,
-        })?;
-    let server = tokio::spawn(axum::serve(listener, admin::router(shared.clone())).into_future());
+    let admin_err = |source| DaemonError::Admin {
+        addr: addr.clone(),
+        source,
+    };
+    let router = admin::router(shared.clone());
+    let (server, socket_file) = match addr.strip_prefix(UNIX_PREFIX) {
+        Some(path) => {
+            let path = std::path::PathBuf::from(path);
+            let listener = admin::bind_unix(&path).map_err(admin_err)?;
+            (
+                tokio::spawn(axum::serve(listener, router).into_future()),
+                Some(path),
+            )
+        }
+        None => {
+            let listener = TcpListener::bind(&addr).await.map_err(admin_err)?;
+            (
+                tokio::spawn(axum::serve(listener, router).into_future()),
+                None,
+            )
+        }
+    };
     tracing::info!(interface, admin = %addr, "seqshield running");
 
     // The capture loop has a thread of its own: blocking poll(2) on the ring, no runtime
@@ -133,6 +148,9 @@ pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
     stop.store(true, Ordering::Relaxed);
     let result = thread.join();
     server.abort();
+    if let Some(path) = socket_file {
+        let _ = std::fs::remove_file(path);
+    }
     save_snapshot(&shared, &state_dir);
     tracing::info!(interface, "capture detached; exiting");
     match result {

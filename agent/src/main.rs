@@ -385,6 +385,18 @@ impl AgentAddress {
             None if self.config.exists() => Config::load(&self.config)?.admin.listen,
             None => seqshield::config::AdminConfig::default().listen,
         };
+        if let Some(socket) = addr.strip_prefix(seqshield::admin::UNIX_PREFIX) {
+            let (status, body) = unix_get(Path::new(socket), path)?;
+            if !(200..300).contains(&status) {
+                let error: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                bail!(
+                    "{addr}{path}: {status} {}",
+                    error["error"].as_str().unwrap_or("")
+                );
+            }
+            return serde_json::from_slice(&body)
+                .with_context(|| format!("{addr}{path} did not answer as expected"));
+        }
         let url = format!("http://{addr}{path}");
         let mut response = ureq::get(&url)
             .config()
@@ -405,6 +417,29 @@ impl AgentAddress {
             .read_json::<T>()
             .with_context(|| format!("{url} did not answer as expected"))
     }
+}
+
+/// One HTTP/1.1 GET over the agent's unix socket: status and body.
+fn unix_get(socket: &Path, path: &str) -> Result<(u16, Vec<u8>)> {
+    use std::io::Read;
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
+        format!(
+            "no agent answering on {}: is `seqshield run` up?",
+            socket.display()
+        )
+    })?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes)?;
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(head) = response.parse(&bytes)? else {
+        bail!("{}: incomplete HTTP response", socket.display());
+    };
+    Ok((response.code.unwrap_or(0), bytes[head..].to_vec()))
 }
 
 fn print_report(report: &Report, json: bool) -> Result<()> {

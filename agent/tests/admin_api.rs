@@ -268,3 +268,33 @@ async fn metrics_parse_as_prometheus_text_and_match_the_report() {
     assert!(text.contains("# TYPE seqshield_request_pipeline_seconds histogram"));
     assert!(text.contains("seqshield_evictions_total{table=\"sessions\"} 0"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_can_listen_on_a_private_unix_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = fixture();
+    let socket = f.config_path.with_file_name("run/admin.sock");
+    let listener = seqshield::admin::bind_unix(&socket).unwrap();
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let server = tokio::spawn(axum::serve(listener, router(f.state.clone())).into_future());
+    let admin = format!("unix:{}", socket.display());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_seqshield"))
+            .args(["report", "--json", "--admin", &admin])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Report = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report, f.expected);
+    server.abort();
+}
