@@ -74,6 +74,9 @@ pub struct BlockEntry {
 /// The capture program's name in the object.
 pub const CAPTURE_PROGRAM: &str = "seqshield_ingress";
 
+/// The optional XDP program's name: drops blocked clients' packets at the driver.
+pub const XDP_PROGRAM: &str = "seqshield_xdp";
+
 /// Per-CPU counters the kernel keeps; the agent sums them across CPUs.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

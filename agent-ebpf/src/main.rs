@@ -11,13 +11,14 @@ use agent_common::{
     MAX_BLOCK_ENTRIES, MAX_PORTS, MAX_SNAPLEN, RING_BYTES, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
     WAKEUP_BYTES,
 };
+use aya_ebpf::bindings::xdp_action;
 use aya_ebpf::bindings::{
     BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_SHOT, TC_ACT_UNSPEC,
 };
 use aya_ebpf::helpers::generated::{bpf_ktime_get_ns, bpf_skb_load_bytes};
-use aya_ebpf::macros::{classifier, map};
+use aya_ebpf::macros::{classifier, map, xdp};
 use aya_ebpf::maps::{Array, HashMap, PerCpuArray, RingBuf};
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use aya_log_ebpf::warn;
 
 #[map(name = "EVENTS")]
@@ -67,6 +68,61 @@ pub fn seqshield_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn seqshield_egress(ctx: TcContext) -> i32 {
     try_egress(&ctx).unwrap_or(TC_ACT_UNSPEC)
+}
+
+/// Optional (`[enforce] xdp = true`): drops TCP packets from blocked client addresses to
+/// the analysed ports at the driver, before the stack spends anything on them — also
+/// their handshakes, so such clients time out instead of being reset.
+#[xdp]
+pub fn seqshield_xdp(ctx: XdpContext) -> u32 {
+    if blocked_at_driver(&ctx).unwrap_or(false) {
+        count(Counter::DroppedIngress);
+        return xdp_action::XDP_DROP;
+    }
+    xdp_action::XDP_PASS
+}
+
+/// Reads `T` at `offset` of the packet, bounds-checked for the verifier.
+#[inline(always)]
+fn xdp_read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+    let at = ctx.data() + offset;
+    if at + core::mem::size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: inside [data, data_end) as checked above; unaligned read of plain bytes.
+    Some(unsafe { core::ptr::read_unaligned(at as *const T) })
+}
+
+fn blocked_at_driver(ctx: &XdpContext) -> Option<bool> {
+    let (client, l4) = match u16::from_be(xdp_read::<u16>(ctx, 12)?) {
+        ETH_P_IP => {
+            let version_ihl = xdp_read::<u8>(ctx, ETH_HLEN)?;
+            if xdp_read::<u8>(ctx, ETH_HLEN + 9)? != IPPROTO_TCP {
+                return Some(false);
+            }
+            let mut client = [0u8; 16];
+            client[..4].copy_from_slice(&xdp_read::<[u8; 4]>(ctx, ETH_HLEN + 12)?);
+            (client, ETH_HLEN + usize::from(version_ihl & 0x0f) * 4)
+        }
+        ETH_P_IPV6 => {
+            if xdp_read::<u8>(ctx, ETH_HLEN + 6)? != IPPROTO_TCP {
+                return Some(false);
+            }
+            (
+                xdp_read::<[u8; 16]>(ctx, ETH_HLEN + 8)?,
+                ETH_HLEN + IPV6_HLEN,
+            )
+        }
+        _ => return Some(false),
+    };
+    let server_port = u16::from_be(xdp_read::<u16>(ctx, l4 + 2)?);
+    // SAFETY: a map lookup by value; the returned reference is not kept.
+    if unsafe { PORTS.get(server_port) }.is_none() {
+        return Some(false);
+    }
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    Some(live_entry(&BLOCKED_CLIENTS, &client, now).is_some())
 }
 
 /// Where the packet's TCP header is, and what the IP layer says about it.

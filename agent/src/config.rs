@@ -241,6 +241,9 @@ pub struct EnforceConfig {
     /// Entries older than this are out of a rule's sight.
     #[serde(deserialize_with = "human_duration")]
     pub lookback: Duration,
+    /// Enforce mode: also drop blocked clients' packets at the driver (XDP), handshakes
+    /// included (they time out instead of being reset).
+    pub xdp: bool,
 }
 
 impl Default for EnforceConfig {
@@ -252,6 +255,7 @@ impl Default for EnforceConfig {
             flag_mark: 0x5e9,
             lookback_ops: 9,
             lookback: Duration::from_secs(600),
+            xdp: false,
         }
     }
 }

@@ -68,6 +68,7 @@ pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
         &config.capture.ports,
         config.capture.snaplen,
         enforce,
+        config.enforce.xdp,
     )?;
     let enforcer = if enforce {
         Some(capture.take_enforcer()?)

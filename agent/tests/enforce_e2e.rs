@@ -278,3 +278,36 @@ fn reload_with_a_bad_file_keeps_the_old_rules() {
         ["200", "200"]
     );
 }
+
+#[test]
+fn xdp_drops_blocked_clients_at_the_driver_until_block_ttl() {
+    if !root_or_skip("xdp_drops_blocked_clients_at_the_driver_until_block_ttl") {
+        return;
+    }
+    let (_dir, pair, agent) = setup(
+        19_478,
+        "[enforce]\nmode = \"enforce\"\nblock_scope = \"client_ip\"\nblock_ttl = \"3s\"\nxdp = true\n",
+    );
+    // The XDP program is attached to the server's interface.
+    let links = std::fs::read_dir(format!("/proc/{}/fdinfo", agent.pid))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter(|info| info.contains("link_type:\txdp"))
+        .count();
+    assert_eq!(links, 1, "one XDP link held by the agent");
+    assert_ne!(
+        session(&pair, "Cookie: sid=mallory", &[LOGIN, TRANSFER])[1],
+        "200"
+    );
+    // New connections from that address do not even complete their handshake now.
+    let url = format!("http://{}/api/v1/accounts/1/balance", pair.server_ip);
+    let out = pair.in_client(&["curl", "-s", "-o", "/dev/null", "--max-time", "1", &url]);
+    assert_eq!(
+        out.status.code(),
+        Some(28),
+        "curl times out: the SYN was dropped"
+    );
+    // After block_ttl the kernel entry has expired.
+    std::thread::sleep(Duration::from_millis(3_200));
+    assert_eq!(session(&pair, "Cookie: sid=alice", &[BALANCE]), ["200"]);
+}

@@ -9,11 +9,13 @@
 use std::os::fd::AsRawFd;
 
 use agent_common::{
-    CAPTURE_PROGRAM, CaptureConfig, Counter, DRAIN_INTERVAL_MS, EGRESS_PROGRAM, MAX_SNAPLEN, maps,
+    CAPTURE_PROGRAM, CaptureConfig, Counter, DRAIN_INTERVAL_MS, EGRESS_PROGRAM, MAX_SNAPLEN,
+    XDP_PROGRAM, maps,
 };
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::tc::{NlOptions, TcAttachOptions};
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::programs::xdp::XdpMode;
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp};
 use aya::{Ebpf, EbpfLoader};
 
 use super::Segment;
@@ -119,11 +121,13 @@ impl LiveCapture {
     /// Loads the program, sets the captured ports and snaplen, and attaches to the
     /// ingress of `interface`.
     /// `enforce`: also attach the egress program, and wake the agent for every event.
+    /// `xdp` (with `enforce`): also drop blocked clients at the driver.
     pub fn attach(
         interface: &str,
         ports: &[u16],
         snaplen: u32,
         enforce: bool,
+        xdp: bool,
     ) -> Result<Self, LiveError> {
         Self::preflight(interface)?;
         let mut ebpf = EbpfLoader::new().load(KERNEL_OBJECT)?;
@@ -235,6 +239,15 @@ impl LiveCapture {
                 .try_into()?;
             egress.load()?;
             egress.attach_with_options(interface, TcAttachType::Egress, options())?;
+            if xdp {
+                let program: &mut Xdp = ebpf
+                    .program_mut(XDP_PROGRAM)
+                    .ok_or(LiveError::Missing(XDP_PROGRAM))?
+                    .try_into()?;
+                program.load()?;
+                // A bpf_link where the kernel has them: it goes with the process too.
+                program.attach(interface, XdpMode::Default)?;
+            }
         }
         tracing::info!(
             interface,
