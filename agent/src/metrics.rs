@@ -159,7 +159,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
     );
     registry.register(
         "request_pipeline_seconds",
-        "Time the pipeline spends on one request",
+        "Time the pipeline spends on one request (averaged over each batch read from the kernel)",
         s.request_seconds.clone(),
     );
 

@@ -24,16 +24,17 @@ pub fn run(root: &Path, seqshield: &Path) -> Result<()> {
     let client = root.join("tests/fixtures/session_client.py");
     let mut summary = String::new();
     let mut all_latencies = Vec::new();
+    // One agent config for every delay: only the server changes between runs.
+    let config = dir.join("agent.toml");
+    let text = bank_agent_config(
+        root,
+        &lab.server_if,
+        ADMIN,
+        &dir.join("state"),
+        "[enforce]\nmode = \"enforce\"\n",
+    )?;
+    std::fs::write(&config, text)?;
     for delay in DELAYS_MS {
-        let config = dir.join(format!("agent-{delay}ms.toml"));
-        let text = bank_agent_config(
-            root,
-            &lab.server_if,
-            ADMIN,
-            &dir.join("state"),
-            "[enforce]\nmode = \"enforce\"\n",
-        )?;
-        std::fs::write(&config, text)?;
         let delay_env = format!("BANK_DELAY_MS={delay}");
         let srv = lab.spawn_server_side(
             &[

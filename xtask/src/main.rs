@@ -84,21 +84,7 @@ fn main() -> Result<()> {
             )?;
             cargo(
                 &root,
-                &[
-                    "+nightly",
-                    "clippy",
-                    "-p",
-                    "agent-ebpf",
-                    "--target",
-                    "bpfel-unknown-none",
-                    "-Z",
-                    "build-std=core",
-                    "--release",
-                    "--locked",
-                    "--",
-                    "-D",
-                    "warnings",
-                ],
+                &ebpf_args("clippy", &["--locked", "--", "-D", "warnings"]),
             )
         }
         Task::Demo => {
@@ -130,20 +116,7 @@ fn main() -> Result<()> {
         Task::Uninstall => uninstall(),
         Task::BuildEbpf => {
             setup()?;
-            cargo(
-                &root,
-                &[
-                    "+nightly",
-                    "build",
-                    "-p",
-                    "agent-ebpf",
-                    "--target",
-                    "bpfel-unknown-none",
-                    "-Z",
-                    "build-std=core",
-                    "--release",
-                ],
-            )
+            cargo(&root, &ebpf_args("build", &[]))
         }
         Task::Run { args } => {
             cargo(
@@ -156,6 +129,24 @@ fn main() -> Result<()> {
         }
         Task::Bench => bench(&root),
     }
+}
+
+/// A nightly cargo command on the kernel crate, for its own target (as agent/build.rs
+/// builds it).
+fn ebpf_args<'a>(command: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "+nightly",
+        command,
+        "-p",
+        "agent-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--release",
+    ];
+    args.extend_from_slice(extra);
+    args
 }
 
 fn workspace_root() -> PathBuf {
