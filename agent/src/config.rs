@@ -59,6 +59,11 @@ pub struct CaptureConfig {
     pub ports: Vec<u16>,
     /// Payload bytes the kernel program copies per packet.
     pub snaplen: u32,
+    /// A connection silent this long is forgotten (a later request picks it up again
+    /// mid-stream). Long by default: servers such as Go's keep idle keep-alive
+    /// connections open indefinitely; the flow table's cap bounds memory either way.
+    #[serde(deserialize_with = "human_duration")]
+    pub flow_idle_timeout: Duration,
 }
 
 impl Default for CaptureConfig {
@@ -67,6 +72,7 @@ impl Default for CaptureConfig {
             interface: None,
             ports: vec![80, 8080],
             snaplen: 4096,
+            flow_idle_timeout: Duration::from_secs(2 * 3600),
         }
     }
 }

@@ -1,15 +1,23 @@
-//! TCP reassembly of the client → server direction, one state per connection.
+//! TCP reassembly of the client → server direction, as the server's Linux stack does it.
 //!
-//! Segments arrive in capture order; the table hands each connection's bytes on in
-//! sequence order as [`Piece`]s, together with that connection's application state `S`
-//! (the HTTP stream). Retransmissions are delivered once, out-of-order segments wait in a
-//! bounded buffer, and holes that never fill are skipped after [`GAP_TIMEOUT`] or when the
-//! buffer is full, announced as a [`Piece::Gap`] so the consumer can resynchronise.
+//! Segments of both directions arrive in capture order. The client's bytes are accepted
+//! by the rules the server applies (the server's segments tell the reassembler its
+//! receive window, what it has sent and acknowledged, and whether it answered a SYN), so
+//! forged segments the server discards never reach the HTTP stream. The rules, with the
+//! RFC sections and kernel functions they follow, are in ARCHITECTURE.md ("What the
+//! server accepts"). The table hands each connection's accepted bytes on in sequence
+//! order as [`Piece`]s, together with that connection's application state `S`.
+//!
+//! Holes are given up only when the server acknowledges past them (bytes the capture
+//! missed: counted as loss). Connections with no server facts (a one-sided capture) or
+//! whose server facts may have been lost (ring buffer loss) fall back to a timer,
+//! counted; memory bounds drop the farthest out-of-order segments, as Linux prunes its
+//! out-of-order queue.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
-use crate::source::{FlowKey, Segment};
+use crate::packet::{Checksum, Direction, FlowKey, MAX_WSCALE, Segment};
 use crate::{NANOS_PER_SEC, Nanos};
 
 /// In-order bytes of one connection, or the news that some are missing.
@@ -23,14 +31,23 @@ pub enum Piece<'a> {
 
 /// Connections tracked at once; the least recently seen of a sample is evicted beyond.
 pub const MAX_FLOWS: usize = 65_536;
-/// Out-of-order bytes held per connection before the hole in front of them is skipped.
-pub const MAX_PENDING_BYTES: usize = 64 * 1024;
-/// Out-of-order segments held per connection.
-pub const MAX_PENDING_SEGMENTS: usize = 64;
-/// A hole older than this is given up on (a lost packet the capture will never see).
+/// Out-of-order bytes held per connection (each segment also counts
+/// [`SEGMENT_OVERHEAD`]). Beyond it the farthest segments are dropped, as Linux's
+/// `tcp_prune_ofo_queue` does when a socket's receive buffer is full.
+pub const MAX_PENDING_BYTES: usize = 256 * 1024;
+/// Out-of-order bytes held across all connections.
+pub const MAX_PENDING_TOTAL: usize = 64 << 20;
+/// What one waiting segment costs besides its bytes (so 1-byte segments are bounded).
+const SEGMENT_OVERHEAD: usize = 64;
+/// Fallback when the server's acknowledgments cannot tell (no server facts for the
+/// connection, or capture loss since the hole opened): a hole older than this is given
+/// up.
 pub const GAP_TIMEOUT: Nanos = 2 * NANOS_PER_SEC;
-/// A connection silent for this long is forgotten.
-pub const FLOW_IDLE_TIMEOUT: Nanos = 300 * NANOS_PER_SEC;
+/// Default for `[capture] flow_idle_timeout`.
+pub const DEFAULT_FLOW_IDLE_TIMEOUT: Nanos = 2 * 3600 * NANOS_PER_SEC;
+/// A closed connection is remembered this long, so late retransmissions are not taken
+/// for a connection picked up mid-stream (Linux's TIME_WAIT length, `TCP_TIMEWAIT_LEN`).
+pub const CLOSED_LINGER: Nanos = 60 * NANOS_PER_SEC;
 /// How often (in capture time) idle connections and stale holes are looked for.
 const SWEEP_INTERVAL: Nanos = NANOS_PER_SEC;
 /// Connections looked at to pick one to evict when the table is full.
@@ -42,12 +59,57 @@ pub struct FlowStats {
     pub flows_closed: u64,
     pub flows_expired: u64,
     pub flows_evicted: u64,
-    /// Segments whose bytes had all been delivered already.
+    /// Segments whose bytes had all been accepted already.
     pub retransmitted_segments: u64,
     /// Segments that arrived ahead of a hole and waited.
     pub out_of_order_segments: u64,
-    /// Holes skipped because they never filled.
+    /// Holes given up, for any reason below.
     pub gaps: u64,
+    /// Bytes the server acknowledged that the capture never had (ring loss, snaplen
+    /// aside: packets the capture did not see).
+    pub capture_loss_bytes: u64,
+    /// Holes given up on the fallback timer (no server facts, or capture loss).
+    pub gaps_timed_out: u64,
+    /// Holes given up because a connection without server facts filled its buffer.
+    pub gaps_forced: u64,
+    /// Out-of-order segments dropped by the memory bounds.
+    pub pruned_segments: u64,
+    /// Server → client segments read for their header facts.
+    pub server_segments: u64,
+    /// Client segments the server discards: bad checksum.
+    pub bad_checksum_segments: u64,
+    /// Client segments the server discards: outside its receive window.
+    pub out_of_window_segments: u64,
+    /// Client segments the server discards: no ACK flag, an ACK of data it never sent,
+    /// data on a SYN.
+    pub discarded_segments: u64,
+    /// RSTs the server ignores (RFC 5961 §3: not exactly at the next expected byte).
+    pub ignored_resets: u64,
+    /// SYNs on an open connection the server ignores (RFC 5961 §4).
+    pub ignored_syns: u64,
+    /// Urgent bytes taken out of the stream (Linux's default, no SO_OOBINLINE).
+    pub urgent_bytes_removed: u64,
+    /// Segments of a closed connection (late retransmissions, forged data).
+    pub after_close_segments: u64,
+    /// Connections that ended with no server facts seen (one-sided capture).
+    pub one_sided_flows: u64,
+}
+
+/// Limits of a [`FlowTable`].
+#[derive(Debug, Clone, Copy)]
+pub struct FlowLimits {
+    pub max_flows: usize,
+    /// A connection silent this long is forgotten.
+    pub idle_timeout: Nanos,
+}
+
+impl Default for FlowLimits {
+    fn default() -> Self {
+        Self {
+            max_flows: MAX_FLOWS,
+            idle_timeout: DEFAULT_FLOW_IDLE_TIMEOUT,
+        }
+    }
 }
 
 struct Pending {
@@ -56,18 +118,53 @@ struct Pending {
     data: Vec<u8>,
 }
 
+impl Pending {
+    fn end(&self) -> u32 {
+        self.seq.wrapping_add(self.wire_len)
+    }
+
+    fn cost(&self) -> usize {
+        self.data.len() + SEGMENT_OVERHEAD
+    }
+}
+
+/// What the server's own segments say.
+#[derive(Debug, Clone, Copy)]
+struct ServerView {
+    /// The server's next sequence number: the client cannot acknowledge beyond it.
+    snd_nxt: u32,
+    /// The highest byte the server acknowledged.
+    acked: u32,
+    /// Right edge of the receive window the server advertised (it never shrinks it:
+    /// `tcp_select_window`).
+    right_edge: u32,
+    /// Shift of the server's window field outside SYNs (RFC 7323 §2.3).
+    wscale: u8,
+}
+
 struct Flow<S> {
-    /// Sequence number of the next byte to deliver.
+    /// Closed (FIN reached, RST accepted, or the server reset it): kept for a while so
+    /// late segments are recognised, with no buffers.
+    closed: bool,
+    /// Sequence number of the next byte to accept (the server's `rcv_nxt`).
     next_seq: u32,
-    /// Initial sequence number, when the SYN was seen (tells a retransmitted SYN from a
-    /// new connection on the same ports).
+    /// The client's initial sequence number, when its SYN was seen.
     isn: Option<u32>,
+    /// Whether the client's SYN offered window scaling (`None`: SYN not seen).
+    client_wscale: Option<bool>,
     fin_seq: Option<u32>,
-    /// Sorted by distance from `next_seq`.
+    server: Option<ServerView>,
+    /// A SYN with another initial sequence number on this open connection: the server
+    /// ignores it unless it is a new connection, which its SYN-ACK would show.
+    new_isn: Option<(u32, bool)>,
+    /// The pending urgent byte's sequence number (Linux keeps one: `urg_seq`).
+    urgent: Option<u32>,
+    /// Sorted by start, per Linux's out-of-order rules (see `queue`).
     pending: Vec<Pending>,
     pending_bytes: usize,
-    /// When the oldest waiting segment arrived.
+    /// When the oldest hole opened, and the capture-loss count at that time.
     gap_since: Nanos,
+    gap_loss: u64,
     last_seen: Nanos,
     app: S,
 }
@@ -75,23 +172,41 @@ struct Flow<S> {
 /// Bounded table of connections. `S` is the per-connection consumer state.
 pub struct FlowTable<S> {
     flows: HashMap<FlowKey, Flow<S>, foldhash::fast::RandomState>,
-    max_flows: usize,
+    limits: FlowLimits,
     last_sweep: Nanos,
+    /// Out-of-order bytes held across connections.
+    pending_total: usize,
+    /// Events the capture lost so far: a hole that opened before a loss may never be
+    /// acknowledged where the agent can see it.
+    capture_loss: u64,
     stats: FlowStats,
 }
 
 impl<S: Default> Default for FlowTable<S> {
     fn default() -> Self {
-        Self::new(MAX_FLOWS)
+        Self::new(FlowLimits::default())
     }
 }
 
+/// What the table lends a connection while it handles a segment.
+struct Ctx<'a, D> {
+    key: &'a FlowKey,
+    stats: &'a mut FlowStats,
+    pending_total: &'a mut usize,
+    deliver: &'a mut D,
+}
+
 impl<S: Default> FlowTable<S> {
-    pub fn new(max_flows: usize) -> Self {
+    pub fn new(limits: FlowLimits) -> Self {
         Self {
             flows: HashMap::default(),
-            max_flows: max_flows.max(1),
+            limits: FlowLimits {
+                max_flows: limits.max_flows.max(1),
+                ..limits
+            },
             last_sweep: 0,
+            pending_total: 0,
+            capture_loss: 0,
             stats: FlowStats::default(),
         }
     }
@@ -100,6 +215,7 @@ impl<S: Default> FlowTable<S> {
         self.stats
     }
 
+    /// Connections tracked (closed ones still remembered included).
     pub fn len(&self) -> usize {
         self.flows.len()
     }
@@ -113,104 +229,150 @@ impl<S: Default> FlowTable<S> {
         self.flows.is_empty()
     }
 
-    /// Takes one segment; calls `deliver` with the connection's state for every piece that
-    /// is now in order (possibly none, possibly several when a hole fills).
-    pub fn push(
-        &mut self,
-        seg: &Segment<'_>,
-        deliver: &mut impl FnMut(&mut S, &FlowKey, Piece<'_>),
-    ) {
+    /// The capture's running total of lost events (live: the ring buffer was full).
+    pub fn set_capture_loss(&mut self, total: u64) {
+        self.capture_loss = total;
+    }
+
+    /// Takes one segment of either direction; calls `deliver` with the connection's
+    /// state for every piece that is now in order (possibly none, possibly several when
+    /// a hole fills or the server acknowledges past one).
+    pub fn push<D>(&mut self, seg: &Segment<'_>, deliver: &mut D)
+    where
+        D: FnMut(&mut S, &FlowKey, Piece<'_>),
+    {
         self.sweep(seg.ts, deliver);
-        if seg.flags.rst {
-            if self.flows.remove(&seg.flow).is_some() {
-                self.stats.flows_closed += 1;
-            }
+        match seg.dir {
+            Direction::ToClient => self.server_segment(seg, deliver),
+            Direction::ToServer => self.client_segment(seg, deliver),
+        }
+    }
+
+    fn client_segment<D>(&mut self, seg: &Segment<'_>, deliver: &mut D)
+    where
+        D: FnMut(&mut S, &FlowKey, Piece<'_>),
+    {
+        if seg.checksum == Checksum::Bad {
+            // Linux drops it before TCP looks at it (`tcp_checksum_complete`).
+            self.stats.bad_checksum_segments += 1;
             return;
         }
         if seg.is_bare_ack() {
             return;
         }
-        let data_seq = if seg.flags.syn {
-            seg.seq.wrapping_add(1)
-        } else {
-            seg.seq
-        };
-        let opens = seg.flags.syn || seg.wire_len > 0;
-        if opens && self.flows.len() >= self.max_flows && !self.flows.contains_key(&seg.flow) {
-            evict_one(&mut self.flows);
+        let opens = seg.flags.syn || (seg.flags.ack && seg.wire_len > 0 && !seg.flags.rst);
+        let full = self.flows.len() >= self.limits.max_flows;
+        if opens
+            && full
+            && !self.flows.contains_key(&seg.flow)
+            && let Some(gone) = evict_one(&mut self.flows)
+        {
+            self.pending_total -= gone.pending_bytes;
             self.stats.flows_evicted += 1;
-        }
-        let flow = match self.flows.entry(seg.flow) {
-            Entry::Occupied(o) => {
-                let flow = o.into_mut();
-                if seg.flags.syn && flow.isn != Some(seg.seq) {
-                    // Same ports, new initial sequence number: a new connection.
-                    *flow = Flow::new(data_seq, Some(seg.seq), seg.ts);
-                    self.stats.flows_closed += 1;
-                    self.stats.flows_opened += 1;
-                }
-                flow
+            if gone.server.is_none() && !gone.closed {
+                self.stats.one_sided_flows += 1;
             }
+        }
+        let loss = self.capture_loss;
+        let mut ctx = Ctx {
+            key: &seg.flow,
+            stats: &mut self.stats,
+            pending_total: &mut self.pending_total,
+            deliver,
+        };
+        match self.flows.entry(seg.flow) {
             Entry::Vacant(v) => {
                 if !opens {
-                    // A bare ACK or FIN of a connection we do not track: nothing to learn.
+                    // A RST, FIN or ACK-less segment of a connection we do not track:
+                    // no socket would take data from it.
                     return;
                 }
-                self.stats.flows_opened += 1;
-                let flow = v.insert(Flow::new(
-                    data_seq,
-                    seg.flags.syn.then_some(seg.seq),
-                    seg.ts,
-                ));
+                ctx.stats.flows_opened += 1;
+                let flow = v.insert(Flow::new(seg));
                 if !seg.flags.syn {
                     // Joined mid-stream: the consumer must find a message start.
-                    deliver(&mut flow.app, &seg.flow, Piece::Gap(None));
+                    (ctx.deliver)(&mut flow.app, ctx.key, Piece::Gap(None));
+                    flow.client_data(seg, loss, &mut ctx);
+                } else if seg.wire_len > 0 {
+                    ctx.stats.discarded_segments += 1; // SYN data: no TCP Fast Open.
                 }
-                flow
             }
-        };
-        let stats = &mut self.stats;
-        flow.last_seen = seg.ts;
-        if seg.wire_len > 0 {
-            flow.accept(
-                data_seq,
-                seg.payload,
-                seg.wire_len,
-                seg.ts,
-                stats,
-                &seg.flow,
-                deliver,
-            );
-        } else if seg.flags.syn && flow.isn == Some(seg.seq) && flow.next_seq != data_seq {
-            stats.retransmitted_segments += 1;
-        }
-        if seg.flags.fin {
-            flow.fin_seq = Some(data_seq.wrapping_add(seg.wire_len));
-        }
-        if !flow.pending.is_empty() && seg.ts.saturating_sub(flow.gap_since) > GAP_TIMEOUT {
-            flow.skip_hole(stats, &seg.flow, deliver);
-        }
-        if flow.fin_seq == Some(flow.next_seq) {
-            self.flows.remove(&seg.flow);
-            self.stats.flows_closed += 1;
+            Entry::Occupied(mut o) => {
+                let flow = o.get_mut();
+                if flow.closed {
+                    if seg.flags.syn && flow.isn != Some(seg.seq) {
+                        ctx.stats.flows_opened += 1;
+                        *flow = Flow::new(seg);
+                    } else {
+                        ctx.stats.after_close_segments += 1;
+                    }
+                    return;
+                }
+                flow.last_seen = seg.ts;
+                if seg.flags.syn {
+                    flow.client_syn(seg, &mut ctx);
+                } else {
+                    flow.client_data(seg, loss, &mut ctx);
+                }
+            }
         }
     }
 
-    /// Periodic upkeep in capture time: skips holes older than [`GAP_TIMEOUT`] and
-    /// forgets connections idle for [`FLOW_IDLE_TIMEOUT`].
-    pub fn sweep(&mut self, now: Nanos, deliver: &mut impl FnMut(&mut S, &FlowKey, Piece<'_>)) {
+    fn server_segment<D>(&mut self, seg: &Segment<'_>, deliver: &mut D)
+    where
+        D: FnMut(&mut S, &FlowKey, Piece<'_>),
+    {
+        // Facts about connections the agent does not track teach it nothing.
+        let Some(flow) = self.flows.get_mut(&seg.flow) else {
+            return;
+        };
+        self.stats.server_segments += 1;
+        if flow.closed {
+            return;
+        }
+        flow.last_seen = seg.ts;
+        let mut ctx = Ctx {
+            key: &seg.flow,
+            stats: &mut self.stats,
+            pending_total: &mut self.pending_total,
+            deliver,
+        };
+        flow.server_facts(seg, &mut ctx);
+    }
+
+    /// Periodic upkeep in capture time: applies the fallback hole timer, forgets idle
+    /// connections and closed ones whose linger time is over.
+    pub fn sweep<D>(&mut self, now: Nanos, deliver: &mut D)
+    where
+        D: FnMut(&mut S, &FlowKey, Piece<'_>),
+    {
         if now.saturating_sub(self.last_sweep) < SWEEP_INTERVAL {
             return;
         }
         self.last_sweep = now;
+        let loss = self.capture_loss;
+        let idle_timeout = self.limits.idle_timeout;
         let stats = &mut self.stats;
+        let pending_total = &mut self.pending_total;
         self.flows.retain(|key, flow| {
-            if !flow.pending.is_empty() && now.saturating_sub(flow.gap_since) > GAP_TIMEOUT {
-                flow.skip_hole(stats, key, deliver);
+            let idle = now.saturating_sub(flow.last_seen);
+            if flow.closed {
+                return idle <= CLOSED_LINGER;
             }
-            let keep = now.saturating_sub(flow.last_seen) <= FLOW_IDLE_TIMEOUT;
+            let mut ctx = Ctx {
+                key,
+                stats,
+                pending_total,
+                deliver,
+            };
+            flow.hole_timer(now, loss, &mut ctx);
+            let keep = idle <= idle_timeout;
             if !keep {
-                stats.flows_expired += 1;
+                ctx.stats.flows_expired += 1;
+                *ctx.pending_total -= flow.pending_bytes;
+                if flow.server.is_none() {
+                    ctx.stats.one_sided_flows += 1;
+                }
             }
             keep
         });
@@ -219,15 +381,15 @@ impl<S: Default> FlowTable<S> {
 
 /// Evicts the least recently seen of a few connections: an O(1) approximation of LRU
 /// that keeps a flood of new connections from costing a scan each.
-fn evict_one<S>(flows: &mut HashMap<FlowKey, Flow<S>, foldhash::fast::RandomState>) {
+fn evict_one<S>(
+    flows: &mut HashMap<FlowKey, Flow<S>, foldhash::fast::RandomState>,
+) -> Option<Flow<S>> {
     let victim = flows
         .iter()
         .take(EVICTION_SAMPLE)
-        .min_by_key(|(_, f)| f.last_seen)
-        .map(|(k, _)| *k);
-    if let Some(key) = victim {
-        flows.remove(&key);
-    }
+        .min_by_key(|(_, f)| (!f.closed, f.last_seen))
+        .map(|(k, _)| *k)?;
+    flows.remove(&victim)
 }
 
 /// Signed distance from `from` to `to` in sequence space (RFC 9293 §3.4 arithmetic).
@@ -235,369 +397,470 @@ fn seq_distance(from: u32, to: u32) -> i64 {
     i64::from(to.wrapping_sub(from) as i32)
 }
 
+/// `a` comes before `b` in sequence space (the kernel's `before()`).
+fn before(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+/// `a` comes after `b` in sequence space (the kernel's `after()`).
+fn after(a: u32, b: u32) -> bool {
+    before(b, a)
+}
+
+fn later(a: u32, b: u32) -> u32 {
+    if after(b, a) { b } else { a }
+}
+
 impl<S: Default> Flow<S> {
-    fn new(next_seq: u32, isn: Option<u32>, now: Nanos) -> Self {
+    /// A connection opened by a SYN, or joined mid-stream at a data segment.
+    fn new(seg: &Segment<'_>) -> Self {
+        let (next_seq, isn, client_wscale) = if seg.flags.syn {
+            (
+                seg.seq.wrapping_add(1),
+                Some(seg.seq),
+                Some(seg.wscale.is_some()),
+            )
+        } else {
+            (seg.seq, None, None)
+        };
         Self {
+            closed: false,
             next_seq,
             isn,
+            client_wscale,
             fin_seq: None,
+            server: None,
+            new_isn: None,
+            urgent: None,
             pending: Vec::new(),
             pending_bytes: 0,
-            gap_since: now,
-            last_seen: now,
+            gap_since: seg.ts,
+            gap_loss: 0,
+            last_seen: seg.ts,
             app: S::default(),
         }
     }
-}
 
-impl<S> Flow<S> {
-    #[allow(clippy::too_many_arguments)]
-    fn accept(
-        &mut self,
-        seq: u32,
-        payload: &[u8],
-        wire_len: u32,
-        now: Nanos,
-        stats: &mut FlowStats,
-        key: &FlowKey,
-        deliver: &mut impl FnMut(&mut S, &FlowKey, Piece<'_>),
-    ) {
-        let ahead = seq_distance(self.next_seq, seq);
-        if ahead <= 0 {
-            self.deliver_from(seq, payload, wire_len, stats, key, deliver);
-            self.drain(stats, key, deliver);
+    /// Ends the connection: buffers go, the entry lingers to recognise late segments.
+    fn close<D>(&mut self, ctx: &mut Ctx<'_, D>) {
+        ctx.stats.flows_closed += 1;
+        if self.server.is_none() {
+            ctx.stats.one_sided_flows += 1;
+        }
+        *ctx.pending_total -= self.pending_bytes;
+        self.pending = Vec::new();
+        self.pending_bytes = 0;
+        self.app = S::default();
+        self.closed = true;
+    }
+
+    /// A SYN on an open connection.
+    fn client_syn<D>(&mut self, seg: &Segment<'_>, ctx: &mut Ctx<'_, D>) {
+        if self.isn == Some(seg.seq) {
+            ctx.stats.retransmitted_segments += 1;
             return;
         }
-        // Ahead of a hole: wait for the hole to fill.
-        stats.out_of_order_segments += 1;
-        let pos = self
-            .pending
-            .partition_point(|p| seq_distance(self.next_seq, p.seq) < ahead);
-        if self
-            .pending
-            .get(pos)
-            .is_some_and(|p| p.seq == seq && p.wire_len >= wire_len)
+        if self.server.is_none() {
+            // One-sided: the server's answer cannot be seen; a new initial sequence
+            // number on these ports is taken as a new connection.
+            ctx.stats.flows_closed += 1;
+            ctx.stats.flows_opened += 1;
+            *ctx.pending_total -= self.pending_bytes;
+            *self = Flow::new(seg);
+            return;
+        }
+        // RFC 5961 §4.2 (`tcp_validate_incoming`): a challenge ACK, the segment is
+        // dropped. It is a new connection only if the server answers with a SYN-ACK.
+        ctx.stats.ignored_syns += 1;
+        self.new_isn = Some((seg.seq, seg.wscale.is_some()));
+    }
+
+    fn gap_timer_applies(&self, loss: u64) -> bool {
+        self.server.is_none() || self.gap_loss != loss
+    }
+
+    fn hole_timer<D>(&mut self, now: Nanos, loss: u64, ctx: &mut Ctx<'_, D>)
+    where
+        D: FnMut(&mut S, &FlowKey, Piece<'_>),
+    {
+        if !self.pending.is_empty()
+            && self.gap_timer_applies(loss)
+            && now.saturating_sub(self.gap_since) > GAP_TIMEOUT
         {
-            stats.retransmitted_segments += 1;
-            return;
-        }
-        if self.pending.is_empty() {
-            self.gap_since = now;
-        }
-        self.pending.insert(
-            pos,
-            Pending {
-                seq,
-                wire_len,
-                data: payload.to_vec(),
-            },
-        );
-        self.pending_bytes += payload.len();
-        if self.pending_bytes > MAX_PENDING_BYTES || self.pending.len() > MAX_PENDING_SEGMENTS {
-            self.skip_hole(stats, key, deliver);
+            ctx.stats.gaps_timed_out += 1;
+            self.skip_hole(ctx);
         }
     }
 
+    /// A client segment without SYN on an open connection: the checks of Linux's
+    /// `tcp_validate_incoming`, `tcp_ack` and `tcp_data_queue`, in that order.
+    fn client_data<D>(&mut self, seg: &Segment<'_>, loss: u64, ctx: &mut Ctx<'_, D>)
+    where
+        D: FnMut(&mut S, &FlowKey, Piece<'_>),
+    {
+        let view = self.server;
+        // `tcp_sequence`: a segment starting beyond the advertised window is dropped
+        // (RSTs included: RFC 5961 §3.2).
+        if let Some(v) = view
+            && after(seg.seq, v.right_edge)
+        {
+            ctx.stats.out_of_window_segments += 1;
+            return;
+        }
+        if seg.flags.rst {
+            // RFC 5961 §3.2: only a RST exactly at the next expected byte resets;
+            // any other in-window RST gets a challenge ACK and is ignored.
+            if seg.seq == self.next_seq {
+                self.close(ctx);
+            } else {
+                ctx.stats.ignored_resets += 1;
+            }
+            return;
+        }
+        if !seg.flags.ack {
+            // An established socket drops segments without ACK (RFC 9293 §3.10.7.4).
+            ctx.stats.discarded_segments += 1;
+            return;
+        }
+        if let Some(v) = view
+            && after(seg.ack, v.snd_nxt)
+        {
+            // `tcp_ack`: an ACK of data the server never sent drops the segment.
+            ctx.stats.discarded_segments += 1;
+            return;
+        }
+        if seg.flags.urg {
+            self.note_urgent(seg.seq, seg.urgent);
+        }
+        if seg.wire_len > 0 {
+            let end = seg.seq.wrapping_add(seg.wire_len);
+            if !after(end, self.next_seq) {
+                ctx.stats.retransmitted_segments += 1;
+            } else {
+                let first_new = if before(seg.seq, self.next_seq) {
+                    self.next_seq
+                } else {
+                    seg.seq
+                };
+                // `tcp_data_queue`: new bytes must start inside the window.
+                if view.is_some_and(|v| !before(first_new, v.right_edge)) {
+                    ctx.stats.out_of_window_segments += 1;
+                    return;
+                }
+                self.accept(seg, loss, ctx);
+            }
+        }
+        if seg.flags.fin && self.fin_seq.is_none() {
+            self.fin_seq = Some(seg.seq.wrapping_add(seg.wire_len));
+        }
+        if self.pending.is_empty() || !self.gap_timer_applies(loss) {
+            // Nothing to time out.
+        } else if seg.ts.saturating_sub(self.gap_since) > GAP_TIMEOUT {
+            ctx.stats.gaps_timed_out += 1;
+            self.skip_hole(ctx);
+        }
+        if self.fin_seq == Some(self.next_seq) {
+            self.close(ctx);
+        }
+    }
+
+    /// Linux's `tcp_check_urg` with `tcp_stdurg` off: the urgent byte is the one before
+    /// the pointer; only one is kept, a later pointer replaces it; pointers behind what
+    /// was already accepted are ignored.
+    fn note_urgent(&mut self, seq: u32, pointer: u16) {
+        let offset = u32::from(pointer).saturating_sub(1);
+        let at = seq.wrapping_add(if pointer == 0 { 0 } else { offset });
+        if before(at, self.next_seq) {
+            return;
+        }
+        if self.urgent.is_some_and(|u| !after(at, u)) {
+            return;
+        }
+        self.urgent = Some(at);
+    }
+
+    /// Queues or delivers a segment with new bytes.
+    fn accept<D>(&mut self, seg: &Segment<'_>, loss: u64, ctx: &mut Ctx<'_, D>)
+    where
+        D: FnMut(&mut S, &FlowKey, Piece<'_>),
+    {
+        if !after(seg.seq, self.next_seq) {
+            self.deliver_from(seg.seq, seg.payload, seg.wire_len, ctx);
+            self.drain(ctx);
+            return;
+        }
+        ctx.stats.out_of_order_segments += 1;
+        if self.pending.is_empty() {
+            self.gap_since = seg.ts;
+            self.gap_loss = loss;
+        }
+        self.queue(seg, ctx);
+        if self.pending_bytes > MAX_PENDING_BYTES || *ctx.pending_total > MAX_PENDING_TOTAL {
+            if self.server.is_some() {
+                self.prune(ctx);
+            } else {
+                // One-sided: no acknowledgment will ever say the hole is lost.
+                ctx.stats.gaps_forced += 1;
+                self.skip_hole(ctx);
+            }
+        }
+    }
+
+    /// Inserts an out-of-order segment as `tcp_data_queue_ofo` does: a segment wholly
+    /// inside a queued one is dropped (the queued bytes win); one that starts where a
+    /// queued one starts and goes further replaces it; queued segments it wholly covers
+    /// are removed; partial overlaps keep both, and the one that starts first wins the
+    /// overlapping bytes when they are read.
+    fn queue<D>(&mut self, seg: &Segment<'_>, ctx: &mut Ctx<'_, D>) {
+        let base = self.next_seq;
+        let start = seq_distance(base, seg.seq);
+        let end = seg.seq.wrapping_add(seg.wire_len);
+        let mut at = self
+            .pending
+            .partition_point(|p| seq_distance(base, p.seq) <= start);
+        if let Some(prev) = at.checked_sub(1).map(|i| &self.pending[i])
+            && before(seg.seq, prev.end())
+        {
+            if !after(end, prev.end()) {
+                ctx.stats.retransmitted_segments += 1;
+                return;
+            }
+            if prev.seq == seg.seq {
+                at -= 1;
+                let gone = self.pending.remove(at);
+                self.pending_bytes -= gone.cost();
+                *ctx.pending_total -= gone.cost();
+            }
+        }
+        let new = Pending {
+            seq: seg.seq,
+            wire_len: seg.wire_len,
+            data: seg.payload.to_vec(),
+        };
+        self.pending_bytes += new.cost();
+        *ctx.pending_total += new.cost();
+        self.pending.insert(at, new);
+        // Remove what the new segment wholly covers.
+        while let Some(next) = self.pending.get(at + 1) {
+            if !after(end, next.seq) || before(end, next.end()) {
+                break;
+            }
+            let gone = self.pending.remove(at + 1);
+            self.pending_bytes -= gone.cost();
+            *ctx.pending_total -= gone.cost();
+        }
+    }
+
+    /// Drops the farthest waiting segments until the bounds hold again.
+    fn prune<D>(&mut self, ctx: &mut Ctx<'_, D>) {
+        while self.pending_bytes > MAX_PENDING_BYTES || *ctx.pending_total > MAX_PENDING_TOTAL {
+            let Some(gone) = self.pending.pop() else {
+                break;
+            };
+            self.pending_bytes -= gone.cost();
+            *ctx.pending_total -= gone.cost();
+            ctx.stats.pruned_segments += 1;
+        }
+    }
+
+    /// What a server segment says: its window and sequence space, whether it reset the
+    /// connection, and whether it acknowledged bytes the capture never had.
+    fn server_facts<D>(&mut self, seg: &Segment<'_>, ctx: &mut Ctx<'_, D>)
+    where
+        D: FnMut(&mut S, &FlowKey, Piece<'_>),
+    {
+        if seg.flags.rst {
+            self.close(ctx);
+            return;
+        }
+        if seg.flags.syn {
+            if !seg.flags.ack {
+                return; // A simultaneous open: not a server's answer.
+            }
+            if let Some((isn, offered)) = self.new_isn
+                && seg.ack == isn.wrapping_add(1)
+            {
+                // The server took the SYN the old connection ignored: a new connection.
+                ctx.stats.flows_closed += 1;
+                ctx.stats.flows_opened += 1;
+                *ctx.pending_total -= self.pending_bytes;
+                self.pending = Vec::new();
+                self.pending_bytes = 0;
+                self.next_seq = seg.ack;
+                self.isn = Some(isn);
+                self.client_wscale = Some(offered);
+                self.fin_seq = None;
+                self.urgent = None;
+                self.new_isn = None;
+                self.server = None;
+                self.app = S::default();
+            }
+            if self.server.is_none() || self.isn.is_some_and(|i| seg.ack == i.wrapping_add(1)) {
+                // Scaling holds only when both SYNs carried the option (RFC 7323 §2.2).
+                let wscale = match self.client_wscale {
+                    Some(true) => seg.wscale.unwrap_or(0),
+                    Some(false) => 0,
+                    None => MAX_WSCALE,
+                };
+                // The window of a SYN-ACK is never scaled.
+                let right_edge = seg.ack.wrapping_add(u32::from(seg.window));
+                self.server = Some(ServerView {
+                    snd_nxt: seg.seq.wrapping_add(seg.seq_len()),
+                    acked: seg.ack,
+                    right_edge,
+                    wscale,
+                });
+            }
+            return;
+        }
+        let view = self.server.get_or_insert(ServerView {
+            snd_nxt: seg.seq,
+            acked: seg.ack,
+            right_edge: seg.ack,
+            // The handshake was not seen: the scale is unknown, so the window is read
+            // as wide as it can be (never refuse what the server may accept).
+            wscale: if self.client_wscale == Some(false) {
+                0
+            } else {
+                MAX_WSCALE
+            },
+        });
+        view.snd_nxt = later(view.snd_nxt, seg.seq.wrapping_add(seg.seq_len()));
+        if !seg.flags.ack {
+            return;
+        }
+        view.acked = later(view.acked, seg.ack);
+        let edge = seg
+            .ack
+            .wrapping_add(u32::from(seg.window) << u32::from(view.wscale));
+        view.right_edge = later(view.right_edge, edge);
+        let mut target = seg.ack;
+        if let Some(fin) = self.fin_seq
+            && after(target, fin)
+        {
+            target = fin;
+        }
+        if after(target, self.next_seq) {
+            self.catch_up(target, ctx);
+        }
+        if self.fin_seq == Some(self.next_seq) {
+            self.close(ctx);
+        }
+    }
+
+    /// The server acknowledged up to `target`: bytes before it that the capture never
+    /// had are lost to the capture, not to the server.
+    fn catch_up<D>(&mut self, target: u32, ctx: &mut Ctx<'_, D>)
+    where
+        D: FnMut(&mut S, &FlowKey, Piece<'_>),
+    {
+        while before(self.next_seq, target) {
+            let next_start = self.pending.first().map(|p| p.seq);
+            match next_start {
+                Some(s) if !after(s, self.next_seq) => {
+                    let p = self.pending.remove(0);
+                    self.pending_bytes -= p.cost();
+                    *ctx.pending_total -= p.cost();
+                    self.deliver_from(p.seq, &p.data, p.wire_len, ctx);
+                }
+                _ => {
+                    let to = match next_start {
+                        Some(s) if before(s, target) => s,
+                        _ => target,
+                    };
+                    let hole = to.wrapping_sub(self.next_seq);
+                    ctx.stats.gaps += 1;
+                    ctx.stats.capture_loss_bytes += u64::from(hole);
+                    (ctx.deliver)(&mut self.app, ctx.key, Piece::Gap(Some(hole)));
+                    self.next_seq = to;
+                }
+            }
+        }
+        self.drain(ctx);
+    }
+
     /// Delivers a segment that starts at or before `next_seq`, trimming what was
-    /// delivered already.
-    fn deliver_from(
-        &mut self,
-        seq: u32,
-        payload: &[u8],
-        wire_len: u32,
-        stats: &mut FlowStats,
-        key: &FlowKey,
-        deliver: &mut impl FnMut(&mut S, &FlowKey, Piece<'_>),
-    ) {
+    /// accepted already and taking the urgent byte out.
+    fn deliver_from<D>(&mut self, seq: u32, payload: &[u8], wire_len: u32, ctx: &mut Ctx<'_, D>)
+    where
+        D: FnMut(&mut S, &FlowKey, Piece<'_>),
+    {
         let old = seq_distance(seq, self.next_seq) as u64;
         if old >= u64::from(wire_len) {
-            stats.retransmitted_segments += 1;
+            ctx.stats.retransmitted_segments += 1;
             return;
         }
         let old = old as usize;
         let fresh = payload.get(old..).unwrap_or(&[]);
         let fresh_wire = wire_len - old as u32;
-        if !fresh.is_empty() {
-            deliver(&mut self.app, key, Piece::Data(fresh));
+        let mut unseen = fresh_wire - fresh.len() as u32;
+        let urgent = self
+            .urgent
+            .map(|u| seq_distance(self.next_seq, u))
+            .filter(|&d| (0..i64::from(fresh_wire)).contains(&d));
+        match urgent {
+            Some(d) => {
+                let d = d as usize;
+                self.urgent = None;
+                ctx.stats.urgent_bytes_removed += 1;
+                if d < fresh.len() {
+                    for part in [&fresh[..d], &fresh[d + 1..]] {
+                        if !part.is_empty() {
+                            (ctx.deliver)(&mut self.app, ctx.key, Piece::Data(part));
+                        }
+                    }
+                } else {
+                    if !fresh.is_empty() {
+                        (ctx.deliver)(&mut self.app, ctx.key, Piece::Data(fresh));
+                    }
+                    unseen -= 1;
+                }
+            }
+            None if !fresh.is_empty() => {
+                (ctx.deliver)(&mut self.app, ctx.key, Piece::Data(fresh));
+            }
+            None => {}
         }
-        if fresh_wire as usize > fresh.len() {
+        if unseen > 0 {
             // The capture kept fewer bytes than the segment carried (snaplen).
-            deliver(
-                &mut self.app,
-                key,
-                Piece::Gap(Some(fresh_wire - fresh.len() as u32)),
-            );
+            (ctx.deliver)(&mut self.app, ctx.key, Piece::Gap(Some(unseen)));
         }
         self.next_seq = self.next_seq.wrapping_add(fresh_wire);
     }
 
     /// Delivers waiting segments that the stream has caught up with.
-    fn drain(
-        &mut self,
-        stats: &mut FlowStats,
-        key: &FlowKey,
-        deliver: &mut impl FnMut(&mut S, &FlowKey, Piece<'_>),
-    ) {
+    fn drain<D>(&mut self, ctx: &mut Ctx<'_, D>)
+    where
+        D: FnMut(&mut S, &FlowKey, Piece<'_>),
+    {
         while let Some(first) = self.pending.first() {
-            if seq_distance(self.next_seq, first.seq) > 0 {
+            if after(first.seq, self.next_seq) {
                 break;
             }
             let p = self.pending.remove(0);
-            self.pending_bytes -= p.data.len();
-            self.deliver_from(p.seq, &p.data, p.wire_len, stats, key, deliver);
+            self.pending_bytes -= p.cost();
+            *ctx.pending_total -= p.cost();
+            self.deliver_from(p.seq, &p.data, p.wire_len, ctx);
         }
     }
 
-    /// Gives up on the hole before the first waiting segment.
-    fn skip_hole(
-        &mut self,
-        stats: &mut FlowStats,
-        key: &FlowKey,
-        deliver: &mut impl FnMut(&mut S, &FlowKey, Piece<'_>),
-    ) {
+    /// Gives up on the hole before the first waiting segment (fallback only).
+    fn skip_hole<D>(&mut self, ctx: &mut Ctx<'_, D>)
+    where
+        D: FnMut(&mut S, &FlowKey, Piece<'_>),
+    {
         let Some(first) = self.pending.first() else {
             return;
         };
         let hole = seq_distance(self.next_seq, first.seq);
         if hole > 0 {
-            stats.gaps += 1;
-            deliver(&mut self.app, key, Piece::Gap(Some(hole as u32)));
+            ctx.stats.gaps += 1;
+            (ctx.deliver)(&mut self.app, ctx.key, Piece::Gap(Some(hole as u32)));
             self.next_seq = first.seq;
         }
-        self.drain(stats, key, deliver);
+        self.drain(ctx);
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::source::TcpFlags;
-
-    fn key() -> FlowKey {
-        FlowKey {
-            client: "10.0.0.1:40000".parse().unwrap(),
-            server: "10.0.0.2:80".parse().unwrap(),
-        }
-    }
-
-    fn seg(ts: Nanos, seq: u32, flags: TcpFlags, payload: &[u8]) -> Segment<'_> {
-        Segment {
-            ts,
-            flow: key(),
-            seq,
-            flags,
-            payload,
-            wire_len: payload.len() as u32,
-        }
-    }
-
-    const SYN: TcpFlags = TcpFlags {
-        syn: true,
-        fin: false,
-        rst: false,
-    };
-    const NONE: TcpFlags = TcpFlags {
-        syn: false,
-        fin: false,
-        rst: false,
-    };
-    const FIN: TcpFlags = TcpFlags {
-        syn: false,
-        fin: true,
-        rst: false,
-    };
-
-    /// Collects what the consumer sees, as text with gaps marked.
-    #[derive(Default)]
-    struct Seen(String);
-
-    fn run(segments: &[Segment<'_>]) -> (String, FlowStats, usize) {
-        let mut table: FlowTable<Seen> = FlowTable::default();
-        let mut out = String::new();
-        for s in segments {
-            table.push(
-                s,
-                &mut |app: &mut Seen, _k: &FlowKey, piece: Piece<'_>| match piece {
-                    Piece::Data(d) => app.0.push_str(std::str::from_utf8(d).unwrap()),
-                    Piece::Gap(n) => app.0.push_str(&format!("<gap {n:?}>")),
-                },
-            );
-            if let Some(f) = table.flows.get(&key()) {
-                out = f.app.0.clone();
-            }
-        }
-        (out, table.stats(), table.len())
-    }
-
-    #[test]
-    fn in_order_with_handshake() {
-        let (out, stats, _) = run(&[
-            seg(0, 99, SYN, b""),
-            seg(1, 100, NONE, b"abc"),
-            seg(2, 103, NONE, b"def"),
-        ]);
-        assert_eq!(out, "abcdef");
-        assert_eq!(stats.flows_opened, 1);
-    }
-
-    #[test]
-    fn retransmission_is_delivered_once() {
-        let (out, stats, _) = run(&[
-            seg(0, 99, SYN, b""),
-            seg(1, 100, NONE, b"abc"),
-            seg(2, 100, NONE, b"abc"),
-            seg(3, 101, NONE, b"bcdef"),
-        ]);
-        assert_eq!(out, "abcdef");
-        assert_eq!(stats.retransmitted_segments, 1);
-    }
-
-    #[test]
-    fn out_of_order_waits_for_the_hole() {
-        let (out, stats, _) = run(&[
-            seg(0, 99, SYN, b""),
-            seg(1, 103, NONE, b"def"),
-            seg(2, 106, NONE, b"ghi"),
-            seg(3, 100, NONE, b"abc"),
-        ]);
-        assert_eq!(out, "abcdefghi");
-        assert_eq!(stats.out_of_order_segments, 2);
-        assert_eq!(stats.gaps, 0);
-    }
-
-    #[test]
-    fn a_hole_that_never_fills_is_skipped_after_the_timeout() {
-        let late = GAP_TIMEOUT + 10;
-        let (out, stats, _) = run(&[
-            seg(0, 99, SYN, b""),
-            seg(1, 100, NONE, b"abc"),
-            seg(2, 106, NONE, b"ghi"),
-            seg(late, 109, NONE, b"jkl"),
-        ]);
-        assert_eq!(out, "abc<gap Some(3)>ghijkl");
-        assert_eq!(stats.gaps, 1);
-    }
-
-    #[test]
-    fn mid_stream_start_is_announced() {
-        let (out, _, _) = run(&[seg(0, 5000, NONE, b"xyz")]);
-        assert_eq!(out, "<gap None>xyz");
-    }
-
-    #[test]
-    fn snaplen_cut_is_a_known_gap() {
-        let mut s = seg(1, 100, NONE, b"ab");
-        s.wire_len = 10;
-        let (out, _, _) = run(&[seg(0, 99, SYN, b""), s, seg(2, 110, NONE, b"z")]);
-        assert_eq!(out, "ab<gap Some(8)>z");
-    }
-
-    #[test]
-    fn fin_closes_and_rst_forgets() {
-        let (_, stats, live) = run(&[seg(0, 99, SYN, b""), seg(1, 100, FIN, b"abc")]);
-        assert_eq!((stats.flows_closed, live), (1, 0));
-        let rst = TcpFlags { rst: true, ..NONE };
-        let (_, stats, live) = run(&[seg(0, 99, SYN, b""), seg(1, 100, rst, b"")]);
-        assert_eq!((stats.flows_closed, live), (1, 0));
-    }
-
-    #[test]
-    fn sequence_numbers_wrap() {
-        let (out, _, _) = run(&[
-            seg(0, u32::MAX - 1, SYN, b""),
-            seg(1, u32::MAX, NONE, b"ab"),
-            seg(2, 1, NONE, b"cd"),
-        ]);
-        assert_eq!(out, "abcd");
-    }
-
-    #[test]
-    fn pending_buffer_is_bounded() {
-        let big = vec![b'x'; 1000];
-        let mut segs = vec![seg(0, 99, SYN, b"")];
-        // A hole at 100..101, then far more waiting data than the cap.
-        for i in 0..100u32 {
-            segs.push(seg(1, 101 + i * 1000, NONE, &big));
-        }
-        let mut table: FlowTable<Seen> = FlowTable::default();
-        for s in &segs {
-            table.push(s, &mut |_: &mut Seen, _: &FlowKey, _: Piece<'_>| {});
-            let f = table.flows.get(&key()).unwrap();
-            assert!(f.pending_bytes <= MAX_PENDING_BYTES);
-        }
-        assert_eq!(table.stats().gaps, 1);
-    }
-
-    #[test]
-    fn flow_table_is_bounded() {
-        let mut table: FlowTable<Seen> = FlowTable::new(4);
-        for port in 0..100u16 {
-            let mut s = seg(u64::from(port), 1, NONE, b"x");
-            s.flow.client.set_port(port);
-            table.push(&s, &mut |_: &mut Seen, _: &FlowKey, _: Piece<'_>| {});
-            assert!(table.len() <= 4);
-        }
-        assert_eq!(table.stats().flows_evicted, 96);
-    }
-
-    mod props {
-        use super::*;
-        use proptest::prelude::*;
-
-        /// A stream cut into segments, some sent twice, sent in a shuffled order where
-        /// no segment moves far (the out-of-order buffer holds them all).
-        fn mangled(len: usize) -> impl Strategy<Value = (Vec<u8>, Vec<(usize, usize)>)> {
-            (
-                proptest::collection::vec(1usize..40, 1..60),
-                proptest::collection::vec(any::<(u8, bool)>(), 60),
-            )
-                .prop_map(move |(sizes, noise)| {
-                    let data: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
-                    let mut cuts = Vec::new();
-                    let mut at = 0;
-                    for s in sizes {
-                        if at >= len {
-                            break;
-                        }
-                        let end = (at + s).min(len);
-                        cuts.push((at, end));
-                        at = end;
-                    }
-                    if at < len {
-                        cuts.push((at, len));
-                    }
-                    let mut order: Vec<(usize, usize)> = Vec::new();
-                    for (i, c) in cuts.iter().enumerate() {
-                        let (shift, dup) = noise[i % noise.len()];
-                        order.push(*c);
-                        if dup {
-                            order.push(*c);
-                        }
-                        // Swap with a recent neighbour to reorder.
-                        let back = usize::from(shift % 4).min(order.len() - 1);
-                        let last = order.len() - 1;
-                        order.swap(last, last - back);
-                    }
-                    (data, order)
-                })
-        }
-
-        proptest! {
-            #[test]
-            fn any_segmentation_duplication_and_reordering_delivers_the_stream_once((data, order) in mangled(800)) {
-                let mut table: FlowTable<Vec<u8>> = FlowTable::default();
-                let syn = seg(0, 999, SYN, b"");
-                let mut sink = |app: &mut Vec<u8>, _: &FlowKey, piece: Piece<'_>| match piece {
-                    Piece::Data(d) => app.extend_from_slice(d),
-                    Piece::Gap(_) => panic!("no gap expected"),
-                };
-                table.push(&syn, &mut sink);
-                for (a, b) in order {
-                    table.push(&seg(1, 1000 + a as u32, NONE, &data[a..b]), &mut sink);
-                }
-                let got = table.flows.get(&key()).map(|f| f.app.clone()).unwrap_or_default();
-                prop_assert_eq!(got, data);
-            }
-        }
-    }
-}
+mod tests;

@@ -15,6 +15,7 @@ pub mod flow;
 pub mod http;
 pub mod metrics;
 pub mod ops;
+pub mod packet;
 pub mod persist;
 pub mod pipeline;
 pub mod report;

@@ -24,7 +24,7 @@ use crate::session::{SessionState, SessionStats};
 pub const SNAPSHOT_FILE: &str = "snapshot.bin";
 const MAGIC: &[u8; 8] = b"SQSSNAP\0";
 /// Bumped on any change of [`Snapshot`]'s layout; other versions are set aside.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 const HEADER_LEN: usize = 8 + 4 + 32;
 
 /// Everything learned, with operations by the catalog's ids at save time.

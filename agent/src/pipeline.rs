@@ -8,15 +8,15 @@ use crate::alerts::{Alert, AlertAction, OutcomeSink, SEQUENCE_VIOLATION, rfc3339
 use crate::analytics::Analytics;
 use crate::config::{Config, ConfigError, EnforceMode, RuleAction};
 use crate::enforce::Blocks;
-use crate::flow::{FlowTable, Piece};
+use crate::flow::{FlowLimits, FlowTable, MAX_FLOWS, Piece};
 use crate::http::{HttpStats, HttpStream, RequestHead};
 use crate::ops::{Catalog, OpId, Resolved, normalise_host, split_target};
+use crate::packet::{Direction, FlowKey, Segment};
 use crate::persist::{Snapshot, Totals};
 use crate::report::{OperationReport, Report, SequenceReport, Stats};
 use crate::rules::RuleSet;
 use crate::session::{Entry, SessionCache, SessionId, SessionIdentifier, Sessions};
 use crate::source::pcap::{PcapCounters, PcapError, for_each_segment};
-use crate::source::{FlowKey, Segment};
 use crate::{Nanos, duration_nanos};
 
 /// One entry of a session's history, as the admin API shows it.
@@ -84,7 +84,10 @@ impl Pipeline {
         let seq = &config.sequence;
         let window = duration_nanos(seq.window);
         Ok(Self {
-            flows: FlowTable::default(),
+            flows: FlowTable::new(FlowLimits {
+                max_flows: MAX_FLOWS,
+                idle_timeout: duration_nanos(config.capture.flow_idle_timeout),
+            }),
             http: HttpStats::default(),
             analysis: Analysis {
                 catalog,
@@ -109,13 +112,15 @@ impl Pipeline {
         })
     }
 
-    /// Takes one client → server segment; alerts for the requests it completes go to
-    /// `alerts` before this returns.
+    /// Takes one segment (client → server bytes, or the server's header facts); alerts
+    /// for the requests it completes go to `alerts` before this returns.
     pub fn process(&mut self, seg: &Segment<'_>, alerts: &mut dyn OutcomeSink) {
         if seg.is_bare_ack() {
             return; // Not counted either: live, the kernel never hands these over.
         }
-        self.packets += 1;
+        if seg.dir == Direction::ToServer {
+            self.packets += 1;
+        }
         self.newest = self.newest.max(seg.ts);
         let Self {
             flows,
@@ -168,6 +173,7 @@ impl Pipeline {
     /// running total since this agent started (added to what earlier runs lost).
     pub fn set_lost_events(&mut self, total: u64) {
         self.lost_events = self.lost_base + total;
+        self.flows.set_capture_loss(total);
     }
 
     /// Time of the newest packet seen: the report time of a replay.

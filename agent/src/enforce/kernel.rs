@@ -8,7 +8,7 @@ use agent_common::{BlockEntry, FlowKey as KernelFlowKey, maps};
 use aya::maps::{HashMap, MapData};
 
 use super::{Verdict, VerdictAction, sock_destroy};
-use crate::source::FlowKey;
+use crate::packet::FlowKey;
 use crate::source::ring::wall_clock_now;
 
 #[derive(Debug, thiserror::Error)]

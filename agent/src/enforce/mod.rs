@@ -9,8 +9,8 @@ use std::net::IpAddr;
 use crate::Nanos;
 use crate::config::{BlockScope, EnforceConfig, EnforceMode, RuleAction};
 use crate::duration_nanos;
+use crate::packet::FlowKey;
 use crate::session::SessionId;
-use crate::source::FlowKey;
 
 pub mod kernel;
 pub mod sock_destroy;

@@ -18,9 +18,9 @@ use aya::programs::xdp::XdpMode;
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp};
 use aya::{Ebpf, EbpfLoader};
 
-use super::Segment;
 use super::ring::{KernelClock, segment_from_record};
 use crate::enforce::kernel::KernelEnforcer;
+use crate::packet::Segment;
 
 /// The kernel object built by `agent/build.rs` (empty when built with AYA_BUILD_SKIP=1).
 static KERNEL_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/seqshield"));

@@ -11,8 +11,10 @@ use pcap_file::DataLink;
 use pcap_file::pcap::PcapParser;
 use pcap_file::pcapng::{Block, PcapNgParser};
 
-use super::{FlowKey, Segment, TcpFlags};
 use crate::Nanos;
+use crate::packet::{
+    Checksum, Direction, FlowKey, MAX_VERIFIED_SEGMENT, Segment, TcpFlags, tcp_checksum, tcp_extras,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PcapError {
@@ -28,7 +30,9 @@ pub struct PcapCounters {
     pub frames: u64,
     /// TCP segments to an analysed port (handed on).
     pub segments: u64,
-    /// Frames that are not TCP to an analysed port (other traffic, server → client).
+    /// TCP segments from an analysed port (handed on for their header facts).
+    pub server_segments: u64,
+    /// Frames that are not TCP to or from an analysed port.
     pub ignored: u64,
     /// Frames that could not be decoded down to TCP (truncated headers, IP fragments).
     pub undecodable: u64,
@@ -204,26 +208,54 @@ impl Decoder<'_> {
                 return;
             }
         };
-        let server_port = tcp.header.destination_port();
-        if !self.ports.contains(&server_port) {
+        let (sport, dport) = (tcp.header.source_port(), tcp.header.destination_port());
+        let src = SocketAddr::new(tcp.src, sport);
+        let dst = SocketAddr::new(tcp.dst, dport);
+        let (dir, flow) = if self.ports.contains(&dport) {
+            self.counters.segments += 1;
+            let flow = FlowKey {
+                client: src,
+                server: dst,
+            };
+            (Direction::ToServer, flow)
+        } else if self.ports.contains(&sport) {
+            self.counters.server_segments += 1;
+            let flow = FlowKey {
+                client: dst,
+                server: src,
+            };
+            (Direction::ToClient, flow)
+        } else {
             self.counters.ignored += 1;
             return;
-        }
-        self.counters.segments += 1;
+        };
+        let wire_len = tcp.wire_len.max(tcp.payload.len() as u32);
+        let whole = tcp.payload.len() as u32 == wire_len;
+        let checksum =
+            if dir == Direction::ToServer && whole && tcp.segment.len() <= MAX_VERIFIED_SEGMENT {
+                tcp_checksum(tcp.src, tcp.dst, tcp.segment)
+            } else {
+                Checksum::Unverified
+            };
+        let extras = tcp_extras(tcp.header.slice());
         on_segment(Segment {
             ts,
-            flow: FlowKey {
-                client: SocketAddr::new(tcp.src, tcp.header.source_port()),
-                server: SocketAddr::new(tcp.dst, server_port),
-            },
+            flow,
+            dir,
             seq: tcp.header.sequence_number(),
-            flags: TcpFlags {
-                syn: tcp.header.syn(),
-                fin: tcp.header.fin(),
-                rst: tcp.header.rst(),
+            ack: extras.ack,
+            flags: TcpFlags::from_byte(tcp.header.slice()[13]),
+            window: extras.window,
+            urgent: extras.urgent,
+            wscale: extras.wscale,
+            checksum,
+            // The server's payload is never looked at.
+            payload: if dir == Direction::ToServer {
+                tcp.payload
+            } else {
+                &[]
             },
-            payload: tcp.payload,
-            wire_len: tcp.wire_len.max(tcp.payload.len() as u32),
+            wire_len,
         });
     }
 }
@@ -235,6 +267,8 @@ struct TcpView<'a> {
     header: TcpHeaderSlice<'a>,
     /// The payload bytes the capture kept.
     payload: &'a [u8],
+    /// Header and kept payload, contiguous (for the checksum).
+    segment: &'a [u8],
     /// The payload length on the wire.
     wire_len: u32,
 }
@@ -331,6 +365,7 @@ fn tcp_in<'a>(
         src,
         dst,
         payload: &ip_payload[header_len..],
+        segment: ip_payload,
         wire_len: wire_ip_payload.saturating_sub(header_len) as u32,
         header,
     })
@@ -372,6 +407,7 @@ fn decode_lax(link: DataLink, data: &[u8], cut: u32) -> Decoded<'_> {
         dst,
         header,
         payload,
+        segment: tcp.slice(),
         wire_len: (payload.len() as u32).saturating_add(missing),
     })
 }

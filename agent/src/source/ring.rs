@@ -3,10 +3,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use agent_common::{EventHeader, TCP_FIN, TCP_RST, TCP_SYN};
+use agent_common::EventHeader;
 
-use super::{FlowKey, Segment, TcpFlags};
 use crate::Nanos;
+use crate::packet::{FlowKey, Segment, TcpFlags};
 
 /// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time.
 #[derive(Debug, Clone, Copy)]
@@ -67,13 +67,10 @@ pub fn segment_from_record<'a>(record: &'a [u8], clock: &KernelClock) -> Option<
             server: SocketAddr::new(ip(h.server_addr)?, h.server_port),
         },
         seq: h.seq,
-        flags: TcpFlags {
-            syn: h.tcp_flags & TCP_SYN != 0,
-            fin: h.tcp_flags & TCP_FIN != 0,
-            rst: h.tcp_flags & TCP_RST != 0,
-        },
+        flags: TcpFlags::from_byte(h.tcp_flags),
         payload,
         wire_len: h.wire_len.max(u32::from(h.copied)),
+        ..Segment::default()
     })
 }
 
@@ -101,7 +98,7 @@ mod tests {
             wire_len,
             copied,
             family,
-            tcp_flags: TCP_SYN | 0x10,
+            tcp_flags: agent_common::TCP_SYN | 0x10,
             direction: 0,
             truncated: u8::from(u32::from(copied) < wire_len),
             _pad: [0; 6],

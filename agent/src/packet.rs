@@ -1,0 +1,310 @@
+//! What capture sources hand the pipeline: TCP segments of analysed connections, in both
+//! directions. Client → server segments carry the request bytes; server → client
+//! segments carry only header facts (sequence, acknowledgment, window, flags), which is
+//! what tells the reassembler what the server's TCP stack accepted.
+
+use std::net::{IpAddr, SocketAddr};
+
+use etherparse::checksum::Sum16BitWords;
+
+use crate::Nanos;
+
+/// Which way a segment travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    #[default]
+    ToServer,
+    /// Server → client: header facts only, the payload is never looked at.
+    ToClient,
+}
+
+/// Whether a segment's TCP checksum holds (RFC 9293 §3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Checksum {
+    /// Verified, by the NIC or by the source.
+    Valid,
+    /// Wrong: the server's stack discards the segment (`TcpInCsumErrors`).
+    Bad,
+    /// Not verifiable (the capture kept only part of the payload) or left to the
+    /// sender's offload (a local sender's partial checksum): taken as valid.
+    #[default]
+    Unverified,
+}
+
+/// One TCP segment of an analysed connection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Segment<'a> {
+    /// Capture time of the packet.
+    pub ts: Nanos,
+    pub flow: FlowKey,
+    pub dir: Direction,
+    pub seq: u32,
+    /// Acknowledgment number (meaningful when `flags.ack`).
+    pub ack: u32,
+    pub flags: TcpFlags,
+    /// The raw window field (scaled by the sender's window scale outside SYNs).
+    pub window: u16,
+    /// The urgent pointer (meaningful when `flags.urg`).
+    pub urgent: u16,
+    /// The window scale option of a SYN (RFC 7323 §2), when present.
+    pub wscale: Option<u8>,
+    pub checksum: Checksum,
+    /// The payload bytes the capture kept (always empty server → client).
+    pub payload: &'a [u8],
+    /// The payload length on the wire: more than `payload.len()` when the capture was
+    /// cut short (snaplen), so reassembly knows the size of the hole.
+    pub wire_len: u32,
+}
+
+impl Segment<'_> {
+    /// A client acknowledgement with no bytes and no SYN, FIN or RST: nothing for the
+    /// agent. The kernel program does not even hand these over; replay skips them
+    /// likewise. (The server's bare ACKs do matter: they move its window.)
+    pub fn is_bare_ack(&self) -> bool {
+        self.dir == Direction::ToServer
+            && self.wire_len == 0
+            && !self.flags.syn
+            && !self.flags.fin
+            && !self.flags.rst
+    }
+
+    /// Sequence space the segment occupies (SYN and FIN count one each).
+    pub fn seq_len(&self) -> u32 {
+        self.wire_len + u32::from(self.flags.syn) + u32::from(self.flags.fin)
+    }
+}
+
+/// A connection, named from the client's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowKey {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+}
+
+impl Default for FlowKey {
+    fn default() -> Self {
+        let unspecified = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+        Self {
+            client: unspecified,
+            server: unspecified,
+        }
+    }
+}
+
+impl std::hash::Hash for FlowKey {
+    // Addresses and ports as whole words: `SocketAddr`'s derived hash feeds the hasher
+    // byte slices and discriminants, several calls per address.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        for addr in [self.client, self.server] {
+            let ip = match addr.ip() {
+                IpAddr::V4(v4) => u128::from(v4.to_bits()),
+                IpAddr::V6(v6) => v6.to_bits() ^ (1 << 127),
+            };
+            state.write_u128(ip);
+            state.write_u16(addr.port());
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpFlags {
+    pub syn: bool,
+    pub fin: bool,
+    pub rst: bool,
+    pub ack: bool,
+    pub urg: bool,
+}
+
+impl TcpFlags {
+    /// From the TCP header's flags byte.
+    pub fn from_byte(b: u8) -> Self {
+        Self {
+            fin: b & 0x01 != 0,
+            syn: b & 0x02 != 0,
+            rst: b & 0x04 != 0,
+            ack: b & 0x10 != 0,
+            urg: b & 0x20 != 0,
+        }
+    }
+}
+
+/// TCP header fields beyond ports, sequence and flags, read from the raw header bytes
+/// (options included): what both sources hand on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpExtras {
+    pub ack: u32,
+    pub window: u16,
+    pub urgent: u16,
+    pub wscale: Option<u8>,
+}
+
+/// TCP option kinds (RFC 9293 §3.2, RFC 7323).
+const TCPOPT_EOL: u8 = 0;
+const TCPOPT_NOP: u8 = 1;
+const TCPOPT_WSCALE: u8 = 3;
+/// The largest shift RFC 7323 §2.3 allows; larger values are used as 14.
+pub const MAX_WSCALE: u8 = 14;
+
+/// Reads the acknowledgment, window, urgent pointer and window-scale option of a raw TCP
+/// header (`header` = the header with its options; at least the 20 fixed bytes).
+pub fn tcp_extras(header: &[u8]) -> TcpExtras {
+    let word = |at: usize| {
+        header
+            .get(at..at + 2)
+            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    let ack = header
+        .get(8..12)
+        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    let mut wscale = None;
+    let mut opts = header.get(20..).unwrap_or_default();
+    while let Some(&kind) = opts.first() {
+        match kind {
+            TCPOPT_EOL => break,
+            TCPOPT_NOP => opts = &opts[1..],
+            _ => {
+                let Some(&len) = opts.get(1) else { break };
+                let len = usize::from(len);
+                if len < 2 || len > opts.len() {
+                    break;
+                }
+                if kind == TCPOPT_WSCALE && len == 3 {
+                    wscale = Some(opts[2].min(MAX_WSCALE));
+                }
+                opts = &opts[len..];
+            }
+        }
+    }
+    TcpExtras {
+        ack,
+        window: word(14),
+        urgent: word(18),
+        wscale,
+    }
+}
+
+/// Longest TCP segment (header and payload) whose checksum a capture verifies. Larger
+/// ones are receive-offload aggregates (GRO/LRO) whose checksum field belongs to their
+/// first packet; the NIC verified the packets they were made of. No wire segment is
+/// larger on a 1500-byte MTU.
+pub const MAX_VERIFIED_SEGMENT: usize = 1480;
+
+/// Checks a TCP checksum over the pseudo-header and `segment` (header and payload, all
+/// of it). A checksum field that holds only the pseudo-header sum is what a local
+/// sender with checksum offload leaves in the packet before the device would finish it
+/// (Linux `__tcp_v4_send_check`); such packets never come from the wire, so they are
+/// taken as unverified rather than bad.
+pub fn tcp_checksum(src: IpAddr, dst: IpAddr, segment: &[u8]) -> Checksum {
+    let Some(field) = segment.get(16..18) else {
+        return Checksum::Bad;
+    };
+    let Ok(len) = u32::try_from(segment.len()) else {
+        return Checksum::Unverified;
+    };
+    let mut pseudo = Sum16BitWords::new();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            pseudo = pseudo.add_4bytes(s.octets()).add_4bytes(d.octets());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            pseudo = pseudo.add_16bytes(s.octets()).add_16bytes(d.octets());
+        }
+        _ => return Checksum::Bad,
+    }
+    let pseudo = pseudo.add_4bytes(len.to_be_bytes()).add_2bytes([0, 6]);
+    if pseudo.clone().add_slice(segment).ones_complement() == 0 {
+        return Checksum::Valid;
+    }
+    let field = u16::from_ne_bytes([field[0], field[1]]);
+    if !pseudo.ones_complement() == field {
+        return Checksum::Unverified;
+    }
+    Checksum::Bad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn built(payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        etherparse::PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(40000, 80, 1000, 512)
+            .ack(77)
+            .write(&mut out, payload)
+            .unwrap();
+        out.drain(..20); // the IPv4 header
+        out
+    }
+
+    fn v4(a: [u8; 4]) -> IpAddr {
+        IpAddr::from(a)
+    }
+
+    #[test]
+    fn checksums_verify_and_damage_is_seen() {
+        let seg = built(b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            tcp_checksum(v4([10, 0, 0, 1]), v4([10, 0, 0, 2]), &seg),
+            Checksum::Valid
+        );
+        let mut bad = seg.clone();
+        bad[25] ^= 1;
+        assert_eq!(
+            tcp_checksum(v4([10, 0, 0, 1]), v4([10, 0, 0, 2]), &bad),
+            Checksum::Bad
+        );
+        // Odd length, other addresses: still consistent.
+        let odd = built(b"abc");
+        assert_eq!(
+            tcp_checksum(v4([10, 0, 0, 1]), v4([10, 0, 0, 2]), &odd),
+            Checksum::Valid
+        );
+        assert_eq!(
+            tcp_checksum(v4([10, 0, 0, 9]), v4([10, 0, 0, 2]), &odd),
+            Checksum::Bad
+        );
+    }
+
+    #[test]
+    fn an_offloaded_partial_checksum_is_unverified() {
+        let mut seg = built(b"hello");
+        let (s, d) = (v4([10, 0, 0, 1]), v4([10, 0, 0, 2]));
+        // What Linux leaves for the device: the folded pseudo-header sum.
+        let pseudo = Sum16BitWords::new()
+            .add_4bytes([10, 0, 0, 1])
+            .add_4bytes([10, 0, 0, 2])
+            .add_4bytes((seg.len() as u32).to_be_bytes())
+            .add_2bytes([0, 6]);
+        let partial = (!pseudo.ones_complement()).to_ne_bytes();
+        seg[16..18].copy_from_slice(&partial);
+        assert_eq!(tcp_checksum(s, d, &seg), Checksum::Unverified);
+    }
+
+    #[test]
+    fn options_are_read() {
+        // SYN with MSS, SACK-permitted, timestamps, NOP, window scale 7.
+        let mut h = vec![0u8; 20];
+        h[8..12].copy_from_slice(&5u32.to_be_bytes());
+        h[14..16].copy_from_slice(&64240u16.to_be_bytes());
+        h[18..20].copy_from_slice(&3u16.to_be_bytes());
+        h.extend_from_slice(&[
+            2, 4, 5, 180, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
+        ]);
+        let x = tcp_extras(&h);
+        assert_eq!(
+            x,
+            TcpExtras {
+                ack: 5,
+                window: 64240,
+                urgent: 3,
+                wscale: Some(7)
+            }
+        );
+        // A malformed option list stops the walk, no panic.
+        h.truncate(20);
+        h.extend_from_slice(&[3, 9, 1]);
+        assert_eq!(tcp_extras(&h).wscale, None);
+        assert_eq!(tcp_extras(&h[..4]), TcpExtras::default());
+    }
+}
