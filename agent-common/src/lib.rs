@@ -96,9 +96,11 @@ pub enum Counter {
     DroppedEgress = 5,
     /// Packets marked as flagged.
     Marked = 6,
+    /// Server → client header events handed over.
+    ServerFacts = 7,
 }
 
-pub const COUNTERS: u32 = 7;
+pub const COUNTERS: u32 = 8;
 
 /// Settings the agent writes before attaching.
 #[repr(C)]
@@ -112,8 +114,10 @@ pub struct CaptureConfig {
     pub enforce: u32,
 }
 
-/// Direction of a captured packet.
+/// Direction of a captured packet: client → server, with payload.
 pub const DIRECTION_TO_SERVER: u8 = 0;
+/// Server → client, header facts only (what the server acknowledged and advertised).
+pub const DIRECTION_TO_CLIENT: u8 = 1;
 
 /// TCP flag bits as they appear in the header's flags byte.
 pub const TCP_FIN: u8 = 0x01;
@@ -121,34 +125,44 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
+/// Bytes of the raw TCP header an event carries: the longest header (60) rounded up to
+/// a power of two, so the kernel's copy length can be masked to it.
+pub const TCP_HEADER_ROOM: usize = 64;
+
 /// The fixed part of a capture event.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventHeader {
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
     pub ktime_ns: u64,
-    /// Client address (IPv4 in the first four bytes), network order.
+    /// Client address (IPv4 in the first four bytes), network order, whatever the
+    /// direction.
     pub client_addr: [u8; 16],
     /// Server address, likewise.
     pub server_addr: [u8; 16],
     /// Host order.
     pub client_port: u16,
     pub server_port: u16,
-    /// TCP sequence number, host order.
-    pub seq: u32,
     /// TCP payload length on the wire.
     pub wire_len: u32,
     /// Payload bytes copied into the event.
     pub copied: u16,
     /// 4 or 6.
     pub family: u8,
-    /// TCP flags byte.
-    pub tcp_flags: u8,
-    /// [`DIRECTION_TO_SERVER`].
+    /// [`DIRECTION_TO_SERVER`] or [`DIRECTION_TO_CLIENT`].
     pub direction: u8,
     /// 1 when `copied < wire_len`.
     pub truncated: u8,
-    pub _pad: [u8; 6],
+    /// 1 when the kernel already verified the TCP checksum (the NIC did:
+    /// CHECKSUM_UNNECESSARY); otherwise the agent checks it.
+    pub csum_verified: u8,
+    /// Bytes of `tcp` that hold the TCP header (its data offset: 20 to 60).
+    pub tcp_len: u8,
+    pub _pad: u8,
+    /// The raw TCP header, options included: sequence and acknowledgment numbers,
+    /// flags, window, urgent pointer, window scale.
+    pub tcp: [u8; TCP_HEADER_ROOM],
+    pub _pad2: [u8; 8],
 }
 
 /// What the kernel puts in the ring buffer for one packet: the header, then room for `N`
@@ -194,9 +208,9 @@ mod tests {
 
     #[test]
     fn header_layout_is_stable() {
-        assert_eq!(EventHeader::SIZE, 64);
-        assert_eq!(core::mem::size_of::<CaptureEvent>(), 64 + MAX_SNAPLEN);
-        assert!(EventHeader::read(&[0u8; 63]).is_none());
+        assert_eq!(EventHeader::SIZE, 128);
+        assert_eq!(core::mem::size_of::<CaptureEvent>(), 128 + MAX_SNAPLEN);
+        assert!(EventHeader::read(&[0u8; 127]).is_none());
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
         assert_eq!(core::mem::size_of::<BlockEntry>(), 16);
     }

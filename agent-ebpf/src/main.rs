@@ -1,25 +1,27 @@
 //! seqshield's kernel side: a TC ingress program that copies the start of every client
 //! → server TCP payload on the configured ports into a ring buffer, with the flow key,
-//! sequence number, flags and lengths the agent needs to reassemble. Nothing clever
-//! happens here: parsing stops at TCP, every copy is bounded, and every failure to hand
-//! an event over is counted.
+//! the raw TCP header and the lengths the agent needs to reassemble, and a TC egress
+//! program that hands over the server's TCP headers (never its payload): what the
+//! server acknowledged and advertised decides which client bytes it accepted. Nothing
+//! clever happens here: parsing stops at TCP, every copy is bounded, and every failure
+//! to hand an event over is counted.
 #![no_std]
 #![no_main]
 
 use agent_common::{
-    BlockEntry, CaptureConfig, CaptureEvent, Counter, DIRECTION_TO_SERVER, EVENT_SIZES, FlowKey,
-    MAX_BLOCK_ENTRIES, MAX_PORTS, MAX_SNAPLEN, RING_BYTES, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
-    WAKEUP_BYTES,
+    BlockEntry, CaptureConfig, CaptureEvent, Counter, DIRECTION_TO_CLIENT, DIRECTION_TO_SERVER,
+    EVENT_SIZES, EventHeader, FlowKey, MAX_BLOCK_ENTRIES, MAX_PORTS, MAX_SNAPLEN, RING_BYTES,
+    TCP_ACK, TCP_FIN, TCP_HEADER_ROOM, TCP_RST, TCP_SYN, WAKEUP_BYTES,
 };
 use aya_ebpf::bindings::xdp_action;
 use aya_ebpf::bindings::{
-    BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_SHOT, TC_ACT_UNSPEC,
+    BPF_CSUM_LEVEL_QUERY, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_SHOT,
+    TC_ACT_UNSPEC,
 };
-use aya_ebpf::helpers::generated::{bpf_ktime_get_ns, bpf_skb_load_bytes};
+use aya_ebpf::helpers::generated::{bpf_csum_level, bpf_ktime_get_ns, bpf_skb_load_bytes};
 use aya_ebpf::macros::{classifier, map, xdp};
 use aya_ebpf::maps::{Array, HashMap, PerCpuArray, RingBuf};
 use aya_ebpf::programs::{TcContext, XdpContext};
-use aya_log_ebpf::warn;
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
@@ -63,8 +65,9 @@ pub fn seqshield_ingress(ctx: TcContext) -> i32 {
     try_ingress(&ctx).unwrap_or(TC_ACT_UNSPEC)
 }
 
-/// Runs on every packet leaving the interface: drops server → client packets of blocked
-/// connections (so a response the verdict beat never leaves), RSTs excepted.
+/// Runs on every packet leaving the interface: hands the header of server → client
+/// packets on the analysed ports to the agent, and drops those of blocked connections
+/// (so a response the verdict beat never leaves), RSTs excepted.
 #[classifier]
 pub fn seqshield_egress(ctx: TcContext) -> i32 {
     try_egress(&ctx).unwrap_or(TC_ACT_UNSPEC)
@@ -160,14 +163,15 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, i64> {
         enforce: 0,
     });
     if wire_len > 0 || tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
-        // Bare ACKs carry nothing the agent uses.
-        let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+        // The client's bare ACKs carry nothing the agent uses.
         let packet = Packet {
             l3: &l3,
+            client_addr: &l3.src,
+            server_addr: &l3.dst,
             client_port,
             server_port,
-            seq,
-            tcp_flags,
+            tcp: &tcp,
+            data_offset,
             wire_len,
             payload_at: l3.l4 + data_offset,
         };
@@ -213,19 +217,21 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, i64> {
 
 fn try_egress(ctx: &TcContext) -> Result<i32, i64> {
     let l3 = l3(ctx)?;
-    let server_port = u16::from_be(ctx.load::<u16>(l3.l4)?);
+    let tcp = ctx.load::<[u8; 20]>(l3.l4)?;
+    let server_port = u16::from_be_bytes([tcp[0], tcp[1]]);
     // SAFETY: a map lookup by value; the returned reference is not kept.
     if unsafe { PORTS.get(server_port) }.is_none() {
         return Ok(TC_ACT_UNSPEC);
     }
-    let tcp_flags = ctx.load::<u8>(l3.l4 + 13)?;
-    if tcp_flags & TCP_RST != 0 {
-        return Ok(TC_ACT_UNSPEC); // Resets always get through: neither end may hang.
+    let enforce = server_facts(ctx, &l3, &tcp);
+    if !enforce || tcp[13] & TCP_RST != 0 {
+        // Monitor mode changes nothing; resets always get through: neither end may hang.
+        return Ok(TC_ACT_UNSPEC);
     }
     let key = FlowKey {
         client_addr: l3.dst,
         server_addr: l3.src,
-        client_port: u16::from_be(ctx.load::<u16>(l3.l4 + 2)?),
+        client_port: u16::from_be_bytes([tcp[2], tcp[3]]),
         server_port,
         family: l3.family,
         _pad: [0; 3],
@@ -253,12 +259,101 @@ fn live_entry<K>(map: &HashMap<K, BlockEntry>, key: &K, now: u64) -> Option<Bloc
 /// What a capture event says about its packet.
 struct Packet<'a> {
     l3: &'a L3,
+    client_addr: &'a [u8; 16],
+    server_addr: &'a [u8; 16],
     client_port: u16,
     server_port: u16,
-    seq: u32,
-    tcp_flags: u8,
+    /// The fixed TCP header, already read.
+    tcp: &'a [u8; 20],
+    /// TCP header length with options.
+    data_offset: usize,
     wire_len: usize,
     payload_at: usize,
+}
+
+/// A header-only event for a server → client packet: the agent needs its sequence,
+/// acknowledgment, window and flags (and a SYN-ACK's window scale), never its payload.
+/// Returns whether the agent enforces. Not inlined: its frame is not on the stack while
+/// `l3` runs (the verifier's 512-byte limit is per call chain).
+#[inline(never)]
+fn server_facts(ctx: &TcContext, l3: &L3, tcp: &[u8; 20]) -> bool {
+    let enforce = CONFIG.get(0).is_some_and(|c| c.enforce != 0);
+    let data_offset = usize::from(tcp[12] >> 4) * 4;
+    let packet = Packet {
+        l3,
+        client_addr: &l3.dst,
+        server_addr: &l3.src,
+        client_port: u16::from_be_bytes([tcp[2], tcp[3]]),
+        server_port: u16::from_be_bytes([tcp[0], tcp[1]]),
+        tcp,
+        data_offset,
+        wire_len: l3.ip_payload_len.saturating_sub(data_offset),
+        payload_at: l3.l4 + data_offset,
+    };
+    let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
+        count(Counter::Lost);
+        return enforce;
+    };
+    let h = entry.as_mut_ptr();
+    // SAFETY: the reserved record is ours until submitted.
+    unsafe { fill_header(ctx, &mut *h, &packet, DIRECTION_TO_CLIENT, 0) };
+    entry.submit(wakeup_flags(enforce));
+    count(Counter::ServerFacts);
+    enforce
+}
+
+/// Writes an event header: addresses, lengths, and the raw TCP header with options.
+/// Not inlined: written once instead of in each event size's copy of `capture_into`,
+/// which keeps the programs' combined stack under the verifier's 512 bytes.
+#[inline(never)]
+fn fill_header(ctx: &TcContext, h: &mut EventHeader, p: &Packet<'_>, direction: u8, copied: usize) {
+    h.ktime_ns = unsafe { bpf_ktime_get_ns() };
+    h.client_addr = *p.client_addr;
+    h.server_addr = *p.server_addr;
+    h.client_port = p.client_port;
+    h.server_port = p.server_port;
+    h.wire_len = p.wire_len as u32;
+    h.copied = copied as u16;
+    h.family = p.l3.family;
+    h.direction = direction;
+    h.truncated = u8::from(copied < p.wire_len);
+    // SAFETY: a query that reads the skb's checksum state and changes nothing.
+    let level = unsafe { bpf_csum_level(ctx.skb.skb, u64::from(BPF_CSUM_LEVEL_QUERY)) };
+    h.csum_verified = u8::from(level >= 0);
+    h._pad = 0;
+    h._pad2 = [0; 8];
+    // Provably 1..=TCP_HEADER_ROOM for the verifier.
+    let len = (core::hint::black_box(p.data_offset.wrapping_sub(1)) & (TCP_HEADER_ROOM - 1)) + 1;
+    // SAFETY: `tcp` has TCP_HEADER_ROOM bytes and len <= TCP_HEADER_ROOM.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            p.l3.l4 as u32,
+            h.tcp.as_mut_ptr().cast(),
+            len as u32,
+        )
+    };
+    if ret == 0 && p.data_offset >= 20 {
+        h.tcp_len = len as u8;
+    } else {
+        // A header shorter than its data offset claims: hand over the fixed part.
+        h.tcp[..20].copy_from_slice(p.tcp);
+        h.tcp_len = 20;
+    }
+}
+
+/// Wakeups: when enforcing, every event wakes the agent (its verdict must beat the
+/// server's answer). Otherwise only a filling ring does and the agent drains on a
+/// timer: a wakeup per request costs both sides a context switch.
+#[inline(always)]
+fn wakeup_flags(wake_every_event: bool) -> u64 {
+    if wake_every_event {
+        0
+    } else if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
 }
 
 /// Copies the packet into the smallest event size that holds what is to be copied.
@@ -311,33 +406,8 @@ fn capture_into<const N: usize>(
         }
     }
     // SAFETY: writing the header of the reserved record we own.
-    unsafe {
-        let h = &mut (*event).header;
-        h.ktime_ns = bpf_ktime_get_ns();
-        h.client_addr = p.l3.src;
-        h.server_addr = p.l3.dst;
-        h.client_port = p.client_port;
-        h.server_port = p.server_port;
-        h.seq = p.seq;
-        h.wire_len = p.wire_len as u32;
-        h.copied = copied as u16;
-        h.family = p.l3.family;
-        h.tcp_flags = p.tcp_flags;
-        h.direction = DIRECTION_TO_SERVER;
-        h.truncated = u8::from(copied < p.wire_len);
-        h._pad = [0; 6];
-    }
-    // Wakeups: when enforcing, every event wakes the agent (its verdict must beat the
-    // server's answer). Otherwise only a filling ring does and the agent drains on a
-    // timer: a wakeup per request costs both sides a context switch.
-    let flags = if wake_every_event {
-        0
-    } else if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
-        u64::from(BPF_RB_FORCE_WAKEUP)
-    } else {
-        u64::from(BPF_RB_NO_WAKEUP)
-    };
-    entry.submit(flags);
+    unsafe { fill_header(ctx, &mut (*event).header, p, DIRECTION_TO_SERVER, copied) };
+    entry.submit(wakeup_flags(wake_every_event));
     true
 }
 
@@ -351,7 +421,6 @@ fn ipv4(ctx: &TcContext) -> Result<L3, i64> {
     if u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0 {
         // More fragments or a non-zero offset: not a whole segment.
         count(Counter::Unsupported);
-        warn!(ctx, "IPv4 fragment: packet not captured");
         return Err(0);
     }
     let total_len = usize::from(u16::from_be_bytes([h[2], h[3]]));
@@ -391,10 +460,6 @@ fn ipv6(ctx: &TcContext) -> Result<L3, i64> {
     }
     if next_header != IPPROTO_TCP {
         count(Counter::Unsupported);
-        warn!(
-            ctx,
-            "IPv6 packet with too many extension headers: not captured"
-        );
         return Err(0);
     }
     Ok(L3 {

@@ -86,6 +86,12 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "Packets of flagged connections marked",
         k.marked,
     );
+    counter(
+        &mut registry,
+        "server_headers_captured",
+        "Server packets whose TCP header was handed to the agent (what the server accepted)",
+        k.server_facts,
+    );
 
     let requests = Family::<Labels, Counter>::default();
     let st = s.stats;

@@ -189,16 +189,16 @@ pub fn tcp_extras(header: &[u8]) -> TcpExtras {
 /// larger on a 1500-byte MTU.
 pub const MAX_VERIFIED_SEGMENT: usize = 1480;
 
-/// Checks a TCP checksum over the pseudo-header and `segment` (header and payload, all
-/// of it). A checksum field that holds only the pseudo-header sum is what a local
+/// Checks a TCP checksum over the pseudo-header, the TCP `header` (options included)
+/// and the whole `payload`. A checksum field that holds only the pseudo-header sum is what a local
 /// sender with checksum offload leaves in the packet before the device would finish it
 /// (Linux `__tcp_v4_send_check`); such packets never come from the wire, so they are
 /// taken as unverified rather than bad.
-pub fn tcp_checksum(src: IpAddr, dst: IpAddr, segment: &[u8]) -> Checksum {
-    let Some(field) = segment.get(16..18) else {
+pub fn tcp_checksum(src: IpAddr, dst: IpAddr, header: &[u8], payload: &[u8]) -> Checksum {
+    let Some(field) = header.get(16..18) else {
         return Checksum::Bad;
     };
-    let Ok(len) = u32::try_from(segment.len()) else {
+    let Ok(len) = u32::try_from(header.len() + payload.len()) else {
         return Checksum::Unverified;
     };
     let mut pseudo = Sum16BitWords::new();
@@ -212,7 +212,15 @@ pub fn tcp_checksum(src: IpAddr, dst: IpAddr, segment: &[u8]) -> Checksum {
         _ => return Checksum::Bad,
     }
     let pseudo = pseudo.add_4bytes(len.to_be_bytes()).add_2bytes([0, 6]);
-    if pseudo.clone().add_slice(segment).ones_complement() == 0 {
+    // A TCP header is a whole number of 32-bit words: summing it and then the payload
+    // is summing the segment.
+    if pseudo
+        .clone()
+        .add_slice(header)
+        .add_slice(payload)
+        .ones_complement()
+        == 0
+    {
         return Checksum::Valid;
     }
     let field = u16::from_ne_bytes([field[0], field[1]]);
@@ -245,23 +253,23 @@ mod tests {
     fn checksums_verify_and_damage_is_seen() {
         let seg = built(b"GET / HTTP/1.1\r\n\r\n");
         assert_eq!(
-            tcp_checksum(v4([10, 0, 0, 1]), v4([10, 0, 0, 2]), &seg),
+            tcp_checksum(v4([10, 0, 0, 1]), v4([10, 0, 0, 2]), &seg[..20], &seg[20..]),
             Checksum::Valid
         );
         let mut bad = seg.clone();
         bad[25] ^= 1;
         assert_eq!(
-            tcp_checksum(v4([10, 0, 0, 1]), v4([10, 0, 0, 2]), &bad),
+            tcp_checksum(v4([10, 0, 0, 1]), v4([10, 0, 0, 2]), &bad[..20], &bad[20..]),
             Checksum::Bad
         );
         // Odd length, other addresses: still consistent.
         let odd = built(b"abc");
         assert_eq!(
-            tcp_checksum(v4([10, 0, 0, 1]), v4([10, 0, 0, 2]), &odd),
+            tcp_checksum(v4([10, 0, 0, 1]), v4([10, 0, 0, 2]), &odd[..20], &odd[20..]),
             Checksum::Valid
         );
         assert_eq!(
-            tcp_checksum(v4([10, 0, 0, 9]), v4([10, 0, 0, 2]), &odd),
+            tcp_checksum(v4([10, 0, 0, 9]), v4([10, 0, 0, 2]), &odd[..20], &odd[20..]),
             Checksum::Bad
         );
     }
@@ -278,7 +286,10 @@ mod tests {
             .add_2bytes([0, 6]);
         let partial = (!pseudo.ones_complement()).to_ne_bytes();
         seg[16..18].copy_from_slice(&partial);
-        assert_eq!(tcp_checksum(s, d, &seg), Checksum::Unverified);
+        assert_eq!(
+            tcp_checksum(s, d, &seg[..20], &seg[20..]),
+            Checksum::Unverified
+        );
     }
 
     #[test]

@@ -185,6 +185,17 @@ fn live_report_matches_what_clients_sent_and_the_replay_of_a_tcpdump_capture() {
     assert_eq!(live.stats.requests, before + 17);
     assert_eq!(live.stats.parse_errors, 0);
     assert_eq!(live.stats.lost_events, 0);
+    // The server's side was seen (its headers drive reassembly), and nothing fell back
+    // to the one-sided timers or was refused as outside what the server accepts.
+    let flows = live.stats.flows;
+    assert!(flows.server_segments > 0, "{flows:?}");
+    assert_eq!(flows.gaps_timed_out + flows.gaps, 0, "{flows:?}");
+    assert_eq!(
+        flows.out_of_window_segments + flows.discarded_segments,
+        0,
+        "{flows:?}"
+    );
+    assert_eq!(flows.bad_checksum_segments, 0, "{flows:?}");
 
     // Ground truth from the scripts above (A login, B accounts, C balance, D transfer):
     // N(A) = 5, N(B) = 3, N(C) = 3, N(D) = 5; the three legit journeys give every

@@ -84,6 +84,8 @@ pub struct KernelCounters {
     pub dropped_ingress: u64,
     pub dropped_egress: u64,
     pub marked: u64,
+    /// Server → client header events handed over.
+    pub server_facts: u64,
 }
 
 /// An attached capture. Dropping it detaches the program.
@@ -118,9 +120,10 @@ impl LiveCapture {
         Ok(())
     }
 
-    /// Loads the program, sets the captured ports and snaplen, and attaches to the
-    /// ingress of `interface`.
-    /// `enforce`: also attach the egress program, and wake the agent for every event.
+    /// Loads the programs, sets the captured ports and snaplen, and attaches to the
+    /// ingress and egress of `interface`.
+    /// Also attaches the egress program (server → client header facts).
+    /// `enforce`: apply the block and flag maps, and wake the agent for every event.
     /// `xdp` (with `enforce`): also drop blocked clients at the driver.
     pub fn attach(
         interface: &str,
@@ -232,22 +235,22 @@ impl LiveCapture {
             }
         };
         program.attach_with_options(interface, TcAttachType::Ingress, options())?;
-        if enforce {
-            let egress: &mut SchedClassifier = ebpf
-                .program_mut(EGRESS_PROGRAM)
-                .ok_or(LiveError::Missing(EGRESS_PROGRAM))?
+        // Egress always: the server's header facts tell the reassembler what the
+        // server accepted; in enforce mode it also drops blocked connections' packets.
+        let egress: &mut SchedClassifier = ebpf
+            .program_mut(EGRESS_PROGRAM)
+            .ok_or(LiveError::Missing(EGRESS_PROGRAM))?
+            .try_into()?;
+        egress.load()?;
+        egress.attach_with_options(interface, TcAttachType::Egress, options())?;
+        if enforce && xdp {
+            let program: &mut Xdp = ebpf
+                .program_mut(XDP_PROGRAM)
+                .ok_or(LiveError::Missing(XDP_PROGRAM))?
                 .try_into()?;
-            egress.load()?;
-            egress.attach_with_options(interface, TcAttachType::Egress, options())?;
-            if xdp {
-                let program: &mut Xdp = ebpf
-                    .program_mut(XDP_PROGRAM)
-                    .ok_or(LiveError::Missing(XDP_PROGRAM))?
-                    .try_into()?;
-                program.load()?;
-                // A bpf_link where the kernel has them: it goes with the process too.
-                program.attach(interface, XdpMode::Default)?;
-            }
+            program.load()?;
+            // A bpf_link where the kernel has them: it goes with the process too.
+            program.attach(interface, XdpMode::Default)?;
         }
         tracing::info!(
             interface,
@@ -364,6 +367,7 @@ impl LiveCapture {
             dropped_ingress: sum(Counter::DroppedIngress),
             dropped_egress: sum(Counter::DroppedEgress),
             marked: sum(Counter::Marked),
+            server_facts: sum(Counter::ServerFacts),
         }
     }
 }

@@ -231,12 +231,15 @@ impl Decoder<'_> {
         };
         let wire_len = tcp.wire_len.max(tcp.payload.len() as u32);
         let whole = tcp.payload.len() as u32 == wire_len;
-        let checksum =
-            if dir == Direction::ToServer && whole && tcp.segment.len() <= MAX_VERIFIED_SEGMENT {
-                tcp_checksum(tcp.src, tcp.dst, tcp.segment)
-            } else {
-                Checksum::Unverified
-            };
+        let header = tcp.header.slice();
+        let checksum = if dir == Direction::ToServer
+            && whole
+            && header.len() + tcp.payload.len() <= MAX_VERIFIED_SEGMENT
+        {
+            tcp_checksum(tcp.src, tcp.dst, header, tcp.payload)
+        } else {
+            Checksum::Unverified
+        };
         let extras = tcp_extras(tcp.header.slice());
         on_segment(Segment {
             ts,
@@ -267,8 +270,6 @@ struct TcpView<'a> {
     header: TcpHeaderSlice<'a>,
     /// The payload bytes the capture kept.
     payload: &'a [u8],
-    /// Header and kept payload, contiguous (for the checksum).
-    segment: &'a [u8],
     /// The payload length on the wire.
     wire_len: u32,
 }
@@ -365,7 +366,6 @@ fn tcp_in<'a>(
         src,
         dst,
         payload: &ip_payload[header_len..],
-        segment: ip_payload,
         wire_len: wire_ip_payload.saturating_sub(header_len) as u32,
         header,
     })
@@ -407,7 +407,6 @@ fn decode_lax(link: DataLink, data: &[u8], cut: u32) -> Decoded<'_> {
         dst,
         header,
         payload,
-        segment: tcp.slice(),
         wire_len: (payload.len() as u32).saturating_add(missing),
     })
 }

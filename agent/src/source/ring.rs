@@ -3,10 +3,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use agent_common::EventHeader;
+use agent_common::{DIRECTION_TO_CLIENT, EventHeader};
 
 use crate::Nanos;
-use crate::packet::{FlowKey, Segment, TcpFlags};
+use crate::packet::{
+    Checksum, Direction, FlowKey, MAX_VERIFIED_SEGMENT, Segment, TcpFlags, tcp_checksum, tcp_extras,
+};
 
 /// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time.
 #[derive(Debug, Clone, Copy)]
@@ -60,17 +62,51 @@ pub fn segment_from_record<'a>(record: &'a [u8], clock: &KernelClock) -> Option<
         6 => Some(IpAddr::V6(Ipv6Addr::from(a))),
         _ => None,
     };
+    let tcp = h.tcp.get(..usize::from(h.tcp_len))?;
+    if tcp.len() < 20 {
+        return None;
+    }
+    let (client, server) = (ip(h.client_addr)?, ip(h.server_addr)?);
+    let dir = if h.direction == DIRECTION_TO_CLIENT {
+        Direction::ToClient
+    } else {
+        Direction::ToServer
+    };
+    let wire_len = h.wire_len.max(u32::from(h.copied));
+    let checksum = if h.csum_verified != 0 {
+        Checksum::Valid
+    } else if dir == Direction::ToServer
+        && payload.len() as u32 == wire_len
+        && tcp.len() + payload.len() <= MAX_VERIFIED_SEGMENT
+    {
+        // The NIC did not verify it (a raw sender on a veth, a software path): the
+        // stack will, and drops it if it is wrong.
+        let (src, dst) = (client, server);
+        tcp_checksum(src, dst, tcp, payload)
+    } else {
+        Checksum::Unverified
+    };
+    let extras = tcp_extras(tcp);
     Some(Segment {
         ts: clock.to_wall(h.ktime_ns),
         flow: FlowKey {
-            client: SocketAddr::new(ip(h.client_addr)?, h.client_port),
-            server: SocketAddr::new(ip(h.server_addr)?, h.server_port),
+            client: SocketAddr::new(client, h.client_port),
+            server: SocketAddr::new(server, h.server_port),
         },
-        seq: h.seq,
-        flags: TcpFlags::from_byte(h.tcp_flags),
-        payload,
-        wire_len: h.wire_len.max(u32::from(h.copied)),
-        ..Segment::default()
+        dir,
+        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+        ack: extras.ack,
+        flags: TcpFlags::from_byte(tcp[13]),
+        window: extras.window,
+        urgent: extras.urgent,
+        wscale: extras.wscale,
+        checksum,
+        payload: if dir == Direction::ToServer {
+            payload
+        } else {
+            &[]
+        },
+        wire_len,
     })
 }
 
@@ -88,20 +124,29 @@ mod tests {
             client = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
             server = "2001:db8::2".parse::<Ipv6Addr>().unwrap().octets();
         }
+        let mut tcp = [0u8; 64];
+        tcp[4..8].copy_from_slice(&77u32.to_be_bytes());
+        tcp[8..12].copy_from_slice(&5u32.to_be_bytes());
+        tcp[12] = 6 << 4;
+        tcp[13] = agent_common::TCP_SYN | 0x10;
+        tcp[14..16].copy_from_slice(&1024u16.to_be_bytes());
+        tcp[20..24].copy_from_slice(&[1, 3, 3, 7]); // NOP, window scale 7
         let h = EventHeader {
             ktime_ns: 5_000,
             client_addr: client,
             server_addr: server,
             client_port: 40_000,
             server_port: 80,
-            seq: 77,
             wire_len,
             copied,
             family,
-            tcp_flags: agent_common::TCP_SYN | 0x10,
             direction: 0,
             truncated: u8::from(u32::from(copied) < wire_len),
-            _pad: [0; 6],
+            csum_verified: 1,
+            tcp_len: 24,
+            _pad: 0,
+            tcp,
+            _pad2: [0; 8],
         };
         // SAFETY (test): viewing a plain-data header as bytes.
         let bytes = unsafe {
@@ -124,7 +169,9 @@ mod tests {
             (s.payload, s.wire_len, s.seq, s.ts),
             (&b"GET"[..], 10, 77, 6_000)
         );
-        assert!(s.flags.syn && !s.flags.fin);
+        assert!(s.flags.syn && s.flags.ack && !s.flags.fin);
+        assert_eq!((s.ack, s.window, s.wscale), (5, 1024, Some(7)));
+        assert_eq!(s.checksum, Checksum::Valid);
         let r = record(6, 0, 0, b"");
         let s = segment_from_record(&r, &clock).unwrap();
         assert_eq!(s.flow.client, "[2001:db8::1]:40000".parse().unwrap());
