@@ -41,6 +41,8 @@ pub struct NetPair {
     pub client_ns: String,
     /// The server side of the veth pair (inside `server_ns`).
     pub server_if: String,
+    /// The client side (inside `client_ns`).
+    pub client_if: String,
     pub server_ip: String,
     pub client_ip: String,
     children: Vec<Child>,
@@ -55,11 +57,12 @@ impl NetPair {
             server_ns: format!("sqs-s{tag}"),
             client_ns: format!("sqs-c{tag}"),
             server_if: format!("sqs{tag}s"),
+            client_if: format!("sqs{tag}c"),
             server_ip: format!("10.{}.0.1", net % 250),
             client_ip: format!("10.{}.0.2", net % 250),
             children: Vec::new(),
         };
-        let client_if = format!("sqs{tag}c");
+        let client_if = pair.client_if.clone();
         for cmd in [
             format!("ip netns add {}", pair.server_ns),
             format!("ip netns add {}", pair.client_ns),
@@ -98,15 +101,22 @@ impl NetPair {
     /// Starts the bank API server (tests/fixtures/bank_server.py) on port 80 of the
     /// server side, answering after `delay_ms`, and waits until it answers.
     pub fn start_bank_server(&mut self, delay_ms: u32) {
+        self.start_bank_server_with(delay_ms, None);
+    }
+
+    /// The bank server, also writing every request its application read to `log`.
+    pub fn start_bank_server_with(&mut self, delay_ms: u32, log: Option<&Path>) {
         let (server, ip) = (fixture("bank_server.py"), self.server_ip.clone());
         let delay = format!("BANK_DELAY_MS={delay_ms}");
+        let log = format!("BANK_LOG={}", log.map_or("", |p| p.to_str().unwrap()));
         self.spawn_server_side(
             &[
                 "env",
                 &delay,
+                &log,
                 "python3",
                 server.to_str().unwrap(),
-                &ip,
+                "::",
                 "80",
             ],
             None,
