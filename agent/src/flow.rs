@@ -54,6 +54,7 @@ const SWEEP_INTERVAL: Nanos = NANOS_PER_SEC;
 const EVICTION_SAMPLE: usize = 8;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct FlowStats {
     pub flows_opened: u64,
     pub flows_closed: u64,

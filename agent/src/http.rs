@@ -3,12 +3,15 @@
 //! Heads are parsed with httparse straight from the delivered bytes when nothing is
 //! carried over (the common case: no copy); only an unfinished head is buffered. Bodies
 //! are skipped by `Content-Length` or chunked framing (RFC 9112 §6.3), so body bytes are
-//! never taken for requests. Malformed input is counted and the stream resynchronises at
-//! the next line that looks like a request line.
+//! never taken for requests. Heads httparse refuses but servers serve get a second,
+//! lenient reading (`lenient.rs`, counted). Malformed input is counted and the stream
+//! resynchronises at the next line that looks like a request line.
 
 use std::mem::MaybeUninit;
 
 use crate::flow::Piece;
+
+mod lenient;
 
 /// Headers per request; more is a parse error (httparse `TooManyHeaders`).
 pub const MAX_HEADERS: usize = 100;
@@ -16,8 +19,6 @@ pub const MAX_HEADERS: usize = 100;
 pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 /// Longest line considered when looking for the next request line after an error.
 pub const MAX_REQUEST_LINE: usize = 8 * 1024;
-/// Longest method token accepted when resynchronising.
-const MAX_METHOD_LEN: usize = 32;
 
 /// A parsed request head, borrowed from the connection's bytes.
 #[derive(Debug)]
@@ -58,6 +59,12 @@ pub struct HttpStats {
     pub parse_errors: u64,
     /// Request heads cut by bytes the capture never saw.
     pub truncated_requests: u64,
+    /// Requests whose head httparse refused but servers serve (obs-fold, `HTTP/1.2`,
+    /// many headers, spaces in the target...), read leniently.
+    pub lenient_requests: u64,
+    /// Requests with both `Content-Length` and `Transfer-Encoding` (the latter wins,
+    /// RFC 9112 §6.3), or a repeated `Content-Length` list.
+    pub ambiguous_framing: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +81,9 @@ enum State {
     ChunkDataEnd,
     /// Trailer lines after the last chunk, up to an empty line.
     Trailers,
+    /// A head whose body length cannot be known: the server answers 400 and closes
+    /// the connection (RFC 9112 §6.3), so nothing after it is a request.
+    Refused,
 }
 
 /// One connection's request stream.
@@ -134,6 +144,7 @@ impl HttpStream {
                 }
                 State::Resync
             }
+            (State::Refused, _) => State::Refused,
             _ => State::Resync,
         };
         self.carry.clear();
@@ -169,11 +180,19 @@ fn consume(
                     }
                     HeadOutcome::Partial => break,
                     HeadOutcome::Invalid => {
+                        // Skip the whole line: restarting one byte later would read
+                        // the rest of the same request line again ("ET /a HTTP/1.1").
                         stats.parse_errors += 1;
                         *state = State::Resync;
-                        pos += 1;
+                        pos += rest
+                            .iter()
+                            .position(|&b| b == b'\n')
+                            .map_or(rest.len(), |e| e + 1);
                     }
                 }
+            }
+            State::Refused => {
+                pos = input.len();
             }
             State::Resync => match find_request_line(rest) {
                 Resync::Found(at) => {
@@ -261,45 +280,91 @@ fn parse_head(
     let len = match req.parse_with_uninit_headers(input, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return HeadOutcome::Partial,
-        Err(_) => return HeadOutcome::Invalid,
+        Err(_) => return parse_lenient_head(input, stats, on_request),
     };
     let (Some(method), Some(target), Some(minor_version)) = (req.method, req.path, req.version)
     else {
         return HeadOutcome::Invalid;
     };
-    let Some(next) = body_framing(req.headers) else {
-        // The body length cannot be known: resynchronise after this head.
-        stats.parse_errors += 1;
-        return HeadOutcome::Done {
-            len,
-            next: State::Resync,
-        };
-    };
-    stats.requests += 1;
-    on_request(&RequestHead {
+    let head = RequestHead {
         method,
         target,
         minor_version,
         headers: req.headers,
-    });
+    };
+    deliver_head(&head, len, stats, on_request)
+}
+
+/// httparse refused the head: read it the way lenient servers do.
+#[cold]
+fn parse_lenient_head(
+    input: &[u8],
+    stats: &mut HttpStats,
+    on_request: &mut impl FnMut(&RequestHead<'_>),
+) -> HeadOutcome {
+    match lenient::parse(input) {
+        lenient::Outcome::Complete { len, parts } => {
+            let head = RequestHead {
+                method: parts.method,
+                target: parts.target,
+                minor_version: parts.minor_version,
+                headers: &parts.headers,
+            };
+            let outcome = deliver_head(&head, len, stats, on_request);
+            if matches!(outcome, HeadOutcome::Done { next, .. } if next != State::Refused) {
+                stats.lenient_requests += 1;
+            }
+            outcome
+        }
+        lenient::Outcome::Partial => HeadOutcome::Partial,
+        lenient::Outcome::Invalid => HeadOutcome::Invalid,
+    }
+}
+
+/// Hands a parsed head on, unless its body framing cannot be known.
+fn deliver_head(
+    head: &RequestHead<'_>,
+    len: usize,
+    stats: &mut HttpStats,
+    on_request: &mut impl FnMut(&RequestHead<'_>),
+) -> HeadOutcome {
+    let Some(next) = body_framing(head.headers, stats) else {
+        // The body length cannot be known: servers answer 400 and close.
+        stats.parse_errors += 1;
+        return HeadOutcome::Done {
+            len,
+            next: State::Refused,
+        };
+    };
+    stats.requests += 1;
+    on_request(head);
     HeadOutcome::Done { len, next }
 }
 
 /// How the request's body is delimited (RFC 9112 §6.3), as the state after the head;
 /// `None` when it cannot be known (unknown transfer coding, conflicting lengths).
-fn body_framing(headers: &[httparse::Header<'_>]) -> Option<State> {
+fn body_framing(headers: &[httparse::Header<'_>], stats: &mut HttpStats) -> Option<State> {
     let mut transfer_encoding: Option<&[u8]> = None;
     let mut content_length: Option<u64> = None;
+    let mut repeated = false;
     for h in headers {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
             transfer_encoding = Some(h.value);
         } else if h.name.eq_ignore_ascii_case("content-length") {
-            let n = parse_content_length(h.value)?;
-            if content_length.is_some_and(|c| c != n) {
-                return None;
+            // RFC 9110 §8.6: a list of identical values (`5, 5`) is that one value;
+            // differing values make the length unknowable.
+            for part in h.value.split(|&b| b == b',') {
+                let n = parse_content_length(part)?;
+                if content_length.is_some_and(|c| c != n) {
+                    return None;
+                }
+                repeated |= content_length.is_some();
+                content_length = Some(n);
             }
-            content_length = Some(n);
         }
+    }
+    if repeated || (transfer_encoding.is_some() && content_length.is_some()) {
+        stats.ambiguous_framing += 1;
     }
     if let Some(te) = transfer_encoding {
         // Transfer-Encoding wins over Content-Length; chunked must be the final coding.
@@ -345,11 +410,9 @@ fn find_request_line(input: &[u8]) -> Resync {
                 start += eol + 1;
             }
             None => {
-                let could_be = line.len() <= MAX_REQUEST_LINE
-                    && line
-                        .iter()
-                        .take(MAX_METHOD_LEN + 1)
-                        .all(|&b| is_tchar(b) || b == b' ');
+                // An unfinished line that may still become a request line is kept:
+                // a head split across segments right where the stream was joined.
+                let could_be = lenient::request_line_prefix(line);
                 return Resync::NeedMore(if could_be { start } else { input.len() });
             }
         }
@@ -358,16 +421,7 @@ fn find_request_line(input: &[u8]) -> Resync {
 
 fn looks_like_request_line(line: &[u8]) -> bool {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let mut parts = line.splitn(3, |&b| b == b' ');
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return false;
-    };
-    (1..=MAX_METHOD_LEN).contains(&method.len())
-        && method.iter().all(|&b| is_tchar(b))
-        && !target.is_empty()
-        && target.iter().all(|&b| (0x21..0x7f).contains(&b))
-        && (version == b"HTTP/1.1" || version == b"HTTP/1.0")
+    line.len() <= MAX_REQUEST_LINE && lenient::request_line(line).is_some()
 }
 
 /// RFC 9110 §5.6.2 token characters.
@@ -519,11 +573,85 @@ mod tests {
     }
 
     #[test]
+    fn mid_stream_start_keeps_a_head_split_across_pieces() {
+        // A keep-alive connection picked up again after a long silence: its next
+        // request starts the piece, and its request line is not finished yet.
+        let (seen, stats) = run(&[
+            Piece::Gap(None),
+            data("GET /api/v1/transfer"),
+            data("Funds HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ]);
+        assert_eq!(seen, ["GET /api/v1/transferFunds"]);
+        assert_eq!(stats.parse_errors, 0);
+        // A 2 KB request line over three pieces.
+        let long = format!("GET /q?{} HTTP/1.1\r\n\r\n", "a".repeat(2000));
+        let (a, rest) = long.split_at(700);
+        let (b, c) = rest.split_at(700);
+        let (seen, _) = run(&[Piece::Gap(None), data(a), data(b), data(c)]);
+        assert_eq!(seen.len(), 1);
+    }
+
+    #[test]
+    fn heads_servers_accept_are_read_leniently() {
+        let many: String = (0..150).map(|i| format!("X-{i}: v\r\n")).collect();
+        for (head, want) in [
+            (
+                "GET /a HTTP/1.1\r\nX-F: one\r\n two\r\nCookie: sid=1\r\n\r\n",
+                "GET /a",
+            ),
+            ("GET /b HTTP/1.2\r\nHost: x\r\n\r\n", "GET /b"),
+            (&format!("GET /c HTTP/1.1\r\n{many}\r\n"), "GET /c"),
+            ("GET /d HTTP/1.1\r\nX-Ctl: a\x01b\r\n\r\n", "GET /d"),
+            ("GET /e f HTTP/1.1\r\n\r\n", "GET /e f"),
+        ] {
+            let (seen, stats) = run(&[data(head), data("GET /next HTTP/1.1\r\n\r\n")]);
+            assert_eq!(seen, [want, "GET /next"], "{head:?}");
+            assert_eq!(
+                (stats.lenient_requests, stats.parse_errors),
+                (1, 0),
+                "{head:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn repeated_and_conflicting_lengths() {
+        let (seen, stats) = run(&[data(
+            "POST /p HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\nGET /GET /b HTTP/1.1\r\n\r\n",
+        )]);
+        assert_eq!(seen, ["POST /p", "GET /b"]);
+        assert_eq!((stats.ambiguous_framing, stats.parse_errors), (1, 0));
+        let (seen, stats) = run(&[data(
+            "POST /p HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\nhelloGET /b HTTP/1.1\r\n\r\n",
+        )]);
+        // The server answers 400 and closes: nothing after that head is read.
+        assert!(seen.is_empty(), "{seen:?}");
+        assert_eq!(stats.parse_errors, 1);
+        // Both framings: Transfer-Encoding wins (RFC 9112 §6.3), counted.
+        let (seen, stats) = run(&[data(
+            "POST /p HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n\
+             0\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+        )]);
+        assert_eq!(seen, ["POST /p", "GET /b"]);
+        assert_eq!(stats.ambiguous_framing, 1);
+    }
+
+    #[test]
+    fn an_unreadable_request_is_one_parse_error() {
+        let (seen, stats) = run(&[data(
+            "GET /a HTTP/9.9\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+        )]);
+        assert_eq!(seen, ["GET /b"]);
+        assert_eq!(stats.parse_errors, 1);
+    }
+
+    #[test]
     fn unknown_transfer_coding_is_an_error() {
         let (seen, stats) = run(&[data(
             "POST /p HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\nxx\r\nGET /b HTTP/1.1\r\n\r\n",
         )]);
-        assert_eq!(seen, ["GET /b"]);
+        // RFC 9112 §6.3: 400 and close; what follows is never read.
+        assert!(seen.is_empty(), "{seen:?}");
         assert_eq!(stats.parse_errors, 1);
     }
 

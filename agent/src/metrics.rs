@@ -101,6 +101,8 @@ pub fn render(s: &Snapshot<'_>) -> String {
         ("unidentified", st.unidentified_requests),
         ("unmatched", unmatched),
         ("truncated", st.truncated_requests),
+        ("lenient", st.lenient_requests),
+        ("ambiguous_framing", st.ambiguous_framing),
     ] {
         requests
             .get_or_create(&vec![("result".into(), result.into())])
@@ -116,6 +118,50 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "parse_errors",
         "Bytes that were not HTTP/1.x where a request was expected",
         st.parse_errors,
+    );
+
+    // What the server's stack refused, so the agent did too (SPEC §7).
+    let refused = Family::<Labels, Counter>::default();
+    let f = st.flows;
+    for (reason, v) in [
+        ("bad_checksum", f.bad_checksum_segments),
+        ("out_of_window", f.out_of_window_segments),
+        ("discarded", f.discarded_segments),
+        ("ignored_reset", f.ignored_resets),
+        ("ignored_syn", f.ignored_syns),
+        ("after_close", f.after_close_segments),
+    ] {
+        refused
+            .get_or_create(&vec![("reason".into(), reason.into())])
+            .inc_by(v);
+    }
+    registry.register(
+        "tcp_segments_refused",
+        "Client segments the server's TCP stack discards, by reason",
+        refused,
+    );
+    let gaps = Family::<Labels, Counter>::default();
+    for (cause, v) in [
+        (
+            "acknowledged",
+            f.gaps.saturating_sub(f.gaps_timed_out + f.gaps_forced),
+        ),
+        ("timed_out", f.gaps_timed_out),
+        ("buffer_full", f.gaps_forced),
+    ] {
+        gaps.get_or_create(&vec![("cause".into(), cause.into())])
+            .inc_by(v);
+    }
+    registry.register(
+        "reassembly_gaps",
+        "Holes given up: acknowledged by the server (capture loss), or on the fallback timer or buffer bound (no server facts)",
+        gaps,
+    );
+    counter(
+        &mut registry,
+        "capture_loss_bytes",
+        "Client bytes the server acknowledged that the capture never had",
+        f.capture_loss_bytes,
     );
 
     gauge(

@@ -209,6 +209,8 @@ impl Pipeline {
             parse_errors: self.http.parse_errors,
             lost_events: self.lost_events,
             truncated_requests: self.http.truncated_requests,
+            lenient_requests: self.http.lenient_requests,
+            ambiguous_framing: self.http.ambiguous_framing,
             unmatched_requests: c.unmatched,
             other_requests: c.other,
             alerts: c.alerts,

@@ -62,6 +62,12 @@ pub struct Stats {
     /// Packets the kernel could not hand over (ring buffer full); 0 in replay.
     pub lost_events: u64,
     pub truncated_requests: u64,
+    /// Request heads a strict parser refuses but servers serve (obs-fold, `HTTP/1.2`,
+    /// many headers...), read leniently.
+    pub lenient_requests: u64,
+    /// Requests framed by both Content-Length and Transfer-Encoding, or by a repeated
+    /// Content-Length (RFC 9112 §6.3).
+    pub ambiguous_framing: u64,
     /// Requests matching no endpoint with discovery off.
     pub unmatched_requests: u64,
     /// Requests beyond `max_operations` discovered operations.
