@@ -86,6 +86,10 @@ pub struct OperationsConfig {
     pub max_operations: usize,
     /// Optional OpenAPI v3 file (JSON or YAML), relative to the config file.
     pub openapi: Option<PathBuf>,
+    /// When set, a request whose host is missing, an IP address, or named by no
+    /// endpoint is taken as this host (the server's default virtual host serves it), so
+    /// the `Host` header cannot move a request out of a rule's reach.
+    pub default_host: Option<String>,
 }
 
 impl Default for OperationsConfig {
@@ -94,6 +98,7 @@ impl Default for OperationsConfig {
             discovery: true,
             max_operations: 10_000,
             openapi: None,
+            default_host: None,
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::config::{Config, ConfigError, EnforceMode, RuleAction};
 use crate::enforce::Blocks;
 use crate::flow::{FlowLimits, FlowTable, MAX_FLOWS, Piece};
 use crate::http::{HttpStats, HttpStream, RequestHead};
-use crate::ops::{Catalog, OpId, Resolved, normalise_host, split_target};
+use crate::ops::{Catalog, OpId, Resolved, normalise_host, normalise_request_path, split_target};
 use crate::packet::{Direction, FlowKey, Segment};
 use crate::persist::{Snapshot, Totals};
 use crate::report::{OperationReport, Report, SequenceReport, Stats};
@@ -52,8 +52,9 @@ struct Analysis {
     blocks: Blocks,
     /// Violations by (rule index, action).
     violations: HashMap<(usize, AlertAction), u64, foldhash::fast::RandomState>,
-    /// Reused for the normalised host of each request.
+    /// Reused for the normalised host and path of each request.
     host: String,
+    path: String,
 }
 
 /// Per-connection state: the request stream, and the session its requests last named.
@@ -102,6 +103,7 @@ impl Pipeline {
                 blocks: Blocks::new(&config.enforce),
                 violations: HashMap::default(),
                 host: String::new(),
+                path: String::new(),
             },
             packets: 0,
             lost_events: 0,
@@ -409,7 +411,10 @@ impl Analysis {
             .or_else(|| head.header("host"))
             .unwrap_or_default();
         normalise_host(host_raw, &mut self.host);
-        let op = match self.catalog.resolve(&self.host, head.method, path) {
+        self.catalog.canonical_host(&mut self.host);
+        // Rules and endpoints match the path as servers route it; alerts show it as sent.
+        let routed = normalise_request_path(path, &mut self.path);
+        let op = match self.catalog.resolve(&self.host, head.method, routed) {
             Resolved::Op(op) => Some(op),
             Resolved::Unmatched => {
                 self.counters.unmatched += 1;

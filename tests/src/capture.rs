@@ -45,6 +45,8 @@ struct Frame {
     ts: u64,
     /// An Ethernet frame.
     data: Vec<u8>,
+    /// Which way a TCP frame goes (`None`: a raw frame).
+    to_server: Option<bool>,
 }
 
 /// A capture under construction. Timestamps are nanoseconds since the epoch.
@@ -189,7 +191,30 @@ impl Capture {
 
     /// An arbitrary Ethernet frame (garbage, other protocols).
     pub fn raw_frame(&mut self, ts: u64, data: Vec<u8>) {
-        self.frames.push(Frame { ts, data });
+        self.frames.push(Frame {
+            ts,
+            data,
+            to_server: None,
+        });
+    }
+
+    /// A segment as an attacker writes it (client → server): any sequence number,
+    /// flags and checksum, relative to the connection's next sequence number.
+    pub fn crafted(&mut self, ts: u64, conn: &Conn, craft: Craft<'_>) {
+        let mut flags = Flags(craft.flags);
+        if craft.urgent.is_some() {
+            flags.0 |= Flags::URG.0;
+        }
+        let seq = conn.seq.wrapping_add(craft.offset as u32);
+        let ack = conn.ack.wrapping_add(craft.ack_add);
+        self.tcp_with(ts, conn, true, seq, ack, flags, craft.bytes, &craft);
+    }
+
+    /// The server acknowledges the client's bytes up to `offset` from the connection's
+    /// next sequence number (a bare ACK, window 65535).
+    pub fn server_ack(&mut self, ts: u64, conn: &Conn, offset: usize) {
+        let ack = conn.seq.wrapping_add(offset as u32);
+        self.tcp(ts, conn, false, conn.ack, ack, Flags::ACK, b"");
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -202,6 +227,30 @@ impl Capture {
         ack: u32,
         flags: Flags,
         payload: &[u8],
+    ) {
+        self.tcp_with(
+            ts,
+            conn,
+            to_server,
+            seq,
+            ack,
+            flags,
+            payload,
+            &Craft::default(),
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn tcp_with(
+        &mut self,
+        ts: u64,
+        conn: &Conn,
+        to_server: bool,
+        seq: u32,
+        ack: u32,
+        flags: Flags,
+        payload: &[u8],
+        craft: &Craft<'_>,
     ) {
         let (src, dst) = if to_server {
             (conn.client, conn.server)
@@ -237,9 +286,34 @@ impl Capture {
         if flags.0 & Flags::ACK.0 != 0 {
             tcp = tcp.ack(ack);
         }
+        if let Some(urgent) = craft.urgent {
+            tcp = tcp.urg(urgent);
+        }
         let mut data = Vec::with_capacity(tcp.size(payload.len()));
         tcp.write(&mut data, payload).expect("packet builds");
-        self.frames.push(Frame { ts, data });
+        if craft.bad_checksum {
+            // The TCP checksum field: after Ethernet and the IP header.
+            let ip_len = if src.is_ipv4() { 20 } else { 40 };
+            data[ETHERNET_HEADER_LEN + ip_len + 16] ^= 0x5a;
+        }
+        self.frames.push(Frame {
+            ts,
+            data,
+            to_server: Some(to_server),
+        });
+    }
+
+    /// The same capture without the server's packets (a one-sided capture).
+    pub fn client_side_only(&self) -> Capture {
+        Capture {
+            frames: self
+                .frames
+                .iter()
+                .filter(|f| f.to_server != Some(false))
+                .cloned()
+                .collect(),
+            snaplen: self.snaplen,
+        }
     }
 
     /// The capture as a classic pcap file (nanosecond timestamps).
@@ -327,10 +401,46 @@ fn reframe(link: Link, eth: &[u8]) -> Vec<u8> {
     out
 }
 
+/// How [`Capture::crafted`] writes a segment.
+#[derive(Debug, Clone, Copy)]
+pub struct Craft<'a> {
+    /// Sequence number, as an offset from the connection's next one (may be negative
+    /// modulo 2^32, or far ahead).
+    pub offset: i64,
+    pub bytes: &'a [u8],
+    /// TCP flag bits ([`Craft::PSH_ACK`] by default).
+    pub flags: u8,
+    /// Added to the acknowledgment number (an ACK of data the server never sent).
+    pub ack_add: u32,
+    pub urgent: Option<u16>,
+    pub bad_checksum: bool,
+}
+
+impl Craft<'_> {
+    pub const FIN: u8 = 1;
+    pub const SYN: u8 = 2;
+    pub const RST: u8 = 4;
+    pub const PSH_ACK: u8 = 8 | 16;
+}
+
+impl Default for Craft<'_> {
+    fn default() -> Self {
+        Self {
+            offset: 0,
+            bytes: b"",
+            flags: Craft::PSH_ACK,
+            ack_add: 0,
+            urgent: None,
+            bad_checksum: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Flags(u8);
 
 impl Flags {
+    const URG: Flags = Flags(32);
     const FIN: Flags = Flags(1);
     const SYN: Flags = Flags(2);
     const RST: Flags = Flags(4);

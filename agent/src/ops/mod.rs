@@ -8,9 +8,11 @@ use std::fmt::Write as _;
 use crate::config::{Config, ConfigError, EndpointConfig};
 
 mod discovery;
+mod normalise;
 mod openapi;
 
 pub use discovery::{is_discovered_template, normalise_path};
+pub use normalise::{is_ip_literal, normalise_request_path};
 
 /// Index of an operation in the [`Catalog`].
 pub type OpId = u16;
@@ -144,6 +146,9 @@ pub struct Catalog {
     discovery: bool,
     max_discovered: usize,
     discovered: usize,
+    /// `[operations] default_host`, and the hosts endpoints name (which keep theirs).
+    default_host: Option<String>,
+    known_hosts: Vec<String>,
     /// Reused to build discovered keys without allocating per request.
     scratch: String,
 }
@@ -168,8 +173,15 @@ impl Catalog {
             discovery: config.operations.discovery,
             max_discovered: config.operations.max_operations,
             discovered: 0,
+            default_host: None,
+            known_hosts: Vec::new(),
             scratch: String::new(),
         };
+        if let Some(host) = &config.operations.default_host {
+            let mut normal = String::new();
+            normalise_host(host.as_bytes(), &mut normal);
+            catalog.default_host = Some(normal);
+        }
         for ep in &endpoints {
             catalog
                 .add_endpoint(ep)
@@ -191,6 +203,9 @@ impl Catalog {
 
     fn add_endpoint(&mut self, ep: &EndpointConfig) -> Result<(), String> {
         let host = ep.host.to_ascii_lowercase();
+        if !host.is_empty() && !self.known_hosts.contains(&host) {
+            self.known_hosts.push(host.clone());
+        }
         let human = human_form(&ep.method, &host, &ep.path);
         if self.by_human.contains_key(&human) {
             return Ok(()); // The same endpoint twice (config and OpenAPI): one operation.
@@ -250,6 +265,18 @@ impl Catalog {
 
     pub fn iter(&self) -> impl Iterator<Item = (OpId, &Operation)> {
         self.ops.iter().enumerate().map(|(i, op)| (i as OpId, op))
+    }
+
+    /// With `default_host` set: a missing host, an IP literal, or a host no endpoint
+    /// names becomes the default host, as a server's default virtual host serves it.
+    pub fn canonical_host(&self, host: &mut String) {
+        let Some(default) = &self.default_host else {
+            return;
+        };
+        if host.is_empty() || is_ip_literal(host) || !self.known_hosts.contains(host) {
+            host.clear();
+            host.push_str(default);
+        }
     }
 
     /// Maps a request (host already normalised, path without query) to its operation.
@@ -375,7 +402,8 @@ pub fn split_target(target: &str) -> (Option<&str>, &str) {
     }
 }
 
-/// Lowercases a host and drops a `:port` suffix (keeping IPv6 brackets), into `out`.
+/// Lowercases a host and drops a `:port` suffix (keeping IPv6 brackets) and a trailing
+/// dot (`bank.test.` is `bank.test`), into `out`.
 pub fn normalise_host(raw: &[u8], out: &mut String) {
     out.clear();
     let raw = raw.trim_ascii();
@@ -395,6 +423,7 @@ pub fn normalise_host(raw: &[u8], out: &mut String) {
             _ => raw,
         }
     };
+    let host = host.strip_suffix(b".").unwrap_or(host);
     let plain = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-');
     if host.iter().all(plain) {
         // Already normal (the common case): one copy.
@@ -418,6 +447,45 @@ mod tests {
     fn catalog(toml: &str) -> Catalog {
         let config = Config::parse(toml, Path::new("t.toml")).unwrap();
         Catalog::from_config(&config).unwrap()
+    }
+
+    #[test]
+    fn hosts_are_normalised_and_unknown_ones_take_the_default() {
+        let mut out = String::new();
+        for raw in ["Bank.Test", "bank.test.", "bank.test:8080", "BANK.TEST.:80"] {
+            normalise_host(raw.as_bytes(), &mut out);
+            assert_eq!(out, "bank.test", "{raw}");
+        }
+        let toml = r#"
+            [operations]
+            default_host = "Bank.Test"
+            [[endpoint]]
+            host = "bank.test"
+            method = "GET"
+            path = "/a"
+            [[endpoint]]
+            host = "admin.test"
+            method = "GET"
+            path = "/a"
+        "#;
+        let c = catalog(toml);
+        for (raw, want) in [
+            ("", "bank.test"),
+            ("10.0.0.2", "bank.test"),
+            ("[2001:db8::1]", "bank.test"),
+            ("evil.test", "bank.test"),
+            ("bank.test", "bank.test"),
+            ("admin.test", "admin.test"),
+        ] {
+            let mut host = raw.to_string();
+            c.canonical_host(&mut host);
+            assert_eq!(host, want, "{raw:?}");
+        }
+        // Without default_host, hosts are left as they are.
+        let c = catalog("[[endpoint]]\nhost = \"bank.test\"\nmethod = \"GET\"\npath = \"/a\"\n");
+        let mut host = "10.0.0.2".to_string();
+        c.canonical_host(&mut host);
+        assert_eq!(host, "10.0.0.2");
     }
 
     #[test]
