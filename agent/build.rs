@@ -3,6 +3,12 @@
 //! skips this (clippy or docs on a machine without the eBPF toolchain).
 
 fn main() -> anyhow::Result<()> {
+    // The kernel crate's shared types live in agent-common: a change there must rebuild
+    // the object too (aya-build watches only the kernel crate).
+    println!(
+        "cargo:rerun-if-changed={}",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../agent-common/src")
+    );
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../agent-ebpf");
     let package = aya_build::Package {
         name: "agent-ebpf",

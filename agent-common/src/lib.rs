@@ -35,6 +35,10 @@ pub mod maps {
     /// HashMap<[u8; 16] client address, [`super::BlockEntry`]>: clients whose request
     /// bytes are dropped (handshakes pass, so the agent can reset them).
     pub const BLOCKED_CLIENTS: &str = "BLOCKED_CLIENTS";
+    /// HashMap<[u8; 32] client address + server address, [`super::BlockEntry`]>: IP
+    /// fragments between the two ends of a blocked connection are dropped (a fragment
+    /// may not carry the ports).
+    pub const BLOCKED_PAIRS: &str = "BLOCKED_PAIRS";
     /// HashMap<[`super::FlowKey`], [`super::BlockEntry`]>: connections whose packets get
     /// `mark` in skb->mark.
     pub const FLAGGED_FLOWS: &str = "FLAGGED_FLOWS";
@@ -87,8 +91,8 @@ pub enum Counter {
     Captured = 1,
     /// Events lost because the ring buffer was full.
     Lost = 2,
-    /// TCP to a captured port, but a shape the program does not copy (IP options beyond
-    /// the header, IPv6 extension headers, fragments).
+    /// TCP to a captured port, but a shape the program does not copy (a chain of IPv6
+    /// extension headers longer than it walks).
     Unsupported = 3,
     /// Client → server packets dropped (blocked flow or client).
     DroppedIngress = 4,
@@ -118,6 +122,10 @@ pub struct CaptureConfig {
 pub const DIRECTION_TO_SERVER: u8 = 0;
 /// Server → client, header facts only (what the server acknowledged and advertised).
 pub const DIRECTION_TO_CLIENT: u8 = 1;
+/// An IP fragment of a TCP datagram sent to this host: `client_addr` is its source,
+/// `server_addr` its destination, the `frag_*` fields say where its bytes go, and the
+/// payload is the fragment's (the agent puts the datagram back together).
+pub const DIRECTION_FRAGMENT: u8 = 2;
 
 /// TCP flag bits as they appear in the header's flags byte.
 pub const TCP_FIN: u8 = 0x01;
@@ -160,9 +168,15 @@ pub struct EventHeader {
     pub tcp_len: u8,
     pub _pad: u8,
     /// The raw TCP header, options included: sequence and acknowledgment numbers,
-    /// flags, window, urgent pointer, window scale.
+    /// flags, window, urgent pointer, window scale. Unused in fragment events.
     pub tcp: [u8; TCP_HEADER_ROOM],
-    pub _pad2: [u8; 8],
+    /// Fragment events: the IP identification (IPv4's 16 bits, or IPv6's 32).
+    pub frag_id: u32,
+    /// Fragment events: the offset of the payload in the datagram, in 8-byte units.
+    pub frag_offset: u16,
+    /// Fragment events: 1 when more fragments follow.
+    pub frag_more: u8,
+    pub _pad2: u8,
 }
 
 /// What the kernel puts in the ring buffer for one packet: the header, then room for `N`

@@ -9,9 +9,9 @@
 #![no_main]
 
 use agent_common::{
-    BlockEntry, CaptureConfig, CaptureEvent, Counter, DIRECTION_TO_CLIENT, DIRECTION_TO_SERVER,
-    EVENT_SIZES, EventHeader, FlowKey, MAX_BLOCK_ENTRIES, MAX_PORTS, MAX_SNAPLEN, RING_BYTES,
-    TCP_ACK, TCP_FIN, TCP_HEADER_ROOM, TCP_RST, TCP_SYN, WAKEUP_BYTES,
+    BlockEntry, CaptureConfig, CaptureEvent, Counter, DIRECTION_FRAGMENT, DIRECTION_TO_CLIENT,
+    DIRECTION_TO_SERVER, EVENT_SIZES, EventHeader, FlowKey, MAX_BLOCK_ENTRIES, MAX_PORTS,
+    MAX_SNAPLEN, RING_BYTES, TCP_ACK, TCP_FIN, TCP_HEADER_ROOM, TCP_RST, TCP_SYN, WAKEUP_BYTES,
 };
 use aya_ebpf::bindings::xdp_action;
 use aya_ebpf::bindings::{
@@ -40,6 +40,10 @@ static BLOCKED_FLOWS: HashMap<FlowKey, BlockEntry> =
 static BLOCKED_CLIENTS: HashMap<[u8; 16], BlockEntry> =
     HashMap::with_max_entries(MAX_BLOCK_ENTRIES, 0);
 
+#[map(name = "BLOCKED_PAIRS")]
+static BLOCKED_PAIRS: HashMap<[u8; 32], BlockEntry> =
+    HashMap::with_max_entries(MAX_BLOCK_ENTRIES, 0);
+
 #[map(name = "FLAGGED_FLOWS")]
 static FLAGGED_FLOWS: HashMap<FlowKey, BlockEntry> =
     HashMap::with_max_entries(MAX_BLOCK_ENTRIES, 0);
@@ -51,6 +55,8 @@ const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const IPPROTO_TCP: u8 = 6;
+/// The IPv6 fragment header.
+const IPPROTO_FRAGMENT: u8 = 44;
 const IPV6_HLEN: usize = 40;
 /// IPv6 extension headers walked before giving up on finding TCP.
 const MAX_IPV6_EXTENSIONS: usize = 4;
@@ -97,6 +103,8 @@ fn xdp_read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
 }
 
 fn blocked_at_driver(ctx: &XdpContext) -> Option<bool> {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
     let (client, l4) = match u16::from_be(xdp_read::<u16>(ctx, 12)?) {
         ETH_P_IP => {
             let version_ihl = xdp_read::<u8>(ctx, ETH_HLEN)?;
@@ -105,16 +113,22 @@ fn blocked_at_driver(ctx: &XdpContext) -> Option<bool> {
             }
             let mut client = [0u8; 16];
             client[..4].copy_from_slice(&xdp_read::<[u8; 4]>(ctx, ETH_HLEN + 12)?);
+            if u16::from_be(xdp_read::<u16>(ctx, ETH_HLEN + 6)?) & 0x3fff != 0 {
+                // A fragment may not carry the ports: a blocked client's go.
+                return Some(live_entry(&BLOCKED_CLIENTS, &client, now).is_some());
+            }
             (client, ETH_HLEN + usize::from(version_ihl & 0x0f) * 4)
         }
         ETH_P_IPV6 => {
-            if xdp_read::<u8>(ctx, ETH_HLEN + 6)? != IPPROTO_TCP {
-                return Some(false);
+            let client = xdp_read::<[u8; 16]>(ctx, ETH_HLEN + 8)?;
+            match xdp_read::<u8>(ctx, ETH_HLEN + 6)? {
+                IPPROTO_TCP => {}
+                IPPROTO_FRAGMENT => {
+                    return Some(live_entry(&BLOCKED_CLIENTS, &client, now).is_some());
+                }
+                _ => return Some(false),
             }
-            (
-                xdp_read::<[u8; 16]>(ctx, ETH_HLEN + 8)?,
-                ETH_HLEN + IPV6_HLEN,
-            )
+            (client, ETH_HLEN + IPV6_HLEN)
         }
         _ => return Some(false),
     };
@@ -123,14 +137,20 @@ fn blocked_at_driver(ctx: &XdpContext) -> Option<bool> {
     if unsafe { PORTS.get(server_port) }.is_none() {
         return Some(false);
     }
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
     Some(live_entry(&BLOCKED_CLIENTS, &client, now).is_some())
 }
 
 /// Where the packet's TCP header is, and what the IP layer says about it.
+#[derive(Default)]
 struct L3 {
     family: u8,
+    /// 1 for an IP fragment: `l4` is where its bytes start, `ip_payload_len` their
+    /// length, and the fragment fields say where they go.
+    fragment: u8,
+    frag_more: u8,
+    /// In 8-byte units.
+    frag_offset: u16,
+    frag_id: u32,
     src: [u8; 16],
     dst: [u8; 16],
     l4: usize,
@@ -138,16 +158,22 @@ struct L3 {
     ip_payload_len: usize,
 }
 
-fn l3(ctx: &TcContext) -> Result<L3, i64> {
+/// Reads the IP layer into `out` (written in place: a returned `L3` would be copied
+/// through this function's stack, and the verifier's 512 bytes are per call chain).
+fn l3(ctx: &TcContext, out: &mut L3) -> Result<(), i64> {
     match u16::from_be(ctx.load::<u16>(12)?) {
-        ETH_P_IP => ipv4(ctx),
-        ETH_P_IPV6 => ipv6(ctx),
+        ETH_P_IP => ipv4(ctx, out),
+        ETH_P_IPV6 => ipv6(ctx, out),
         _ => Err(0),
     }
 }
 
 fn try_ingress(ctx: &TcContext) -> Result<i32, i64> {
-    let l3 = l3(ctx)?;
+    let mut l3 = L3::default();
+    self::l3(ctx, &mut l3)?;
+    if l3.fragment != 0 {
+        return ingress_fragment(ctx, &l3);
+    }
     let tcp = ctx.load::<[u8; 20]>(l3.l4)?;
     let server_port = u16::from_be_bytes([tcp[2], tcp[3]]);
     // SAFETY: a map lookup by value; the returned reference is not kept.
@@ -174,14 +200,25 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, i64> {
             data_offset,
             wire_len,
             payload_at: l3.l4 + data_offset,
+            direction: DIRECTION_TO_SERVER,
         };
         capture(ctx, &config, &packet);
     }
     if config.enforce == 0 {
         return Ok(TC_ACT_UNSPEC); // Monitor mode: the kernel changes nothing.
     }
-
     // Verdicts, after the capture: the agent sees every request, dropped ones too.
+    Ok(ingress_verdict(ctx, &l3, &tcp, wire_len))
+}
+
+/// Drops a blocked connection's or client's packets, marks a flagged connection's. Not
+/// inlined: its frame is not on the stack while `l3` runs (the verifier's 512 bytes
+/// are per call chain).
+#[inline(never)]
+fn ingress_verdict(ctx: &TcContext, l3: &L3, tcp: &[u8; 20], wire_len: usize) -> i32 {
+    let client_port = u16::from_be_bytes([tcp[0], tcp[1]]);
+    let server_port = u16::from_be_bytes([tcp[2], tcp[3]]);
+    let tcp_flags = tcp[13];
     let key = FlowKey {
         client_addr: l3.src,
         server_addr: l3.dst,
@@ -199,24 +236,69 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, i64> {
             let _ = BLOCKED_FLOWS.remove(key);
         } else if tcp_flags & TCP_RST == 0 {
             count(Counter::DroppedIngress);
-            return Ok(TC_ACT_SHOT);
+            return TC_ACT_SHOT;
         }
     }
     // Blocked clients keep their handshakes (the agent resets the connection when its
     // first request shows), but not their request bytes.
     if wire_len > 0 && live_entry(&BLOCKED_CLIENTS, &l3.src, now).is_some() {
         count(Counter::DroppedIngress);
-        return Ok(TC_ACT_SHOT);
+        return TC_ACT_SHOT;
     }
     if let Some(entry) = live_entry(&FLAGGED_FLOWS, &key, now) {
         ctx.set_mark(entry.mark);
         count(Counter::Marked);
     }
+    TC_ACT_UNSPEC
+}
+
+/// An IP fragment of a TCP datagram: its ports may be in another fragment, so every
+/// one is handed over (TCP rarely fragments: path MTU discovery) and the agent puts the
+/// datagram back together. In enforce mode, fragments from blocked clients, or between
+/// the two ends of a blocked connection, are dropped: blocks hold against fragmented
+/// traffic. Not inlined: its frame is not on the stack while `l3` runs.
+#[inline(never)]
+fn ingress_fragment(ctx: &TcContext, l3: &L3) -> Result<i32, i64> {
+    let config = CONFIG.get(0).copied().unwrap_or(CaptureConfig {
+        snaplen: MAX_SNAPLEN as u32,
+        enforce: 0,
+    });
+    let packet = Packet {
+        l3,
+        client_addr: &l3.src,
+        server_addr: &l3.dst,
+        client_port: 0,
+        server_port: 0,
+        tcp: &[0; 20],
+        data_offset: 0,
+        wire_len: l3.ip_payload_len,
+        payload_at: l3.l4,
+        direction: DIRECTION_FRAGMENT,
+    };
+    capture(ctx, &config, &packet);
+    if config.enforce == 0 {
+        return Ok(TC_ACT_UNSPEC);
+    }
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut pair = [0u8; 32];
+    pair[..16].copy_from_slice(&l3.src);
+    pair[16..].copy_from_slice(&l3.dst);
+    if live_entry(&BLOCKED_CLIENTS, &l3.src, now).is_some()
+        || live_entry(&BLOCKED_PAIRS, &pair, now).is_some()
+    {
+        count(Counter::DroppedIngress);
+        return Ok(TC_ACT_SHOT);
+    }
     Ok(TC_ACT_UNSPEC)
 }
 
 fn try_egress(ctx: &TcContext) -> Result<i32, i64> {
-    let l3 = l3(ctx)?;
+    let mut l3 = L3::default();
+    self::l3(ctx, &mut l3)?;
+    if l3.fragment != 0 {
+        return Ok(TC_ACT_UNSPEC); // The server's own fragments carry nothing we need.
+    }
     let tcp = ctx.load::<[u8; 20]>(l3.l4)?;
     let server_port = u16::from_be_bytes([tcp[0], tcp[1]]);
     // SAFETY: a map lookup by value; the returned reference is not kept.
@@ -269,6 +351,8 @@ struct Packet<'a> {
     data_offset: usize,
     wire_len: usize,
     payload_at: usize,
+    /// DIRECTION_TO_SERVER, DIRECTION_TO_CLIENT or DIRECTION_FRAGMENT.
+    direction: u8,
 }
 
 /// A header-only event for a server → client packet: the agent needs its sequence,
@@ -289,6 +373,7 @@ fn server_facts(ctx: &TcContext, l3: &L3, tcp: &[u8; 20]) -> bool {
         data_offset,
         wire_len: l3.ip_payload_len.saturating_sub(data_offset),
         payload_at: l3.l4 + data_offset,
+        direction: DIRECTION_TO_CLIENT,
     };
     let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
         count(Counter::Lost);
@@ -296,7 +381,7 @@ fn server_facts(ctx: &TcContext, l3: &L3, tcp: &[u8; 20]) -> bool {
     };
     let h = entry.as_mut_ptr();
     // SAFETY: the reserved record is ours until submitted.
-    unsafe { fill_header(ctx, &mut *h, &packet, DIRECTION_TO_CLIENT, 0) };
+    unsafe { fill_header(ctx, &mut *h, &packet, 0) };
     entry.submit(wakeup_flags(enforce));
     count(Counter::ServerFacts);
     enforce
@@ -306,7 +391,7 @@ fn server_facts(ctx: &TcContext, l3: &L3, tcp: &[u8; 20]) -> bool {
 /// Not inlined: written once instead of in each event size's copy of `capture_into`,
 /// which keeps the programs' combined stack under the verifier's 512 bytes.
 #[inline(never)]
-fn fill_header(ctx: &TcContext, h: &mut EventHeader, p: &Packet<'_>, direction: u8, copied: usize) {
+fn fill_header(ctx: &TcContext, h: &mut EventHeader, p: &Packet<'_>, copied: usize) {
     h.ktime_ns = unsafe { bpf_ktime_get_ns() };
     h.client_addr = *p.client_addr;
     h.server_addr = *p.server_addr;
@@ -315,13 +400,20 @@ fn fill_header(ctx: &TcContext, h: &mut EventHeader, p: &Packet<'_>, direction: 
     h.wire_len = p.wire_len as u32;
     h.copied = copied as u16;
     h.family = p.l3.family;
-    h.direction = direction;
+    h.direction = p.direction;
     h.truncated = u8::from(copied < p.wire_len);
     // SAFETY: a query that reads the skb's checksum state and changes nothing.
     let level = unsafe { bpf_csum_level(ctx.skb.skb, u64::from(BPF_CSUM_LEVEL_QUERY)) };
     h.csum_verified = u8::from(level >= 0);
     h._pad = 0;
-    h._pad2 = [0; 8];
+    h.frag_id = p.l3.frag_id;
+    h.frag_offset = p.l3.frag_offset;
+    h.frag_more = p.l3.frag_more;
+    h._pad2 = 0;
+    if p.direction == DIRECTION_FRAGMENT {
+        h.tcp_len = 0; // The payload is fragment data; the agent reads TCP from it.
+        return;
+    }
     // Provably 1..=TCP_HEADER_ROOM for the verifier.
     let len = (core::hint::black_box(p.data_offset.wrapping_sub(1)) & (TCP_HEADER_ROOM - 1)) + 1;
     // SAFETY: `tcp` has TCP_HEADER_ROOM bytes and len <= TCP_HEADER_ROOM.
@@ -357,7 +449,8 @@ fn wakeup_flags(wake_every_event: bool) -> u64 {
 }
 
 /// Copies the packet into the smallest event size that holds what is to be copied.
-#[inline(always)]
+/// Not inlined, for the same reason as `ingress_verdict`.
+#[inline(never)]
 fn capture(ctx: &TcContext, config: &CaptureConfig, p: &Packet<'_>) {
     let in_skb = (ctx.len() as usize).saturating_sub(p.payload_at);
     let want = p.wire_len.min(config.snaplen as usize).min(in_skb);
@@ -406,75 +499,90 @@ fn capture_into<const N: usize>(
         }
     }
     // SAFETY: writing the header of the reserved record we own.
-    unsafe { fill_header(ctx, &mut (*event).header, p, DIRECTION_TO_SERVER, copied) };
+    unsafe { fill_header(ctx, &mut (*event).header, p, copied) };
     entry.submit(wakeup_flags(wake_every_event));
     true
 }
 
-fn ipv4(ctx: &TcContext) -> Result<L3, i64> {
+fn ipv4(ctx: &TcContext, out: &mut L3) -> Result<(), i64> {
     // The fixed header in one helper call (each call costs more than the bytes).
     let h = ctx.load::<[u8; 20]>(ETH_HLEN)?;
     let header_len = usize::from(h[0] & 0x0f) * 4;
     if h[9] != IPPROTO_TCP {
         return Err(0);
     }
-    if u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0 {
-        // More fragments or a non-zero offset: not a whole segment.
-        count(Counter::Unsupported);
-        return Err(0);
-    }
+    // More fragments or a non-zero offset: a fragment, handed over for reassembly.
+    let flags_offset = u16::from_be_bytes([h[6], h[7]]);
     let total_len = usize::from(u16::from_be_bytes([h[2], h[3]]));
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src[..4].copy_from_slice(&h[12..16]);
-    dst[..4].copy_from_slice(&h[16..20]);
-    Ok(L3 {
-        family: 4,
-        src,
-        dst,
-        l4: ETH_HLEN + header_len,
-        ip_payload_len: total_len.saturating_sub(header_len),
-    })
+    out.family = 4;
+    out.fragment = u8::from(flags_offset & 0x3fff != 0);
+    out.frag_more = u8::from(flags_offset & 0x2000 != 0);
+    out.frag_offset = flags_offset & 0x1fff;
+    out.frag_id = u32::from(u16::from_be_bytes([h[4], h[5]]));
+    out.src[..4].copy_from_slice(&h[12..16]);
+    out.dst[..4].copy_from_slice(&h[16..20]);
+    out.l4 = ETH_HLEN + header_len;
+    out.ip_payload_len = total_len.saturating_sub(header_len);
+    Ok(())
 }
 
-fn ipv6(ctx: &TcContext) -> Result<L3, i64> {
-    let h = ctx.load::<[u8; IPV6_HLEN]>(ETH_HLEN)?;
+fn ipv6(ctx: &TcContext, out: &mut L3) -> Result<(), i64> {
+    // The first 8 bytes, then the addresses straight into `out`.
+    let h = ctx.load::<[u8; 8]>(ETH_HLEN)?;
     let payload_len = usize::from(u16::from_be_bytes([h[4], h[5]]));
     let mut next_header = h[6];
     let mut l4 = ETH_HLEN + IPV6_HLEN;
-    // Walk a few extension headers (hop-by-hop, routing, destination options, AH); a
-    // fragment header means not a whole segment. Bounded for the verifier.
+    let mut fragment = [0u8; 8];
+    // Walk a few extension headers (hop-by-hop, routing, destination options, AH, and
+    // a fragment header, after which the fragment's bytes start). Bounded for the
+    // verifier.
     for _ in 0..MAX_IPV6_EXTENSIONS {
         let len = match next_header {
             IPPROTO_TCP => break,
             0 | 43 | 60 => (usize::from(ctx.load::<u8>(l4 + 1)?) + 1) * 8,
             51 => (usize::from(ctx.load::<u8>(l4 + 1)?) + 2) * 4,
-            44 => {
-                count(Counter::Unsupported);
-                return Err(0);
+            IPPROTO_FRAGMENT => {
+                fragment = ctx.load::<[u8; 8]>(l4)?;
+                8
             }
             _ => return Err(0), // Not TCP.
         };
         next_header = ctx.load::<u8>(l4)?;
         l4 += len;
+        if fragment[0] != 0 || fragment[2] != 0 || fragment[3] != 0 {
+            break; // The rest is fragment data (or its first bytes: the TCP header).
+        }
     }
     if next_header != IPPROTO_TCP {
         count(Counter::Unsupported);
         return Err(0);
     }
-    Ok(L3 {
-        family: 6,
-        src: addr16(&h, 8),
-        dst: addr16(&h, 24),
-        l4,
-        ip_payload_len: payload_len.saturating_sub(l4 - ETH_HLEN - IPV6_HLEN),
-    })
+    let offset_more = u16::from_be_bytes([fragment[2], fragment[3]]);
+    out.family = 6;
+    out.fragment = u8::from(fragment[0] == IPPROTO_TCP);
+    out.frag_more = u8::from(offset_more & 1 != 0);
+    out.frag_offset = offset_more >> 3;
+    out.frag_id = u32::from_be_bytes([fragment[4], fragment[5], fragment[6], fragment[7]]);
+    load_into(ctx, ETH_HLEN + 8, &mut out.src)?;
+    load_into(ctx, ETH_HLEN + 24, &mut out.dst)?;
+    out.l4 = l4;
+    out.ip_payload_len = payload_len.saturating_sub(l4 - ETH_HLEN - IPV6_HLEN);
+    Ok(())
 }
 
-fn addr16(h: &[u8; IPV6_HLEN], at: usize) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    a.copy_from_slice(&h[at..at + 16]);
-    a
+/// Copies 16 packet bytes at `offset` into `dst` (one helper call, no stack copy).
+#[inline(always)]
+fn load_into(ctx: &TcContext, offset: usize, dst: &mut [u8; 16]) -> Result<(), i64> {
+    // SAFETY: `dst` has 16 bytes, the length copied.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            offset as u32,
+            dst.as_mut_ptr().cast(),
+            16,
+        )
+    };
+    if ret == 0 { Ok(()) } else { Err(ret) }
 }
 
 fn count(counter: Counter) {

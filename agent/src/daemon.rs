@@ -194,9 +194,9 @@ fn capture_loop(
         let mut requests = 0;
         capture.drain_with(
             || shared.pipeline(),
-            |pipeline, segment| {
+            |pipeline, packet| {
                 let before = pipeline.stats_requests();
-                pipeline.process(&segment, &mut outcomes);
+                pipeline.process_captured(&packet, &mut outcomes);
                 requests += pipeline.stats_requests() - before;
             },
         );

@@ -10,6 +10,7 @@ pub mod alerts;
 pub mod analytics;
 pub mod config;
 pub mod daemon;
+pub mod defrag;
 pub mod enforce;
 pub mod flow;
 pub mod http;

@@ -74,6 +74,33 @@ impl Segment<'_> {
     }
 }
 
+/// What a capture source hands the pipeline: a TCP segment, or an IP fragment (its
+/// datagram is put back together first, as the server's stack does).
+#[derive(Debug, Clone, Copy)]
+pub enum Captured<'a> {
+    Segment(Segment<'a>),
+    Fragment(Fragment<'a>),
+}
+
+/// One fragment of an IPv4 datagram, or of an IPv6 packet with a fragment header,
+/// carrying TCP.
+#[derive(Debug, Clone, Copy)]
+pub struct Fragment<'a> {
+    pub ts: Nanos,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// IPv4 identification, or the IPv6 fragment header's.
+    pub id: u32,
+    /// Where these bytes go in the datagram's payload, in bytes.
+    pub offset: u32,
+    /// More fragments follow.
+    pub more: bool,
+    /// The fragment's bytes the capture kept.
+    pub payload: &'a [u8],
+    /// The fragment's length on the wire.
+    pub wire_len: u32,
+}
+
 /// A connection, named from the client's side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowKey {
@@ -181,6 +208,70 @@ pub fn tcp_extras(header: &[u8]) -> TcpExtras {
         urgent: word(18),
         wscale,
     }
+}
+
+/// Builds the segment of a TCP header and payload between `src` and `dst`: direction
+/// by which side uses an analysed port (`None`: neither does, or no TCP header).
+/// `whole`: the capture kept every payload byte, so the checksum can be checked.
+pub fn tcp_segment<'a>(
+    ts: Nanos,
+    src: IpAddr,
+    dst: IpAddr,
+    header: &'a [u8],
+    payload: &'a [u8],
+    wire_len: u32,
+    ports: &[u16],
+) -> Option<Segment<'a>> {
+    if header.len() < 20 {
+        return None;
+    }
+    let sport = u16::from_be_bytes([header[0], header[1]]);
+    let dport = u16::from_be_bytes([header[2], header[3]]);
+    let (dir, flow) = if ports.contains(&dport) {
+        let flow = FlowKey {
+            client: SocketAddr::new(src, sport),
+            server: SocketAddr::new(dst, dport),
+        };
+        (Direction::ToServer, flow)
+    } else if ports.contains(&sport) {
+        let flow = FlowKey {
+            client: SocketAddr::new(dst, dport),
+            server: SocketAddr::new(src, sport),
+        };
+        (Direction::ToClient, flow)
+    } else {
+        return None;
+    };
+    let wire_len = wire_len.max(payload.len() as u32);
+    let whole = payload.len() as u32 == wire_len;
+    let checksum = if dir == Direction::ToServer
+        && whole
+        && header.len() + payload.len() <= MAX_VERIFIED_SEGMENT
+    {
+        tcp_checksum(src, dst, header, payload)
+    } else {
+        Checksum::Unverified
+    };
+    let extras = tcp_extras(header);
+    Some(Segment {
+        ts,
+        flow,
+        dir,
+        seq: u32::from_be_bytes([header[4], header[5], header[6], header[7]]),
+        ack: extras.ack,
+        flags: TcpFlags::from_byte(header[13]),
+        window: extras.window,
+        urgent: extras.urgent,
+        wscale: extras.wscale,
+        checksum,
+        // The server's payload is never looked at.
+        payload: if dir == Direction::ToServer {
+            payload
+        } else {
+            &[]
+        },
+        wire_len,
+    })
 }
 
 /// Longest TCP segment (header and payload) whose checksum a capture verifies. Larger

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Nanos;
 use crate::analytics::AnalyticsState;
+use crate::defrag::FragStats;
 use crate::flow::FlowStats;
 use crate::http::HttpStats;
 use crate::ops::Operation;
@@ -45,6 +46,7 @@ pub struct Totals {
     pub lost_events: u64,
     pub http: HttpStats,
     pub flows: FlowStats,
+    pub fragments: FragStats,
     pub sessions: SessionStats,
     pub unidentified: u64,
     pub unmatched: u64,

@@ -7,16 +7,17 @@ use std::collections::HashMap;
 use crate::alerts::{Alert, AlertAction, OutcomeSink, SEQUENCE_VIOLATION, rfc3339};
 use crate::analytics::Analytics;
 use crate::config::{Config, ConfigError, EnforceMode, RuleAction};
+use crate::defrag::Defrag;
 use crate::enforce::Blocks;
 use crate::flow::{FlowLimits, FlowTable, MAX_FLOWS, Piece};
 use crate::http::{HttpStats, HttpStream, RequestHead};
 use crate::ops::{Catalog, OpId, Resolved, normalise_host, normalise_request_path, split_target};
-use crate::packet::{Direction, FlowKey, Segment};
+use crate::packet::{Captured, Direction, FlowKey, Fragment, Segment, tcp_segment};
 use crate::persist::{Snapshot, Totals};
 use crate::report::{OperationReport, Report, SequenceReport, Stats};
 use crate::rules::RuleSet;
 use crate::session::{Entry, SessionCache, SessionId, SessionIdentifier, Sessions};
-use crate::source::pcap::{PcapCounters, PcapError, for_each_segment};
+use crate::source::pcap::{PcapCounters, PcapError, for_each_packet};
 use crate::{Nanos, duration_nanos};
 
 /// One entry of a session's history, as the admin API shows it.
@@ -65,6 +66,10 @@ struct Connection {
 }
 
 pub struct Pipeline {
+    /// IP fragments waiting for the rest of their datagram.
+    defrag: Defrag,
+    /// The analysed server ports (for segments put back together from fragments).
+    ports: Vec<u16>,
     flows: FlowTable<Connection>,
     http: HttpStats,
     analysis: Analysis,
@@ -85,6 +90,8 @@ impl Pipeline {
         let seq = &config.sequence;
         let window = duration_nanos(seq.window);
         Ok(Self {
+            defrag: Defrag::default(),
+            ports: config.capture.ports.clone(),
             flows: FlowTable::new(FlowLimits {
                 max_flows: MAX_FLOWS,
                 idle_timeout: duration_nanos(config.capture.flow_idle_timeout),
@@ -141,6 +148,39 @@ impl Pipeline {
         });
     }
 
+    /// Takes what a capture source read: a segment, or an IP fragment whose datagram,
+    /// once complete, is processed as the segment it carries.
+    pub fn process_captured(&mut self, packet: &Captured<'_>, alerts: &mut dyn OutcomeSink) {
+        match packet {
+            Captured::Segment(seg) => self.process(seg, alerts),
+            Captured::Fragment(fragment) => self.process_fragment(fragment, alerts),
+        }
+    }
+
+    fn process_fragment(&mut self, fragment: &Fragment<'_>, alerts: &mut dyn OutcomeSink) {
+        let Some(datagram) = self.defrag.push(fragment) else {
+            return;
+        };
+        let bytes = &datagram.payload;
+        let header_len = bytes.get(12).map_or(0, |b| usize::from(b >> 4) * 4);
+        if header_len < 20 || bytes.len() < header_len {
+            return; // Not a TCP header the capture kept whole: nothing to reassemble.
+        }
+        let (header, payload) = bytes.split_at(header_len);
+        let wire_len = datagram.wire_len.saturating_sub(header_len as u32);
+        if let Some(seg) = tcp_segment(
+            datagram.ts,
+            datagram.src,
+            datagram.dst,
+            header,
+            payload,
+            wire_len,
+            &self.ports,
+        ) {
+            self.process(&seg, alerts);
+        }
+    }
+
     /// Upkeep when no segment arrives (live): skips stale reassembly holes and forgets
     /// idle connections as of `now`.
     pub fn tick(&mut self, now: Nanos, alerts: &mut dyn OutcomeSink) {
@@ -168,7 +208,9 @@ impl Pipeline {
         ports: &[u16],
         alerts: &mut dyn OutcomeSink,
     ) -> Result<PcapCounters, PcapError> {
-        for_each_segment(capture, ports, |seg| self.process(&seg, alerts))
+        for_each_packet(capture, ports, |packet| {
+            self.process_captured(&packet, alerts)
+        })
     }
 
     /// Events the live source lost before they reached the pipeline: the kernel's
@@ -218,6 +260,7 @@ impl Pipeline {
             alerts: c.alerts,
             sequences_evicted: self.analysis.analytics.sequences_evicted(),
             flows: self.flows.stats(),
+            fragments: self.defrag.stats(),
             sessions: self.analysis.sessions.stats(),
         }
     }
@@ -236,6 +279,7 @@ impl Pipeline {
                 lost_events: self.lost_events,
                 http: self.http,
                 flows: self.flows.stats(),
+                fragments: self.defrag.stats(),
                 sessions: a.sessions.stats(),
                 unidentified: c.unidentified,
                 unmatched: c.unmatched,
@@ -267,6 +311,7 @@ impl Pipeline {
         };
         self.http = t.http;
         self.flows.restore_stats(t.flows);
+        self.defrag.restore_stats(t.fragments);
         self.packets = t.packets;
         self.lost_base = t.lost_events;
         self.lost_events = t.lost_events;

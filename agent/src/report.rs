@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::defrag::FragStats;
 use crate::flow::FlowStats;
 use crate::session::SessionStats;
 
@@ -76,6 +77,8 @@ pub struct Stats {
     pub sequences_evicted: u64,
     #[serde(flatten)]
     pub flows: FlowStats,
+    /// IP fragments and the datagrams put back together from them.
+    pub fragments: FragStats,
     #[serde(flatten)]
     pub sessions: SessionStats,
 }

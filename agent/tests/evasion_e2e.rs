@@ -161,6 +161,20 @@ fn attacks() -> Vec<Attack> {
         stream,
     });
 
+    // The request as one segment in three IP fragments: the server's stack puts the
+    // datagram back together; so does the agent.
+    let stream = request("/ev/frag/a");
+    all.push(Attack {
+        name: "frag",
+        steps: vec![
+            json!({"handshake": true}),
+            json!({"frag": [0, stream.len()], "pieces": 3}),
+            json!({"await": stream.len()}),
+            json!({"close": true}),
+        ],
+        stream,
+    });
+
     // The request retransmitted after the connection's FIN: read once.
     let stream = request("/ev/afterfin/a");
     all.push(Attack {
@@ -256,7 +270,14 @@ fn assert_agent_matches_server(pair: &NetPair, agent: &Agent, log: &Path, what: 
     );
 }
 
-fn setup(test: &str) -> Option<(NetPair, tempfile::TempDir, Agent, std::path::PathBuf)> {
+type Setup = (NetPair, tempfile::TempDir, Agent, std::path::PathBuf);
+
+fn setup(test: &str) -> Option<Setup> {
+    setup_with(test, "")
+}
+
+/// A logging bank server and an agent whose config gets `extra`.
+fn setup_with(test: &str, extra: &str) -> Option<Setup> {
     if !root_or_skip(test) {
         return None;
     }
@@ -265,7 +286,7 @@ fn setup(test: &str) -> Option<(NetPair, tempfile::TempDir, Agent, std::path::Pa
     let log = dir.path().join("server.log");
     pair.start_bank_server_with(0, Some(&log));
     let admin_port = 19_600 + (std::process::id() % 300) as u16;
-    let config = bank_config(dir.path(), admin_port, "");
+    let config = bank_config(dir.path(), admin_port, extra);
     let agent = start_agent(
         &mut pair,
         &config,
@@ -312,7 +333,7 @@ fn crafted_segments_cannot_bend_what_the_agent_sees() {
             .keys()
             .any(|k| k.contains("EVIL") || k.contains("decoy"))
     );
-    assert_eq!(truth.values().sum::<u64>(), 11, "{truth:#?}");
+    assert_eq!(truth.values().sum::<u64>(), 12, "{truth:#?}");
     let flows = live_report(&pair, &agent).unwrap().stats.flows;
     // The agent refused what Linux refused, and said so.
     assert!(flows.ignored_resets >= 1, "{flows:?}");
@@ -323,6 +344,12 @@ fn crafted_segments_cannot_bend_what_the_agent_sees() {
     assert!(flows.urgent_bytes_removed >= 1, "{flows:?}");
     assert!(flows.after_close_segments >= 2, "{flows:?}");
     assert_eq!(flows.gaps, 0, "{flows:?}");
+    let fragments = live_report(&pair, &agent).unwrap().stats.fragments;
+    assert_eq!(
+        (fragments.fragments, fragments.reassembled),
+        (3, 1),
+        "{fragments:?}"
+    );
 }
 
 #[test]
@@ -344,7 +371,7 @@ fn crafted_segments_over_ipv6() {
     ));
     for (i, attack) in attacks()
         .iter()
-        .filter(|a| ["rst", "drop", "tiny"].contains(&a.name))
+        .filter(|a| ["rst", "drop", "tiny", "frag"].contains(&a.name))
         .enumerate()
     {
         run_attack(
@@ -357,4 +384,63 @@ fn crafted_segments_over_ipv6() {
         );
         assert_agent_matches_server(&pair, &agent, &log, attack.name);
     }
+}
+
+#[test]
+fn blocks_hold_against_fragmented_traffic() {
+    let enforce =
+        "[enforce]\nmode = \"enforce\"\nblock_scope = \"client_ip\"\nblock_ttl = \"10m\"\n";
+    let Some((pair, dir, agent, log)) =
+        setup_with("blocks_hold_against_fragmented_traffic", enforce)
+    else {
+        return;
+    };
+    let src = spoofed_v4(&pair);
+    // A transfer with no balance check: the client's address is blocked.
+    let transfer = "POST /api/v1/transferFunds HTTP/1.1\r\nHost: bank.test\r\nCookie: sid=frag\r\n\
+                    Content-Length: 0\r\n\r\n";
+    let violate = Attack {
+        name: "violate",
+        stream: transfer.to_string(),
+        steps: vec![
+            json!({"handshake": true}),
+            json!({"data": [0, transfer.len()]}),
+            json!({"sleep": 0.3}),
+        ],
+    };
+    run_attack(&pair, dir.path(), &violate, &src, &pair.server_ip, 43_000);
+    eventually("the block", Duration::from_secs(5), || {
+        live_report(&pair, &agent).filter(|r| r.stats.alerts >= 1)
+    });
+    // A new connection from that address sends its request in IP fragments: they do
+    // not carry the ports, and still the kernel drops them.
+    let request = request("/ev/fragblock/a");
+    let fragmented = Attack {
+        name: "fragblock",
+        steps: vec![
+            json!({"handshake": true}),
+            json!({"frag": [0, request.len()], "pieces": 3}),
+            json!({"sleep": 1.0}),
+        ],
+        stream: request,
+    };
+    run_attack(
+        &pair,
+        dir.path(),
+        &fragmented,
+        &src,
+        &pair.server_ip,
+        43_001,
+    );
+    let report = live_report(&pair, &agent).unwrap();
+    assert!(
+        report.stats.fragments.fragments >= 3,
+        "{:?}",
+        report.stats.fragments
+    );
+    let read = server_read(&log);
+    assert!(
+        !read.keys().any(|k| k.contains("fragblock")),
+        "the server read a blocked client's fragmented request: {read:?}"
+    );
 }

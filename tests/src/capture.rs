@@ -210,6 +210,45 @@ impl Capture {
         self.tcp_with(ts, conn, true, seq, ack, flags, craft.bytes, &craft);
     }
 
+    /// Client → server bytes in one TCP segment carried by `pieces` IPv4 fragments
+    /// (8-byte multiples), in reverse order; then the server's ACK.
+    pub fn send_fragmented(&mut self, ts: u64, conn: &mut Conn, bytes: &[u8], pieces: usize) {
+        let before = self.frames.len();
+        self.segment(ts, conn, 0, bytes);
+        let whole = self.frames.remove(before).data;
+        let ip = &whole[ETHERNET_HEADER_LEN..];
+        let header_len = usize::from(ip[0] & 0x0f) * 4;
+        let payload = &ip[header_len..];
+        let step = (payload.len() / pieces.max(1)).div_ceil(8).max(1) * 8;
+        let mut frames = Vec::new();
+        for (i, part) in payload.chunks(step).enumerate() {
+            let more = (i + 1) * step < payload.len();
+            let mut header = ip[..header_len].to_vec();
+            let total = (header_len + part.len()) as u16;
+            header[2..4].copy_from_slice(&total.to_be_bytes());
+            let flags_offset = ((i * step / 8) as u16) | if more { 0x2000 } else { 0 };
+            header[6..8].copy_from_slice(&flags_offset.to_be_bytes());
+            header[10..12].copy_from_slice(&[0, 0]);
+            let sum = etherparse::checksum::Sum16BitWords::new()
+                .add_slice(&header)
+                .ones_complement()
+                .to_be();
+            header[10..12].copy_from_slice(&sum.to_be_bytes());
+            let mut data = whole[..ETHERNET_HEADER_LEN].to_vec();
+            data.extend_from_slice(&header);
+            data.extend_from_slice(part);
+            frames.push(Frame {
+                ts,
+                data,
+                to_server: Some(true),
+            });
+        }
+        frames.reverse();
+        self.frames.extend(frames);
+        conn.seq = conn.seq.wrapping_add(bytes.len() as u32);
+        self.tcp(ts, conn, false, conn.ack, conn.seq, Flags::ACK, b"");
+    }
+
     /// The server acknowledges the client's bytes up to `offset` from the connection's
     /// next sequence number (a bare ACK, window 65535).
     pub fn server_ack(&mut self, ts: u64, conn: &Conn, offset: usize) {

@@ -464,3 +464,14 @@ fn heads_servers_accept_yield_the_operation_and_the_session() {
     );
     assert_eq!(st.requests, 3);
 }
+
+#[test]
+fn a_request_in_ip_fragments_is_put_back_together() {
+    let mut cap = Capture::new();
+    let mut conn = open(&mut cap);
+    cap.send_fragmented(T0 + MS, &mut conn, journey().as_bytes(), 4);
+    let seen = replay_with(&cap, "");
+    assert_read_the_journey(&seen);
+    let f = seen.report.stats.fragments;
+    assert_eq!((f.fragments, f.reassembled, f.overlaps), (4, 1, 0), "{f:?}");
+}

@@ -28,6 +28,8 @@ pub enum EnforceError {
 /// The kernel's enforcement maps.
 pub struct KernelEnforcer {
     flows: HashMap<MapData, KernelFlowKey, BlockEntry>,
+    /// Client and server address of each blocked connection: its fragments.
+    pairs: HashMap<MapData, [u8; 32], BlockEntry>,
     clients: HashMap<MapData, [u8; 16], BlockEntry>,
     flagged: HashMap<MapData, KernelFlowKey, BlockEntry>,
     /// Expiry of every entry written, oldest first (one TTL: insertion order is expiry
@@ -38,11 +40,13 @@ pub struct KernelEnforcer {
 impl KernelEnforcer {
     pub fn new(
         flows: HashMap<MapData, KernelFlowKey, BlockEntry>,
+        pairs: HashMap<MapData, [u8; 32], BlockEntry>,
         clients: HashMap<MapData, [u8; 16], BlockEntry>,
         flagged: HashMap<MapData, KernelFlowKey, BlockEntry>,
     ) -> Self {
         Self {
             flows,
+            pairs,
             clients,
             flagged,
             expiries: VecDeque::new(),
@@ -73,6 +77,16 @@ impl KernelEnforcer {
                         source,
                     })?;
                 latency = wall_clock_now().saturating_sub(verdict.at);
+                // Fragments between the two ends: they may not carry the ports.
+                let mut pair = [0u8; 32];
+                pair[..16].copy_from_slice(&key.client_addr);
+                pair[16..].copy_from_slice(&key.server_addr);
+                self.pairs
+                    .insert(pair, entry(0), 0)
+                    .map_err(|source| EnforceError::Map {
+                        name: maps::BLOCKED_PAIRS,
+                        source,
+                    })?;
                 if block_client {
                     self.clients
                         .insert(key.client_addr, entry(0), 0)

@@ -18,9 +18,9 @@ use aya::programs::xdp::XdpMode;
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp};
 use aya::{Ebpf, EbpfLoader};
 
-use super::ring::{KernelClock, segment_from_record};
+use super::ring::{KernelClock, packet_from_record};
 use crate::enforce::kernel::KernelEnforcer;
-use crate::packet::Segment;
+use crate::packet::Captured;
 
 /// The kernel object built by `agent/build.rs` (empty when built with AYA_BUILD_SKIP=1).
 static KERNEL_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/seqshield"));
@@ -309,24 +309,24 @@ impl LiveCapture {
     }
 
     /// Takes the consumer from `open` (e.g. a lock, held for the batch) when records are
-    /// waiting, and hands it each as a segment. Returns how many it read.
+    /// waiting, and hands it each as a segment or fragment. Returns how many it read.
     pub fn drain_with<C>(
         &mut self,
         open: impl FnOnce() -> C,
-        mut on_segment: impl FnMut(&mut C, Segment<'_>),
+        mut on_packet: impl FnMut(&mut C, Captured<'_>),
     ) -> usize {
         let Some(first) = self.ring.next() else {
             return 0;
         };
         let mut consumer = open();
-        if let Some(segment) = segment_from_record(&first, &self.clock) {
-            on_segment(&mut consumer, segment);
+        if let Some(packet) = packet_from_record(&first, &self.clock) {
+            on_packet(&mut consumer, packet);
         }
         drop(first);
         let mut n = 1;
         while let Some(record) = self.ring.next() {
-            if let Some(segment) = segment_from_record(&record, &self.clock) {
-                on_segment(&mut consumer, segment);
+            if let Some(packet) = packet_from_record(&record, &self.clock) {
+                on_packet(&mut consumer, packet);
             }
             n += 1;
         }
@@ -340,11 +340,13 @@ impl LiveCapture {
         let map_err = |name: &'static str| move |source| LiveError::Map { name, source };
         let flows =
             HashMap::try_from(take(maps::BLOCKED_FLOWS)?).map_err(map_err(maps::BLOCKED_FLOWS))?;
+        let pairs =
+            HashMap::try_from(take(maps::BLOCKED_PAIRS)?).map_err(map_err(maps::BLOCKED_PAIRS))?;
         let clients = HashMap::try_from(take(maps::BLOCKED_CLIENTS)?)
             .map_err(map_err(maps::BLOCKED_CLIENTS))?;
         let flagged =
             HashMap::try_from(take(maps::FLAGGED_FLOWS)?).map_err(map_err(maps::FLAGGED_FLOWS))?;
-        Ok(KernelEnforcer::new(flows, clients, flagged))
+        Ok(KernelEnforcer::new(flows, pairs, clients, flagged))
     }
 
     /// Re-measures the kernel → wall clock offset (the wall clock may be stepped).

@@ -1,20 +1,18 @@
 //! pcap / pcapng replay: frames (Ethernet, Linux cooked capture v1/v2, raw IP, BSD
 //! loopback; IPv4 and IPv6) decoded with etherparse into client → server [`Segment`]s.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use etherparse::{
-    EtherType, Ipv4HeaderSlice, Ipv6HeaderSlice, LaxNetSlice, LaxSlicedPacket, TcpHeaderSlice,
-    TransportSlice,
+    EtherType, Ipv4HeaderSlice, Ipv6ExtensionSlice, Ipv6HeaderSlice, LaxNetSlice, LaxSlicedPacket,
+    TcpHeaderSlice, TransportSlice,
 };
 use pcap_file::DataLink;
 use pcap_file::pcap::PcapParser;
 use pcap_file::pcapng::{Block, PcapNgParser};
 
 use crate::Nanos;
-use crate::packet::{
-    Checksum, Direction, FlowKey, MAX_VERIFIED_SEGMENT, Segment, TcpFlags, tcp_checksum, tcp_extras,
-};
+use crate::packet::{Captured, Direction, Fragment, tcp_segment};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PcapError {
@@ -34,28 +32,30 @@ pub struct PcapCounters {
     pub server_segments: u64,
     /// Frames that are not TCP to or from an analysed port.
     pub ignored: u64,
-    /// Frames that could not be decoded down to TCP (truncated headers, IP fragments).
+    /// Frames that could not be decoded down to TCP (truncated headers).
     pub undecodable: u64,
+    /// IP fragments of TCP datagrams (handed on for reassembly).
+    pub fragments: u64,
     /// The file ended inside a packet record (a capture that was cut off).
     pub truncated_file: bool,
 }
 
 /// Decodes every frame of a pcap or pcapng capture held in memory (a file is mapped, not
-/// read: records are decoded in place, never copied) and calls `on_segment` for each TCP
-/// segment sent to one of `ports`.
-pub fn for_each_segment(
+/// read: records are decoded in place, never copied) and calls `on_packet` for each TCP
+/// segment to or from one of `ports`, and for each IP fragment of a TCP datagram.
+pub fn for_each_packet(
     capture: &[u8],
     ports: &[u16],
-    mut on_segment: impl FnMut(Segment<'_>),
+    mut on_packet: impl FnMut(Captured<'_>),
 ) -> Result<PcapCounters, PcapError> {
     let mut decoder = Decoder {
         ports,
         counters: PcapCounters::default(),
     };
     if capture.starts_with(&[0x0a, 0x0d, 0x0d, 0x0a]) {
-        read_pcapng(capture, &mut decoder, &mut on_segment)?;
+        read_pcapng(capture, &mut decoder, &mut on_packet)?;
     } else {
-        read_pcap(capture, &mut decoder, &mut on_segment)?;
+        read_pcap(capture, &mut decoder, &mut on_packet)?;
     }
     Ok(decoder.counters)
 }
@@ -63,7 +63,7 @@ pub fn for_each_segment(
 fn read_pcap(
     capture: &[u8],
     decoder: &mut Decoder<'_>,
-    on_segment: &mut impl FnMut(Segment<'_>),
+    on_packet: &mut impl FnMut(Captured<'_>),
 ) -> Result<(), PcapError> {
     let (mut rest, parser) = PcapParser::new(capture).map_err(PcapError::Format)?;
     let header = parser.header();
@@ -80,7 +80,7 @@ fn read_pcap(
             Ok((next, p)) => {
                 let ts = u64::from(p.ts_sec) * 1_000_000_000 + u64::from(p.ts_frac) * frac_nanos;
                 let cut = p.orig_len.saturating_sub(p.data.len() as u32);
-                decoder.frame(header.datalink, ts, &p.data, cut, on_segment);
+                decoder.frame(header.datalink, ts, &p.data, cut, on_packet);
                 rest = next;
             }
             Err(e) => return decoder.end_of_file(e),
@@ -92,7 +92,7 @@ fn read_pcap(
 fn read_pcapng(
     capture: &[u8],
     decoder: &mut Decoder<'_>,
-    on_segment: &mut impl FnMut(Segment<'_>),
+    on_packet: &mut impl FnMut(Captured<'_>),
 ) -> Result<(), PcapError> {
     let (mut rest, mut parser) = PcapNgParser::new(capture).map_err(PcapError::Format)?;
     // Per interface: link type and nanoseconds per timestamp unit.
@@ -121,13 +121,13 @@ fn read_pcapng(
                 // nanoseconds; scale it by the interface's if_tsresol (default µs).
                 let raw = u64::try_from(epb.timestamp.as_nanos()).unwrap_or(u64::MAX);
                 let cut = epb.original_len.saturating_sub(epb.data.len() as u32);
-                decoder.frame(link, raw.saturating_mul(unit), &epb.data, cut, on_segment);
+                decoder.frame(link, raw.saturating_mul(unit), &epb.data, cut, on_packet);
             }
             Block::SimplePacket(spb) => {
                 // No timestamp in a simple packet block: it inherits "unknown" (0).
                 let link = interfaces.first().map_or(DataLink::ETHERNET, |i| i.0);
                 let cut = spb.original_len.saturating_sub(spb.data.len() as u32);
-                decoder.frame(link, 0, &spb.data, cut, on_segment);
+                decoder.frame(link, 0, &spb.data, cut, on_packet);
             }
             _ => {}
         }
@@ -194,11 +194,17 @@ impl Decoder<'_> {
         ts: Nanos,
         data: &[u8],
         cut: u32,
-        on_segment: &mut impl FnMut(Segment<'_>),
+        on_packet: &mut impl FnMut(Captured<'_>),
     ) {
         self.counters.frames += 1;
         let tcp = match decode(link, data, cut) {
             Decoded::Tcp(tcp) => tcp,
+            Decoded::Fragment(mut fragment) => {
+                self.counters.fragments += 1;
+                fragment.ts = ts;
+                on_packet(Captured::Fragment(fragment));
+                return;
+            }
             Decoded::NotTcp => {
                 self.counters.ignored += 1;
                 return;
@@ -208,58 +214,24 @@ impl Decoder<'_> {
                 return;
             }
         };
-        let (sport, dport) = (tcp.header.source_port(), tcp.header.destination_port());
-        let src = SocketAddr::new(tcp.src, sport);
-        let dst = SocketAddr::new(tcp.dst, dport);
-        let (dir, flow) = if self.ports.contains(&dport) {
-            self.counters.segments += 1;
-            let flow = FlowKey {
-                client: src,
-                server: dst,
-            };
-            (Direction::ToServer, flow)
-        } else if self.ports.contains(&sport) {
-            self.counters.server_segments += 1;
-            let flow = FlowKey {
-                client: dst,
-                server: src,
-            };
-            (Direction::ToClient, flow)
-        } else {
+        let header = tcp.header.slice();
+        let Some(segment) = tcp_segment(
+            ts,
+            tcp.src,
+            tcp.dst,
+            header,
+            tcp.payload,
+            tcp.wire_len,
+            self.ports,
+        ) else {
             self.counters.ignored += 1;
             return;
         };
-        let wire_len = tcp.wire_len.max(tcp.payload.len() as u32);
-        let whole = tcp.payload.len() as u32 == wire_len;
-        let header = tcp.header.slice();
-        let checksum = if dir == Direction::ToServer
-            && whole
-            && header.len() + tcp.payload.len() <= MAX_VERIFIED_SEGMENT
-        {
-            tcp_checksum(tcp.src, tcp.dst, header, tcp.payload)
-        } else {
-            Checksum::Unverified
-        };
-        let extras = tcp_extras(tcp.header.slice());
-        on_segment(Segment {
-            ts,
-            flow,
-            dir,
-            seq: tcp.header.sequence_number(),
-            ack: extras.ack,
-            flags: TcpFlags::from_byte(tcp.header.slice()[13]),
-            window: extras.window,
-            urgent: extras.urgent,
-            wscale: extras.wscale,
-            checksum,
-            // The server's payload is never looked at.
-            payload: if dir == Direction::ToServer {
-                tcp.payload
-            } else {
-                &[]
-            },
-            wire_len,
-        });
+        match segment.dir {
+            Direction::ToServer => self.counters.segments += 1,
+            Direction::ToClient => self.counters.server_segments += 1,
+        }
+        on_packet(Captured::Segment(segment));
     }
 }
 
@@ -276,9 +248,11 @@ struct TcpView<'a> {
 
 enum Decoded<'a> {
     Tcp(TcpView<'a>),
+    /// An IP fragment of a TCP datagram (its time is set by the caller).
+    Fragment(Fragment<'a>),
     /// Another protocol: not ours to look at.
     NotTcp,
-    /// Cut or broken below TCP, or an IP fragment.
+    /// Cut or broken below TCP.
     Undecodable,
 }
 
@@ -323,9 +297,6 @@ fn decode_ipv4(l3: &[u8]) -> Option<Decoded<'_>> {
     if ip.protocol() != etherparse::IpNumber::TCP {
         return Some(Decoded::NotTcp);
     }
-    if ip.is_fragmenting_payload() {
-        return Some(Decoded::Undecodable);
-    }
     let header_len = ip.slice().len();
     let total = usize::from(ip.total_len()).max(header_len);
     let payload = l3.get(header_len..total.min(l3.len()))?;
@@ -333,6 +304,18 @@ fn decode_ipv4(l3: &[u8]) -> Option<Decoded<'_>> {
         IpAddr::V4(ip.source_addr()),
         IpAddr::V4(ip.destination_addr()),
     );
+    if ip.is_fragmenting_payload() {
+        return Some(Decoded::Fragment(Fragment {
+            ts: 0,
+            src,
+            dst,
+            id: u32::from(ip.identification()),
+            offset: u32::from(ip.fragments_offset().byte_offset()),
+            more: ip.more_fragments(),
+            payload,
+            wire_len: (total - header_len) as u32,
+        }));
+    }
     Some(tcp_in(src, dst, payload, total - header_len))
 }
 
@@ -392,7 +375,44 @@ fn decode_lax(link: DataLink, data: &[u8], cut: u32) -> Decoded<'_> {
         return Decoded::NotTcp;
     }
     if ip_payload.fragmented {
-        return Decoded::Undecodable;
+        let fragment = |id: u32, offset: u16, more: bool| {
+            let payload = ip_payload.payload;
+            let missing = if ip_payload.incomplete { cut } else { 0 };
+            Decoded::Fragment(Fragment {
+                ts: 0,
+                src,
+                dst,
+                id,
+                offset: u32::from(offset),
+                more,
+                payload,
+                wire_len: (payload.len() as u32).saturating_add(missing),
+            })
+        };
+        return match &packet.net {
+            Some(LaxNetSlice::Ipv4(ip)) => {
+                let h = ip.header();
+                fragment(
+                    u32::from(h.identification()),
+                    h.fragments_offset().byte_offset(),
+                    h.more_fragments(),
+                )
+            }
+            Some(LaxNetSlice::Ipv6(ip)) => ip
+                .extensions()
+                .clone()
+                .into_iter()
+                .find_map(|ext| match ext {
+                    Ipv6ExtensionSlice::Fragment(f) => Some(fragment(
+                        f.identification(),
+                        f.fragment_offset().byte_offset(),
+                        f.more_fragments(),
+                    )),
+                    _ => None,
+                })
+                .unwrap_or(Decoded::Undecodable),
+            _ => Decoded::Undecodable,
+        };
     }
     let Some(TransportSlice::Tcp(tcp)) = &packet.transport else {
         return Decoded::Undecodable;

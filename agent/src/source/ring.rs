@@ -3,11 +3,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use agent_common::{DIRECTION_TO_CLIENT, EventHeader};
+use agent_common::{DIRECTION_FRAGMENT, DIRECTION_TO_CLIENT, EventHeader};
 
 use crate::Nanos;
 use crate::packet::{
-    Checksum, Direction, FlowKey, MAX_VERIFIED_SEGMENT, Segment, TcpFlags, tcp_checksum, tcp_extras,
+    Captured, Checksum, Direction, FlowKey, Fragment, MAX_VERIFIED_SEGMENT, Segment, TcpFlags,
+    tcp_checksum, tcp_extras,
 };
 
 /// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time.
@@ -54,7 +55,7 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
 }
 
 /// Decodes one ring-buffer record; `None` for a record too short for what it claims.
-pub fn segment_from_record<'a>(record: &'a [u8], clock: &KernelClock) -> Option<Segment<'a>> {
+pub fn packet_from_record<'a>(record: &'a [u8], clock: &KernelClock) -> Option<Captured<'a>> {
     let h = EventHeader::read(record)?;
     let payload = record.get(EventHeader::SIZE..EventHeader::SIZE + usize::from(h.copied))?;
     let ip = |a: [u8; 16]| match h.family {
@@ -62,6 +63,18 @@ pub fn segment_from_record<'a>(record: &'a [u8], clock: &KernelClock) -> Option<
         6 => Some(IpAddr::V6(Ipv6Addr::from(a))),
         _ => None,
     };
+    if h.direction == DIRECTION_FRAGMENT {
+        return Some(Captured::Fragment(Fragment {
+            ts: clock.to_wall(h.ktime_ns),
+            src: ip(h.client_addr)?,
+            dst: ip(h.server_addr)?,
+            id: h.frag_id,
+            offset: u32::from(h.frag_offset) * 8,
+            more: h.frag_more != 0,
+            payload,
+            wire_len: h.wire_len.max(u32::from(h.copied)),
+        }));
+    }
     let tcp = h.tcp.get(..usize::from(h.tcp_len))?;
     if tcp.len() < 20 {
         return None;
@@ -87,7 +100,7 @@ pub fn segment_from_record<'a>(record: &'a [u8], clock: &KernelClock) -> Option<
         Checksum::Unverified
     };
     let extras = tcp_extras(tcp);
-    Some(Segment {
+    Some(Captured::Segment(Segment {
         ts: clock.to_wall(h.ktime_ns),
         flow: FlowKey {
             client: SocketAddr::new(client, h.client_port),
@@ -107,7 +120,7 @@ pub fn segment_from_record<'a>(record: &'a [u8], clock: &KernelClock) -> Option<
             &[]
         },
         wire_len,
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -146,7 +159,10 @@ mod tests {
             tcp_len: 24,
             _pad: 0,
             tcp,
-            _pad2: [0; 8],
+            frag_id: 0,
+            frag_offset: 0,
+            frag_more: 0,
+            _pad2: 0,
         };
         // SAFETY (test): viewing a plain-data header as bytes.
         let bytes = unsafe {
@@ -162,7 +178,9 @@ mod tests {
     fn ipv4_and_ipv6_records_become_segments() {
         let clock = KernelClock::with_offset(1_000);
         let r = record(4, 3, 10, b"GET");
-        let s = segment_from_record(&r, &clock).unwrap();
+        let Some(Captured::Segment(s)) = packet_from_record(&r, &clock) else {
+            panic!("not a segment")
+        };
         assert_eq!(s.flow.client, "10.0.0.1:40000".parse().unwrap());
         assert_eq!(s.flow.server, "10.0.0.2:80".parse().unwrap());
         assert_eq!(
@@ -173,17 +191,19 @@ mod tests {
         assert_eq!((s.ack, s.window, s.wscale), (5, 1024, Some(7)));
         assert_eq!(s.checksum, Checksum::Valid);
         let r = record(6, 0, 0, b"");
-        let s = segment_from_record(&r, &clock).unwrap();
+        let Some(Captured::Segment(s)) = packet_from_record(&r, &clock) else {
+            panic!("not a segment")
+        };
         assert_eq!(s.flow.client, "[2001:db8::1]:40000".parse().unwrap());
     }
 
     #[test]
     fn short_or_bad_records_are_refused() {
         let clock = KernelClock::with_offset(0);
-        assert!(segment_from_record(&[0u8; 10], &clock).is_none());
+        assert!(packet_from_record(&[0u8; 10], &clock).is_none());
         let mut r = record(4, 3, 3, b"GET");
         r.truncate(EventHeader::SIZE + 2);
-        assert!(segment_from_record(&r, &clock).is_none());
-        assert!(segment_from_record(&record(5, 0, 0, b""), &clock).is_none());
+        assert!(packet_from_record(&r, &clock).is_none());
+        assert!(packet_from_record(&record(5, 0, 0, b""), &clock).is_none());
     }
 }
