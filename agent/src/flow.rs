@@ -84,6 +84,9 @@ pub struct FlowStats {
     /// Client segments the server discards: no ACK flag, an ACK of data it never sent,
     /// data on a SYN.
     pub discarded_segments: u64,
+    /// Client segments the server discards: a timestamp older than the connection's
+    /// (PAWS, RFC 7323 §5).
+    pub paws_rejected_segments: u64,
     /// RSTs the server ignores (RFC 5961 §3: not exactly at the next expected byte).
     pub ignored_resets: u64,
     /// SYNs on an open connection the server ignores (RFC 5961 §4).
@@ -153,6 +156,11 @@ struct Flow<S> {
     isn: Option<u32>,
     /// Whether the client's SYN offered window scaling (`None`: SYN not seen).
     client_wscale: Option<bool>,
+    /// Whether the client's SYN carried timestamps, and the newest TSval the server
+    /// keeps (`ts_recent`): PAWS applies when both SYNs carried them.
+    client_ts: Option<bool>,
+    ts_recent: Option<u32>,
+    paws: bool,
     fin_seq: Option<u32>,
     server: Option<ServerView>,
     /// A SYN with another initial sequence number on this open connection: the server
@@ -415,20 +423,24 @@ fn later(a: u32, b: u32) -> u32 {
 impl<S: Default> Flow<S> {
     /// A connection opened by a SYN, or joined mid-stream at a data segment.
     fn new(seg: &Segment<'_>) -> Self {
-        let (next_seq, isn, client_wscale) = if seg.flags.syn {
+        let (next_seq, isn, client_wscale, client_ts) = if seg.flags.syn {
             (
                 seg.seq.wrapping_add(1),
                 Some(seg.seq),
                 Some(seg.wscale.is_some()),
+                Some(seg.tsval.is_some()),
             )
         } else {
-            (seg.seq, None, None)
+            (seg.seq, None, None, None)
         };
         Self {
             closed: false,
             next_seq,
             isn,
             client_wscale,
+            client_ts,
+            ts_recent: seg.tsval,
+            paws: false,
             fin_seq: None,
             server: None,
             new_isn: None,
@@ -500,6 +512,16 @@ impl<S: Default> Flow<S> {
         D: FnMut(&mut S, &FlowKey, Piece<'_>),
     {
         let view = self.server;
+        // PAWS first (RFC 7323 §5, `tcp_paws_discard`): a timestamp older than the
+        // newest one kept drops the segment; resets are exempt.
+        if self.paws
+            && !seg.flags.rst
+            && let (Some(tsval), Some(recent)) = (seg.tsval, self.ts_recent)
+            && (recent.wrapping_sub(tsval) as i32) > 1
+        {
+            ctx.stats.paws_rejected_segments += 1;
+            return;
+        }
         // `tcp_sequence`: a segment starting beyond the advertised window is dropped
         // (RSTs included: RFC 5961 §3.2).
         if let Some(v) = view
@@ -529,6 +551,16 @@ impl<S: Default> Flow<S> {
             // `tcp_ack`: an ACK of data the server never sent drops the segment.
             ctx.stats.discarded_segments += 1;
             return;
+        }
+        // `tcp_replace_ts_recent`: a segment at or before the last window update
+        // (the server's latest ACK) with a timestamp not older refreshes `ts_recent`.
+        if let Some(tsval) = seg.tsval
+            && self
+                .ts_recent
+                .is_none_or(|r| (r.wrapping_sub(tsval) as i32) <= 0)
+            && !after(seg.seq, view.map_or(self.next_seq, |v| v.acked))
+        {
+            self.ts_recent = Some(tsval);
         }
         if seg.flags.urg {
             self.note_urgent(seg.seq, seg.urgent);
@@ -690,6 +722,8 @@ impl<S: Default> Flow<S> {
                 self.next_seq = seg.ack;
                 self.isn = Some(isn);
                 self.client_wscale = Some(offered);
+                self.client_ts = None;
+                self.ts_recent = None;
                 self.fin_seq = None;
                 self.urgent = None;
                 self.new_isn = None;
@@ -705,6 +739,7 @@ impl<S: Default> Flow<S> {
                 };
                 // The window of a SYN-ACK is never scaled.
                 let right_edge = seg.ack.wrapping_add(u32::from(seg.window));
+                self.paws = self.client_ts == Some(true) && seg.tsval.is_some();
                 self.server = Some(ServerView {
                     snd_nxt: seg.seq.wrapping_add(seg.seq_len()),
                     acked: seg.ack,
@@ -713,6 +748,10 @@ impl<S: Default> Flow<S> {
                 });
             }
             return;
+        }
+        if self.server.is_none() && self.client_ts.is_none() {
+            // Joined mid-stream: timestamps are in use if the server sends them.
+            self.paws = seg.tsval.is_some();
         }
         let view = self.server.get_or_insert(ServerView {
             snd_nxt: seg.seq,

@@ -127,6 +127,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         ("bad_checksum", f.bad_checksum_segments),
         ("out_of_window", f.out_of_window_segments),
         ("discarded", f.discarded_segments),
+        ("paws", f.paws_rejected_segments),
         ("ignored_reset", f.ignored_resets),
         ("ignored_syn", f.ignored_syns),
         ("after_close", f.after_close_segments),

@@ -48,6 +48,8 @@ pub struct Segment<'a> {
     pub urgent: u16,
     /// The window scale option of a SYN (RFC 7323 §2), when present.
     pub wscale: Option<u8>,
+    /// The timestamp option's TSval (RFC 7323 §3), when present.
+    pub tsval: Option<u32>,
     pub checksum: Checksum,
     /// The payload bytes the capture kept (always empty server → client).
     pub payload: &'a [u8],
@@ -163,12 +165,14 @@ pub struct TcpExtras {
     pub window: u16,
     pub urgent: u16,
     pub wscale: Option<u8>,
+    pub tsval: Option<u32>,
 }
 
 /// TCP option kinds (RFC 9293 §3.2, RFC 7323).
 const TCPOPT_EOL: u8 = 0;
 const TCPOPT_NOP: u8 = 1;
 const TCPOPT_WSCALE: u8 = 3;
+const TCPOPT_TIMESTAMP: u8 = 8;
 /// The largest shift RFC 7323 §2.3 allows; larger values are used as 14.
 pub const MAX_WSCALE: u8 = 14;
 
@@ -184,6 +188,7 @@ pub fn tcp_extras(header: &[u8]) -> TcpExtras {
         .get(8..12)
         .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
     let mut wscale = None;
+    let mut tsval = None;
     let mut opts = header.get(20..).unwrap_or_default();
     while let Some(&kind) = opts.first() {
         match kind {
@@ -198,6 +203,9 @@ pub fn tcp_extras(header: &[u8]) -> TcpExtras {
                 if kind == TCPOPT_WSCALE && len == 3 {
                     wscale = Some(opts[2].min(MAX_WSCALE));
                 }
+                if kind == TCPOPT_TIMESTAMP && len == 10 {
+                    tsval = Some(u32::from_be_bytes([opts[2], opts[3], opts[4], opts[5]]));
+                }
                 opts = &opts[len..];
             }
         }
@@ -207,6 +215,7 @@ pub fn tcp_extras(header: &[u8]) -> TcpExtras {
         window: word(14),
         urgent: word(18),
         wscale,
+        tsval,
     }
 }
 
@@ -263,6 +272,7 @@ pub fn tcp_segment<'a>(
         window: extras.window,
         urgent: extras.urgent,
         wscale: extras.wscale,
+        tsval: extras.tsval,
         checksum,
         // The server's payload is never looked at.
         payload: if dir == Direction::ToServer {
@@ -400,7 +410,8 @@ mod tests {
                 ack: 5,
                 window: 64240,
                 urgent: 3,
-                wscale: Some(7)
+                wscale: Some(7),
+                tsval: Some(1),
             }
         );
         // A malformed option list stops the walk, no panic.

@@ -348,6 +348,37 @@ fn segments_the_server_drops_are_not_data() {
 }
 
 #[test]
+fn paws_drops_a_segment_with_an_old_timestamp() {
+    let ts = |s: Segment<'static>, tsval| Segment {
+        tsval: Some(tsval),
+        ..s
+    };
+    let segs = vec![
+        ts(seg(0, ISN, SYN, b""), 1000),
+        ts(
+            Segment {
+                seq: SERVER_ISN,
+                ..srv(0, ISN + 1, 65_535, SYN_ACK)
+            },
+            7,
+        ),
+        ts(seg(1, 100, ACK, b"abc"), 1001),
+        ts(srv(2, 103, 65_535, ACK), 8),
+        // A decoy with an old timestamp (the server drops it), then the real bytes.
+        ts(seg(3, 103, ACK, b"EVIL"), 900),
+        ts(seg(4, 103, ACK, b"def"), 1002),
+    ];
+    let r = run(&segs);
+    assert_eq!(r.out, "abcdef");
+    assert_eq!(r.stats.paws_rejected_segments, 1);
+    // Without timestamps on both SYNs there is no PAWS.
+    let mut no_ts = segs.clone();
+    no_ts[1].tsval = None;
+    let r = run(&no_ts);
+    assert_eq!(r.out, "abcEVIL");
+}
+
+#[test]
 fn the_urgent_byte_is_taken_out() {
     let mut urg = seg(1, 100, TcpFlags { urg: true, ..ACK }, b"GETX /a");
     urg.urgent = 4; // Linux: the byte before the pointer, "X".

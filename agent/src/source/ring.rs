@@ -113,6 +113,7 @@ pub fn packet_from_record<'a>(record: &'a [u8], clock: &KernelClock) -> Option<C
         window: extras.window,
         urgent: extras.urgent,
         wscale: extras.wscale,
+        tsval: extras.tsval,
         checksum,
         payload: if dir == Direction::ToServer {
             payload
