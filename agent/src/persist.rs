@@ -12,47 +12,15 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-use crate::Nanos;
-use crate::analytics::AnalyticsState;
-use crate::defrag::FragStats;
-use crate::flow::FlowStats;
-use crate::http::HttpStats;
-use crate::ops::Operation;
-use crate::session::{SessionState, SessionStats};
+// The snapshot types belong to the pipeline (it exports and imports its state);
+// persistence only encodes them and handles the files.
+pub use crate::pipeline::{Pipeline, Snapshot, Totals};
 
 pub const SNAPSHOT_FILE: &str = "snapshot.bin";
 const MAGIC: &[u8; 8] = b"SQSSNAP\0";
 /// Bumped on any change of [`Snapshot`]'s layout; other versions are set aside.
 pub const FORMAT_VERSION: u32 = 3;
 const HEADER_LEN: usize = 8 + 4 + 32;
-
-/// Everything learned, with operations by the catalog's ids at save time.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Snapshot {
-    /// Newest packet time seen (replay's report time).
-    pub newest: Nanos,
-    pub operations: Vec<Operation>,
-    pub analytics: AnalyticsState,
-    pub sessions: Vec<SessionState>,
-    pub totals: Totals,
-}
-
-/// Run totals (SPEC §6 `stats`), carried across restarts.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Totals {
-    pub packets: u64,
-    pub lost_events: u64,
-    pub http: HttpStats,
-    pub flows: FlowStats,
-    pub fragments: FragStats,
-    pub sessions: SessionStats,
-    pub unidentified: u64,
-    pub unmatched: u64,
-    pub other: u64,
-    pub alerts: u64,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
@@ -113,7 +81,7 @@ pub fn load(dir: &Path) -> Result<Option<Snapshot>, PersistError> {
 /// Restores `pipeline` from the snapshot in `dir`, if there is a usable one, and says
 /// what happened in the log. Never fails: a bad snapshot is set aside and learning
 /// starts fresh.
-pub fn resume(pipeline: &mut crate::pipeline::Pipeline, dir: &Path) {
+pub fn resume(pipeline: &mut Pipeline, dir: &Path) {
     match load(dir) {
         Ok(None) => tracing::info!(dir = %dir.display(), "no snapshot: starting fresh"),
         Ok(Some(snapshot)) => {
@@ -175,6 +143,7 @@ fn set_aside(path: &Path, reason: String) -> PersistError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analytics::AnalyticsState;
 
     fn snapshot() -> Snapshot {
         Snapshot {

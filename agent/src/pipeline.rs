@@ -4,21 +4,53 @@
 
 use std::collections::HashMap;
 
+use serde::{Deserialize, Serialize};
+
 use crate::alerts::{Alert, AlertAction, OutcomeSink, SEQUENCE_VIOLATION, rfc3339};
-use crate::analytics::Analytics;
+use crate::analytics::{Analytics, AnalyticsState};
 use crate::config::{Config, ConfigError, EnforceMode, RuleAction};
-use crate::defrag::Defrag;
+use crate::defrag::{Defrag, FragStats};
 use crate::enforce::Blocks;
-use crate::flow::{FlowLimits, FlowTable, MAX_FLOWS, Piece};
+use crate::flow::{FlowLimits, FlowStats, FlowTable, MAX_FLOWS, Piece};
 use crate::http::{HttpStats, HttpStream, RequestHead};
-use crate::ops::{Catalog, OpId, Resolved, normalise_host, normalise_request_path, split_target};
+use crate::ops::{
+    Catalog, OpId, Operation, Resolved, normalise_host, normalise_request_path, split_target,
+};
 use crate::packet::{Captured, Direction, FlowKey, Fragment, Segment, tcp_segment};
-use crate::persist::{Snapshot, Totals};
 use crate::report::{OperationReport, Report, SequenceReport, Stats};
 use crate::rules::RuleSet;
-use crate::session::{Entry, SessionCache, SessionId, SessionIdentifier, Sessions};
+use crate::session::{
+    Entry, SessionCache, SessionId, SessionIdentifier, SessionState, SessionStats, Sessions,
+};
 use crate::source::pcap::{PcapCounters, PcapError, for_each_packet};
 use crate::{Nanos, duration_nanos};
+
+/// Everything learned, with operations by the catalog's ids at save time: what
+/// `persist.rs` writes to the state dir (its `FORMAT_VERSION` changes with this layout).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Newest packet time seen (replay's report time).
+    pub newest: Nanos,
+    pub operations: Vec<Operation>,
+    pub analytics: AnalyticsState,
+    pub sessions: Vec<SessionState>,
+    pub totals: Totals,
+}
+
+/// Run totals (SPEC §6 `stats`), carried across restarts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Totals {
+    pub packets: u64,
+    pub lost_events: u64,
+    pub http: HttpStats,
+    pub flows: FlowStats,
+    pub fragments: FragStats,
+    pub sessions: SessionStats,
+    pub unidentified: u64,
+    pub unmatched: u64,
+    pub other: u64,
+    pub alerts: u64,
+}
 
 /// One entry of a session's history, as the admin API shows it.
 #[derive(Debug, Clone, serde::Serialize)]
