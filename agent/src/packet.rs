@@ -5,8 +5,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use etherparse::checksum::Sum16BitWords;
-
 use crate::Nanos;
 
 /// Which way a segment travels.
@@ -302,33 +300,59 @@ pub fn tcp_checksum(src: IpAddr, dst: IpAddr, header: &[u8], payload: &[u8]) -> 
     let Ok(len) = u32::try_from(header.len() + payload.len()) else {
         return Checksum::Unverified;
     };
-    let mut pseudo = Sum16BitWords::new();
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            pseudo = pseudo.add_4bytes(s.octets()).add_4bytes(d.octets());
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            pseudo = pseudo.add_16bytes(s.octets()).add_16bytes(d.octets());
-        }
+    let mut pseudo = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => sum_words(&d.octets(), sum_words(&s.octets(), 0)),
+        (IpAddr::V6(s), IpAddr::V6(d)) => sum_words(&d.octets(), sum_words(&s.octets(), 0)),
         _ => return Checksum::Bad,
-    }
-    let pseudo = pseudo.add_4bytes(len.to_be_bytes()).add_2bytes([0, 6]);
+    };
+    pseudo = sum_words(&len.to_be_bytes(), pseudo);
+    pseudo = sum_words(&[0, 6], pseudo);
     // A TCP header is a whole number of 32-bit words: summing it and then the payload
     // is summing the segment.
-    if pseudo
-        .clone()
-        .add_slice(header)
-        .add_slice(payload)
-        .ones_complement()
-        == 0
-    {
+    if fold(sum_words(payload, sum_words(header, pseudo))) == 0xffff {
         return Checksum::Valid;
     }
-    let field = u16::from_ne_bytes([field[0], field[1]]);
-    if !pseudo.ones_complement() == field {
+    if fold(pseudo) == u16::from_ne_bytes([field[0], field[1]]) {
         return Checksum::Unverified;
     }
     Checksum::Bad
+}
+
+/// The RFC 1071 sum of `data` as 16-bit words in memory order, added to `acc`, unfolded.
+/// Eight bytes a step as two 32-bit halves (a ones'-complement sum folds the same way
+/// whatever the word width), so the loop has no carry chain.
+fn sum_words(data: &[u8], mut acc: u64) -> u64 {
+    // 32 bytes a step as eight 32-bit words into eight sums: independent additions the
+    // compiler vectorises.
+    let mut blocks = data.chunks_exact(32);
+    let mut lanes = [0u64; 8];
+    for block in &mut blocks {
+        for (lane, word) in lanes.iter_mut().zip(block.chunks_exact(4)) {
+            *lane += u64::from(u32::from_ne_bytes(word.try_into().expect("4 bytes")));
+        }
+    }
+    acc += lanes.iter().sum::<u64>();
+    let mut chunks = blocks.remainder().chunks_exact(8);
+    for chunk in &mut chunks {
+        let word = u64::from_ne_bytes(chunk.try_into().expect("8 bytes"));
+        acc += (word & 0xffff_ffff) + (word >> 32);
+    }
+    let mut rest = chunks.remainder().chunks_exact(2);
+    for pair in &mut rest {
+        acc += u64::from(u16::from_ne_bytes([pair[0], pair[1]]));
+    }
+    if let [last] = rest.remainder() {
+        acc += u64::from(u16::from_ne_bytes([*last, 0]));
+    }
+    acc
+}
+
+/// Folds a sum to 16 bits with end-around carries.
+fn fold(mut acc: u64) -> u16 {
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
 }
 
 #[cfg(test)]
@@ -380,7 +404,7 @@ mod tests {
         let mut seg = built(b"hello");
         let (s, d) = (v4([10, 0, 0, 1]), v4([10, 0, 0, 2]));
         // What Linux leaves for the device: the folded pseudo-header sum.
-        let pseudo = Sum16BitWords::new()
+        let pseudo = etherparse::checksum::Sum16BitWords::new()
             .add_4bytes([10, 0, 0, 1])
             .add_4bytes([10, 0, 0, 2])
             .add_4bytes((seg.len() as u32).to_be_bytes())
@@ -391,6 +415,15 @@ mod tests {
             tcp_checksum(s, d, &seg[..20], &seg[20..]),
             Checksum::Unverified
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_fast_sum_is_the_internet_checksum(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let ours = !fold(sum_words(&data, 0));
+            let reference = etherparse::checksum::Sum16BitWords::new().add_slice(&data).ones_complement();
+            proptest::prop_assert_eq!(ours, reference);
+        }
     }
 
     #[test]
