@@ -91,8 +91,8 @@ pub enum Counter {
     Captured = 1,
     /// Events lost because the ring buffer was full.
     Lost = 2,
-    /// TCP to a captured port, but a shape the program does not copy (a chain of IPv6
-    /// extension headers longer than it walks).
+    /// IPv6 packets with an extension header chain longer than the program walks: handed
+    /// over whole for the agent to walk.
     Unsupported = 3,
     /// Client → server packets dropped (blocked flow or client).
     DroppedIngress = 4,
@@ -126,6 +126,9 @@ pub const DIRECTION_TO_CLIENT: u8 = 1;
 /// `server_addr` its destination, the `frag_*` fields say where its bytes go, and the
 /// payload is the fragment's (the agent puts the datagram back together).
 pub const DIRECTION_FRAGMENT: u8 = 2;
+/// A whole IP packet (from its IP header) whose TCP header the kernel program did not
+/// find: an IPv6 extension header chain longer than it walks. The agent walks it.
+pub const DIRECTION_RAW_IP: u8 = 3;
 
 /// TCP flag bits as they appear in the header's flags byte.
 pub const TCP_FIN: u8 = 0x01;

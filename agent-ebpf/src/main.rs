@@ -9,9 +9,10 @@
 #![no_main]
 
 use agent_common::{
-    BlockEntry, CaptureConfig, CaptureEvent, Counter, DIRECTION_FRAGMENT, DIRECTION_TO_CLIENT,
-    DIRECTION_TO_SERVER, EVENT_SIZES, EventHeader, FlowKey, MAX_BLOCK_ENTRIES, MAX_PORTS,
-    MAX_SNAPLEN, RING_BYTES, TCP_ACK, TCP_FIN, TCP_HEADER_ROOM, TCP_RST, TCP_SYN, WAKEUP_BYTES,
+    BlockEntry, CaptureConfig, CaptureEvent, Counter, DIRECTION_FRAGMENT, DIRECTION_RAW_IP,
+    DIRECTION_TO_CLIENT, DIRECTION_TO_SERVER, EVENT_SIZES, EventHeader, FlowKey, MAX_BLOCK_ENTRIES,
+    MAX_PORTS, MAX_SNAPLEN, RING_BYTES, TCP_ACK, TCP_FIN, TCP_HEADER_ROOM, TCP_RST, TCP_SYN,
+    WAKEUP_BYTES,
 };
 use aya_ebpf::bindings::xdp_action;
 use aya_ebpf::bindings::{
@@ -150,6 +151,9 @@ struct L3 {
     frag_more: u8,
     /// In 8-byte units.
     frag_offset: u16,
+    /// 1 when the TCP header was not found (a long IPv6 extension chain): `l4` is the
+    /// IP header and `ip_payload_len` the whole packet, handed over as it is.
+    raw: u8,
     frag_id: u32,
     src: [u8; 16],
     dst: [u8; 16],
@@ -171,7 +175,7 @@ fn l3(ctx: &TcContext, out: &mut L3) -> Result<(), i64> {
 fn try_ingress(ctx: &TcContext) -> Result<i32, i64> {
     let mut l3 = L3::default();
     self::l3(ctx, &mut l3)?;
-    if l3.fragment != 0 {
+    if l3.fragment != 0 || l3.raw != 0 {
         return ingress_fragment(ctx, &l3);
     }
     let tcp = ctx.load::<[u8; 20]>(l3.l4)?;
@@ -254,7 +258,8 @@ fn ingress_verdict(ctx: &TcContext, l3: &L3, tcp: &[u8; 20], wire_len: usize) ->
 
 /// An IP fragment of a TCP datagram: its ports may be in another fragment, so every
 /// one is handed over (TCP rarely fragments: path MTU discovery) and the agent puts the
-/// datagram back together. In enforce mode, fragments from blocked clients, or between
+/// datagram back together. A packet whose TCP header the program did not find (a long
+/// IPv6 extension chain) is handed over whole, likewise. In enforce mode, fragments from blocked clients, or between
 /// the two ends of a blocked connection, are dropped: blocks hold against fragmented
 /// traffic. Not inlined: its frame is not on the stack while `l3` runs.
 #[inline(never)]
@@ -273,7 +278,11 @@ fn ingress_fragment(ctx: &TcContext, l3: &L3) -> Result<i32, i64> {
         data_offset: 0,
         wire_len: l3.ip_payload_len,
         payload_at: l3.l4,
-        direction: DIRECTION_FRAGMENT,
+        direction: if l3.raw != 0 {
+            DIRECTION_RAW_IP
+        } else {
+            DIRECTION_FRAGMENT
+        },
     };
     capture(ctx, &config, &packet);
     if config.enforce == 0 {
@@ -296,7 +305,7 @@ fn ingress_fragment(ctx: &TcContext, l3: &L3) -> Result<i32, i64> {
 fn try_egress(ctx: &TcContext) -> Result<i32, i64> {
     let mut l3 = L3::default();
     self::l3(ctx, &mut l3)?;
-    if l3.fragment != 0 {
+    if l3.fragment != 0 || l3.raw != 0 {
         return Ok(TC_ACT_UNSPEC); // The server's own fragments carry nothing we need.
     }
     let tcp = ctx.load::<[u8; 20]>(l3.l4)?;
@@ -382,7 +391,9 @@ fn server_facts(ctx: &TcContext, l3: &L3, tcp: &[u8; 20]) -> bool {
     let h = entry.as_mut_ptr();
     // SAFETY: the reserved record is ours until submitted.
     unsafe { fill_header(ctx, &mut *h, &packet, 0) };
-    entry.submit(wakeup_flags(enforce));
+    // No wakeup of its own, even when enforcing: verdicts follow client packets, and the
+    // next one's wakeup drains this event first (the ring is in order).
+    entry.submit(wakeup_flags(false));
     count(Counter::ServerFacts);
     enforce
 }
@@ -410,8 +421,8 @@ fn fill_header(ctx: &TcContext, h: &mut EventHeader, p: &Packet<'_>, copied: usi
     h.frag_offset = p.l3.frag_offset;
     h.frag_more = p.l3.frag_more;
     h._pad2 = 0;
-    if p.direction == DIRECTION_FRAGMENT {
-        h.tcp_len = 0; // The payload is fragment data; the agent reads TCP from it.
+    if p.direction == DIRECTION_FRAGMENT || p.direction == DIRECTION_RAW_IP {
+        h.tcp_len = 0; // The payload is fragment data or a whole packet: no TCP here.
         return;
     }
     // Provably 1..=TCP_HEADER_ROOM for the verifier.
@@ -554,8 +565,16 @@ fn ipv6(ctx: &TcContext, out: &mut L3) -> Result<(), i64> {
         }
     }
     if next_header != IPPROTO_TCP {
+        // A longer chain than the program walks (Linux walks any): the whole packet goes
+        // to the agent, which walks it there. Rare, and never dropped unseen.
         count(Counter::Unsupported);
-        return Err(0);
+        out.family = 6;
+        out.raw = 1;
+        load_into(ctx, ETH_HLEN + 8, &mut out.src)?;
+        load_into(ctx, ETH_HLEN + 24, &mut out.dst)?;
+        out.l4 = ETH_HLEN;
+        out.ip_payload_len = IPV6_HLEN + payload_len;
+        return Ok(());
     }
     let offset_more = u16::from_be_bytes([fragment[2], fragment[3]]);
     out.family = 6;

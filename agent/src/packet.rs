@@ -80,6 +80,15 @@ impl Segment<'_> {
 pub enum Captured<'a> {
     Segment(Segment<'a>),
     Fragment(Fragment<'a>),
+    /// A whole IP packet the kernel program could not walk to its TCP header (a long
+    /// IPv6 extension chain): decoded in userspace.
+    RawIp {
+        ts: Nanos,
+        /// From the IP header on, as far as the capture kept it.
+        packet: &'a [u8],
+        /// Bytes of the packet the capture did not keep.
+        cut: u32,
+    },
 }
 
 /// One fragment of an IPv4 datagram, or of an IPv6 packet with a fragment header,

@@ -22,7 +22,7 @@ use crate::rules::RuleSet;
 use crate::session::{
     Entry, SessionCache, SessionId, SessionIdentifier, SessionState, SessionStats, Sessions,
 };
-use crate::source::pcap::{PcapCounters, PcapError, for_each_packet};
+use crate::source::pcap::{PcapCounters, PcapError, decode_ip, for_each_packet};
 use crate::{Nanos, duration_nanos};
 
 /// Everything learned, with operations by the catalog's ids at save time: what
@@ -186,6 +186,11 @@ impl Pipeline {
         match packet {
             Captured::Segment(seg) => self.process(seg, alerts),
             Captured::Fragment(fragment) => self.process_fragment(fragment, alerts),
+            &Captured::RawIp { ts, packet, cut } => match decode_ip(ts, packet, cut, &self.ports) {
+                Some(Captured::Segment(seg)) => self.process(&seg, alerts),
+                Some(Captured::Fragment(fragment)) => self.process_fragment(&fragment, alerts),
+                _ => {}
+            },
         }
     }
 

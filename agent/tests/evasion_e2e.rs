@@ -369,11 +369,21 @@ fn crafted_segments_over_ipv6() {
         mac(&pair.client_ns, &pair.client_if),
         pair.server_if
     ));
-    for (i, attack) in attacks()
-        .iter()
-        .filter(|a| ["rst", "drop", "tiny", "frag"].contains(&a.name))
-        .enumerate()
-    {
+    let mut v6 = attacks();
+    v6.retain(|a| ["rst", "drop", "tiny", "frag"].contains(&a.name));
+    // More extension headers than the kernel program walks: Linux reads the request.
+    let stream = request("/ev/longext/a");
+    v6.push(Attack {
+        name: "longext",
+        steps: vec![
+            json!({"handshake": true}),
+            json!({"data": [0, stream.len()], "ext": 6}),
+            json!({"await": stream.len()}),
+            json!({"close": true}),
+        ],
+        stream,
+    });
+    for (i, attack) in v6.iter().enumerate() {
         run_attack(
             &pair,
             dir.path(),

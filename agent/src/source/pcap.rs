@@ -235,6 +235,29 @@ impl Decoder<'_> {
     }
 }
 
+/// Decodes a raw IP packet (IPv4 or IPv6, any extension headers) into what it carries
+/// for the pipeline: the decoder of capture files, for packets the kernel program could
+/// not walk itself.
+pub fn decode_ip<'a>(ts: Nanos, packet: &'a [u8], cut: u32, ports: &[u16]) -> Option<Captured<'a>> {
+    match decode(DataLink::RAW, packet, cut) {
+        Decoded::Tcp(tcp) => tcp_segment(
+            ts,
+            tcp.src,
+            tcp.dst,
+            tcp.header.slice(),
+            tcp.payload,
+            tcp.wire_len,
+            ports,
+        )
+        .map(Captured::Segment),
+        Decoded::Fragment(mut fragment) => {
+            fragment.ts = ts;
+            Some(Captured::Fragment(fragment))
+        }
+        Decoded::NotTcp | Decoded::Undecodable => None,
+    }
+}
+
 /// A decoded TCP segment of a frame.
 struct TcpView<'a> {
     src: IpAddr,

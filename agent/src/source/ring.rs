@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use agent_common::{DIRECTION_FRAGMENT, DIRECTION_TO_CLIENT, EventHeader};
+use agent_common::{DIRECTION_FRAGMENT, DIRECTION_RAW_IP, DIRECTION_TO_CLIENT, EventHeader};
 
 use crate::Nanos;
 use crate::packet::{
@@ -63,6 +63,13 @@ pub fn packet_from_record<'a>(record: &'a [u8], clock: &KernelClock) -> Option<C
         6 => Some(IpAddr::V6(Ipv6Addr::from(a))),
         _ => None,
     };
+    if h.direction == DIRECTION_RAW_IP {
+        return Some(Captured::RawIp {
+            ts: clock.to_wall(h.ktime_ns),
+            packet: payload,
+            cut: h.wire_len.saturating_sub(u32::from(h.copied)),
+        });
+    }
     if h.direction == DIRECTION_FRAGMENT {
         return Some(Captured::Fragment(Fragment {
             ts: clock.to_wall(h.ktime_ns),
