@@ -454,3 +454,40 @@ fn blocks_hold_against_fragmented_traffic() {
         "the server read a blocked client's fragmented request: {read:?}"
     );
 }
+
+#[test]
+fn a_connection_block_holds_against_fragments() {
+    let enforce = "[enforce]\nmode = \"enforce\"\nblock_scope = \"connection\"\n";
+    let Some((pair, dir, agent, log)) =
+        setup_with("a_connection_block_holds_against_fragments", enforce)
+    else {
+        return;
+    };
+    let src = spoofed_v4(&pair);
+    // The violating transfer, then another request on the same connection: both in IP
+    // fragments. The first reaches the server (it is what gets the connection cut); the
+    // second must not.
+    let transfer = "POST /api/v1/transferFunds HTTP/1.1\r\nHost: bank.test\r\nCookie: sid=fragconn\r\n\
+                    Content-Length: 0\r\n\r\n";
+    let stream = transfer.to_string() + &request("/ev/fragconn/after");
+    let cut = transfer.len();
+    let attack = Attack {
+        name: "fragconn",
+        steps: vec![
+            json!({"handshake": true}),
+            json!({"frag": [0, cut], "pieces": 2}),
+            json!({"sleep": 0.5}),
+            json!({"frag": [cut, stream.len()], "pieces": 2}),
+            json!({"sleep": 0.5}),
+        ],
+        stream,
+    };
+    run_attack(&pair, dir.path(), &attack, &src, &pair.server_ip, 44_000);
+    let report = live_report(&pair, &agent).unwrap();
+    assert!(report.stats.alerts >= 1, "{:?}", report.stats);
+    let read = server_read(&log);
+    assert!(
+        !read.keys().any(|k| k.contains("fragconn")),
+        "the server read fragments of a blocked connection: {read:?}"
+    );
+}
