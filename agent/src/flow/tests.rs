@@ -526,6 +526,78 @@ fn a_long_keep_alive_silence_keeps_the_connection() {
 mod props {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    /// A small model of Linux's receive path for one established connection, written
+    /// after the kernel's own structure (`tcp_data_queue`, `tcp_data_queue_ofo` over an
+    /// ordered tree, `tcp_ofo_queue`), not after `flow.rs`: the property below checks the
+    /// reassembler against it. Offsets are relative to the first data byte.
+    #[derive(Default)]
+    struct LinuxModel {
+        rcv_nxt: u32,
+        ofo: BTreeMap<u32, Vec<u8>>,
+        read: Vec<u8>,
+    }
+
+    impl LinuxModel {
+        fn data(&mut self, seq: u32, bytes: &[u8]) {
+            let end = seq + bytes.len() as u32;
+            if end <= self.rcv_nxt {
+                return; // All old: a duplicate.
+            }
+            if seq <= self.rcv_nxt {
+                self.read
+                    .extend_from_slice(&bytes[(self.rcv_nxt - seq) as usize..]);
+                self.rcv_nxt = end;
+                self.ofo_queue();
+                return;
+            }
+            // tcp_data_queue_ofo: compare with the node at or before `seq`.
+            if let Some((&s1, b1)) = self.ofo.range(..=seq).next_back() {
+                let e1 = s1 + b1.len() as u32;
+                if seq < e1 {
+                    if end <= e1 {
+                        return; // All the bits are present.
+                    }
+                    if seq == s1 {
+                        self.ofo.remove(&s1); // Replaced by the longer one.
+                    }
+                }
+            }
+            self.ofo.insert(seq, bytes.to_vec());
+            // merge_right: drop what the new segment wholly covers.
+            while let Some((&s2, b2)) = self.ofo.range(seq + 1..).next() {
+                if end <= s2 || end < s2 + b2.len() as u32 {
+                    break;
+                }
+                self.ofo.remove(&s2);
+            }
+        }
+
+        /// tcp_ofo_queue: move what is now in order to the receive queue.
+        fn ofo_queue(&mut self) {
+            while let Some((&s, _)) = self.ofo.first_key_value() {
+                if s > self.rcv_nxt {
+                    break;
+                }
+                let b = self.ofo.remove(&s).expect("first");
+                let end = s + b.len() as u32;
+                if end <= self.rcv_nxt {
+                    continue;
+                }
+                self.read
+                    .extend_from_slice(&b[(self.rcv_nxt - s) as usize..]);
+                self.rcv_nxt = end;
+            }
+        }
+    }
+
+    /// Segments over a 300-byte stream, each a copy of its own ("version" bytes), so
+    /// that which copy wins every byte shows; then the whole stream once more so that
+    /// every hole fills.
+    fn copies() -> impl Strategy<Value = Vec<(u32, u32, u8)>> {
+        proptest::collection::vec((0u32..300, 1u32..40, 0u8..20), 1..40)
+    }
 
     /// A stream cut into segments, some sent twice, sent in a shuffled order where
     /// no segment moves far.
@@ -606,6 +678,30 @@ mod props {
             }
             let got = table.flows.get(&key()).map(|f| f.app.clone()).unwrap_or_default();
             prop_assert_eq!(got, data);
+        }
+
+        #[test]
+        fn overlapping_copies_resolve_as_the_linux_model_does(segs in copies()) {
+            let mut table: FlowTable<Vec<u8>> = FlowTable::default();
+            let mut sink = |app: &mut Vec<u8>, _: &FlowKey, piece: Piece<'_>| match piece {
+                Piece::Data(d) => app.extend_from_slice(d),
+                Piece::Gap(_) => panic!("no gap expected"),
+            };
+            for s in handshake() {
+                table.push(&s, &mut sink);
+            }
+            let mut model = LinuxModel::default();
+            let last = (0u32, 300u32, 99u8);
+            for &(at, len, version) in segs.iter().chain([&last]) {
+                let len = len.min(300 - at.min(299)).max(1);
+                let at = at.min(299);
+                let bytes: Vec<u8> = (0..len).map(|i| b'A' + version + (i % 3) as u8).collect();
+                table.push(&seg(1, 100 + at, ACK, &bytes), &mut sink);
+                model.data(at, &bytes);
+            }
+            let got = table.flows.get(&key()).map(|f| f.app.clone()).unwrap_or_default();
+            prop_assert_eq!(got.len(), 300);
+            prop_assert_eq!(got, model.read);
         }
 
         #[test]
