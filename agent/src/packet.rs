@@ -228,12 +228,11 @@ pub fn tcp_extras(header: &[u8]) -> TcpExtras {
 
 /// Builds the segment of a TCP header and payload between `src` and `dst`: direction
 /// by which side uses an analysed port (`None`: neither does, or no TCP header).
-/// `whole`: the capture kept every payload byte, so the checksum can be checked.
 pub fn tcp_segment<'a>(
     ts: Nanos,
     src: IpAddr,
     dst: IpAddr,
-    header: &'a [u8],
+    header: &[u8],
     payload: &'a [u8],
     wire_len: u32,
     ports: &[u16],
@@ -258,18 +257,38 @@ pub fn tcp_segment<'a>(
     } else {
         return None;
     };
+    Some(segment_from_header(
+        ts, flow, dir, header, payload, wire_len, false,
+    ))
+}
+
+/// The segment a raw TCP header (options included, at least 20 bytes) and its payload
+/// describe, once its connection and direction are known: the one place both sources
+/// read TCP headers. `nic_verified`: the receiving NIC already checked the checksum;
+/// otherwise it is checked here when the capture kept the whole segment.
+pub fn segment_from_header<'a>(
+    ts: Nanos,
+    flow: FlowKey,
+    dir: Direction,
+    header: &[u8],
+    payload: &'a [u8],
+    wire_len: u32,
+    nic_verified: bool,
+) -> Segment<'a> {
     let wire_len = wire_len.max(payload.len() as u32);
-    let whole = payload.len() as u32 == wire_len;
-    let checksum = if dir == Direction::ToServer
-        && whole
+    let checksum = if nic_verified {
+        Checksum::Valid
+    } else if dir == Direction::ToServer
+        && payload.len() as u32 == wire_len
         && header.len() + payload.len() <= MAX_VERIFIED_SEGMENT
     {
+        let (src, dst) = (flow.client.ip(), flow.server.ip());
         tcp_checksum(src, dst, header, payload)
     } else {
         Checksum::Unverified
     };
     let extras = tcp_extras(header);
-    Some(Segment {
+    Segment {
         ts,
         flow,
         dir,
@@ -288,7 +307,7 @@ pub fn tcp_segment<'a>(
             &[]
         },
         wire_len,
-    })
+    }
 }
 
 /// Longest TCP segment (header and payload) whose checksum a capture verifies. Larger

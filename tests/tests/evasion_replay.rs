@@ -15,9 +15,11 @@ const SEC: u64 = 1_000 * MS;
 const CHECK: &str = "GET api.test/check";
 const ACT: &str = "GET api.test/act";
 
-fn config(extra: &str) -> String {
+/// Discovery, sessions by cookie, the journey's allow rule; `capture_keys` go into
+/// `[capture]`, `extra` after everything.
+fn config(capture_keys: &str, extra: &str) -> String {
     format!(
-        "[capture]\nports = [80]\n[session]\nidentifiers = [{{ cookie = \"sid\" }}]\n\
+        "[capture]\nports = [80]\n{capture_keys}\n[session]\nidentifiers = [{{ cookie = \"sid\" }}]\n\
          [sequence]\nmin_support = 1\n\
          [[rule]]\ntitle = \"act needs a check\"\nkind = \"allow\"\naction = \"log\"\n\
          sequence = [\"{CHECK}\", \"{ACT}\"]\n{extra}"
@@ -39,8 +41,8 @@ struct Seen {
     report: seqshield::report::Report,
 }
 
-fn replay_with(cap: &Capture, extra: &str) -> Seen {
-    let (report, alerts) = replay(&config(extra), &cap.to_pcap(Link::Ethernet));
+fn replay_with(cap: &Capture, capture_keys: &str) -> Seen {
+    let (report, alerts) = replay(&config(capture_keys, ""), &cap.to_pcap(Link::Ethernet));
     let mut requests: Vec<(String, u64)> = report
         .operations
         .iter()
@@ -368,7 +370,7 @@ fn cap_advance_and_close(cap: &mut Capture, conn: &mut Conn, n: usize, ts: u64) 
 
 #[test]
 fn a_long_keep_alive_silence_then_a_split_head() {
-    for extra in ["", "[capture]\nflow_idle_timeout = \"5m\"\n"] {
+    for capture_keys in ["", "flow_idle_timeout = \"5m\""] {
         let mut cap = Capture::new();
         let mut conn = open(&mut cap);
         cap.send(T0 + MS, &mut conn, get("/check").as_bytes());
@@ -376,27 +378,8 @@ fn a_long_keep_alive_silence_then_a_split_head() {
         // a request whose request line is split across two segments.
         let act = get("/act");
         cap.send_split(T0 + 600 * SEC, &mut conn, act.as_bytes(), &[6]);
-        let seen = replay_with_capture_section(&cap, extra);
+        let seen = replay_with(&cap, capture_keys);
         assert_read_the_journey(&seen);
-    }
-}
-
-/// The test config with `[capture]` keys of its own.
-fn replay_with_capture_section(cap: &Capture, capture_keys: &str) -> Seen {
-    let keys = capture_keys.trim_start_matches("[capture]\n");
-    let toml = config("").replacen("[capture]\n", &format!("[capture]\n{keys}"), 1);
-    let (report, alerts) = replay(&toml, &cap.to_pcap(Link::Ethernet));
-    let mut requests: Vec<(String, u64)> = report
-        .operations
-        .iter()
-        .filter(|o| o.requests > 0)
-        .map(|o| (o.human(), o.requests))
-        .collect();
-    requests.sort();
-    Seen {
-        requests,
-        alerts: alerts.len(),
-        report,
     }
 }
 
@@ -419,7 +402,7 @@ fn spellings_of_one_operation_are_one_operation_and_the_rule_still_fires() {
         cap.send(T0 + (i as u64 + 1) * MS, &mut conn, req.as_bytes());
     }
     let (report, alerts) = replay(
-        &(config("")
+        &(config("", "")
             + "\n[operations]\ndefault_host = \"api.test\"\n[[endpoint]]\nhost = \"api.test\"\nmethod = \"GET\"\npath = \"/check\"\n"),
         &cap.to_pcap(Link::Ethernet),
     );

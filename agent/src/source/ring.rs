@@ -6,10 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use agent_common::{DIRECTION_FRAGMENT, DIRECTION_RAW_IP, DIRECTION_TO_CLIENT, EventHeader};
 
 use crate::Nanos;
-use crate::packet::{
-    Captured, Checksum, Direction, FlowKey, Fragment, MAX_VERIFIED_SEGMENT, Segment, TcpFlags,
-    tcp_checksum, tcp_extras,
-};
+use crate::packet::{Captured, Direction, FlowKey, Fragment, segment_from_header};
 
 /// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time.
 #[derive(Debug, Clone, Copy)]
@@ -92,48 +89,25 @@ pub fn packet_from_record<'a>(record: &'a [u8], clock: &KernelClock) -> Option<C
     } else {
         Direction::ToServer
     };
-    let wire_len = h.wire_len.max(u32::from(h.copied));
-    let checksum = if h.csum_verified != 0 {
-        Checksum::Valid
-    } else if dir == Direction::ToServer
-        && payload.len() as u32 == wire_len
-        && tcp.len() + payload.len() <= MAX_VERIFIED_SEGMENT
-    {
-        // The NIC did not verify it (a raw sender on a veth, a software path): the
-        // stack will, and drops it if it is wrong.
-        let (src, dst) = (client, server);
-        tcp_checksum(src, dst, tcp, payload)
-    } else {
-        Checksum::Unverified
+    let flow = FlowKey {
+        client: SocketAddr::new(client, h.client_port),
+        server: SocketAddr::new(server, h.server_port),
     };
-    let extras = tcp_extras(tcp);
-    Some(Captured::Segment(Segment {
-        ts: clock.to_wall(h.ktime_ns),
-        flow: FlowKey {
-            client: SocketAddr::new(client, h.client_port),
-            server: SocketAddr::new(server, h.server_port),
-        },
+    Some(Captured::Segment(segment_from_header(
+        clock.to_wall(h.ktime_ns),
+        flow,
         dir,
-        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
-        ack: extras.ack,
-        flags: TcpFlags::from_byte(tcp[13]),
-        window: extras.window,
-        urgent: extras.urgent,
-        wscale: extras.wscale,
-        tsval: extras.tsval,
-        checksum,
-        payload: if dir == Direction::ToServer {
-            payload
-        } else {
-            &[]
-        },
-        wire_len,
-    }))
+        tcp,
+        payload,
+        h.wire_len,
+        h.csum_verified != 0,
+    )))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::packet::Checksum;
 
     fn record(family: u8, copied: u16, wire_len: u32, payload: &[u8]) -> Vec<u8> {
         let mut client = [0u8; 16];
