@@ -27,6 +27,11 @@ pub enum Piece<'a> {
     /// Bytes that will never arrive: `Some(n)` when the size of the hole is known,
     /// `None` when the capture joined the connection mid-stream.
     Gap(Option<u32>),
+    /// The client has shown it is the real end of this connection: it acknowledged the
+    /// server's initial sequence number (or, joined mid-stream, bytes the server sent),
+    /// which a sender of spoofed packets cannot know. Sent once, before the bytes of the
+    /// segment that showed it.
+    Confirmed,
 }
 
 /// Connections tracked at once; the least recently seen of a sample is evicted beyond.
@@ -168,6 +173,11 @@ struct Flow<S> {
     new_isn: Option<(u32, bool)>,
     /// The pending urgent byte's sequence number (Linux keeps one: `urg_seq`).
     urgent: Option<u32>,
+    /// The server's initial sequence number (from its SYN-ACK), or the first server
+    /// sequence number seen when joined mid-stream: a client ACK at or past it
+    /// confirms the client.
+    server_origin: Option<u32>,
+    confirmed: bool,
     /// Sorted by start, per Linux's out-of-order rules (see `queue`).
     pending: Vec<Pending>,
     pending_bytes: usize,
@@ -445,6 +455,8 @@ impl<S: Default> Flow<S> {
             server: None,
             new_isn: None,
             urgent: None,
+            server_origin: None,
+            confirmed: false,
             pending: Vec::new(),
             pending_bytes: 0,
             gap_since: seg.ts,
@@ -551,6 +563,14 @@ impl<S: Default> Flow<S> {
             // `tcp_ack`: an ACK of data the server never sent drops the segment.
             ctx.stats.discarded_segments += 1;
             return;
+        }
+        if !self.confirmed
+            && let Some(origin) = self.server_origin
+            && !before(seg.ack, origin.wrapping_add(1))
+        {
+            // Not after the server's next sequence number either (checked above).
+            self.confirmed = true;
+            (ctx.deliver)(&mut self.app, ctx.key, Piece::Confirmed);
         }
         // `tcp_replace_ts_recent`: a segment at or before the last window update
         // (the server's latest ACK) with a timestamp not older refreshes `ts_recent`.
@@ -727,6 +747,8 @@ impl<S: Default> Flow<S> {
                 self.fin_seq = None;
                 self.urgent = None;
                 self.new_isn = None;
+                self.server_origin = None;
+                self.confirmed = false;
                 self.server = None;
                 self.app = S::default();
             }
@@ -740,6 +762,7 @@ impl<S: Default> Flow<S> {
                 // The window of a SYN-ACK is never scaled.
                 let right_edge = seg.ack.wrapping_add(u32::from(seg.window));
                 self.paws = self.client_ts == Some(true) && seg.tsval.is_some();
+                self.server_origin = Some(seg.seq);
                 self.server = Some(ServerView {
                     snd_nxt: seg.seq.wrapping_add(seg.seq_len()),
                     acked: seg.ack,
@@ -752,6 +775,11 @@ impl<S: Default> Flow<S> {
         if self.server.is_none() && self.client_ts.is_none() {
             // Joined mid-stream: timestamps are in use if the server sends them.
             self.paws = seg.tsval.is_some();
+        }
+        if self.server_origin.is_none() {
+            // Joined mid-stream (or the SYN-ACK was missed): the client must acknowledge
+            // bytes sent from here on.
+            self.server_origin = Some(seg.seq.wrapping_sub(1));
         }
         let view = self.server.get_or_insert(ServerView {
             snd_nxt: seg.seq,

@@ -114,6 +114,7 @@ impl HttpStream {
     ) {
         match piece {
             Piece::Gap(len) => self.gap(len, stats),
+            Piece::Confirmed => {}
             Piece::Data(data) if self.carry.is_empty() => {
                 let used = consume(&mut self.state, data, stats, on_request);
                 self.carry.extend_from_slice(&data[used..]);

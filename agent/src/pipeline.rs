@@ -90,11 +90,14 @@ struct Analysis {
     path: String,
 }
 
-/// Per-connection state: the request stream, and the session its requests last named.
+/// Per-connection state: the request stream, the session its requests last named, and
+/// whether the client proved it is the connection's real end (not a spoofed source):
+/// only then may a violation block a whole session or client address (SPEC §4).
 #[derive(Default)]
 struct Connection {
     http: HttpStream,
     session: SessionCache,
+    confirmed: bool,
 }
 
 pub struct Pipeline {
@@ -295,6 +298,7 @@ impl Pipeline {
             unmatched_requests: c.unmatched,
             other_requests: c.other,
             alerts: c.alerts,
+            unconfirmed_violations: self.analysis.blocks.unconfirmed(),
             sequences_evicted: self.analysis.analytics.sequences_evicted(),
             flows: self.flows.stats(),
             fragments: self.defrag.stats(),
@@ -462,10 +466,16 @@ struct Deliver<'a> {
 
 impl Deliver<'_> {
     fn piece(&mut self, conn: &mut Connection, key: &FlowKey, piece: Piece<'_>) {
+        if piece == Piece::Confirmed {
+            conn.confirmed = true;
+            return;
+        }
         let Connection {
             http: stream,
             session,
+            confirmed,
         } = conn;
+        let confirmed = *confirmed;
         let Self {
             ts,
             http,
@@ -473,7 +483,7 @@ impl Deliver<'_> {
             alerts,
         } = self;
         stream.feed(piece, http, &mut |head: &RequestHead<'_>| {
-            analysis.on_request(*ts, key, head, session, *alerts)
+            analysis.on_request(*ts, key, confirmed, head, session, *alerts)
         });
     }
 }
@@ -483,6 +493,7 @@ impl Analysis {
         &mut self,
         ts: Nanos,
         flow: &FlowKey,
+        confirmed: bool,
         head: &RequestHead<'_>,
         session_cache: &mut SessionCache,
         alerts: &mut dyn OutcomeSink,
@@ -556,7 +567,10 @@ impl Analysis {
             .position(|r| std::ptr::eq(r, rule))
             .unwrap_or(usize::MAX);
         *self.violations.entry((rule_index, action)).or_default() += 1;
-        if let Some(verdict) = self.blocks.on_violation(ts, *flow, session_id, rule.action) {
+        if let Some(verdict) =
+            self.blocks
+                .on_violation(ts, *flow, session_id, rule.action, confirmed)
+        {
             alerts.enforce(&verdict);
         }
         let human = |op: OpId| self.catalog.get(op).human();

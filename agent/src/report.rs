@@ -74,6 +74,9 @@ pub struct Stats {
     /// Requests beyond `max_operations` discovered operations.
     pub other_requests: u64,
     pub alerts: u64,
+    /// Block verdicts on connections whose client had not shown it is the real end
+    /// (possibly spoofed): only that connection was cut, no session or client block.
+    pub unconfirmed_violations: u64,
     pub sequences_evicted: u64,
     #[serde(flatten)]
     pub flows: FlowStats,

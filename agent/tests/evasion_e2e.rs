@@ -491,3 +491,62 @@ fn a_connection_block_holds_against_fragments() {
         "the server read fragments of a blocked connection: {read:?}"
     );
 }
+
+#[test]
+fn a_spoofed_violation_cannot_block_a_bystander() {
+    let enforce =
+        "[enforce]\nmode = \"enforce\"\nblock_scope = \"client_ip\"\nblock_ttl = \"10m\"\n";
+    let Some((pair, dir, agent, _log)) =
+        setup_with("a_spoofed_violation_cannot_block_a_bystander", enforce)
+    else {
+        return;
+    };
+    // One packet with the bystander's address as its source, no handshake: a transfer
+    // with no balance check. Linux has no socket for it; the agent sees a connection it
+    // never saw open, whose client never acknowledged anything the server sent.
+    let transfer = "POST /api/v1/transferFunds HTTP/1.1\r\nHost: bank.test\r\nCookie: sid=victim\r\n\
+                    Content-Length: 0\r\n\r\n";
+    let spoof = Attack {
+        name: "spoof",
+        stream: transfer.to_string(),
+        steps: vec![json!({"data": [0, transfer.len()]}), json!({"sleep": 0.3})],
+    };
+    let bystander = pair.client_ip.clone();
+    run_attack(
+        &pair,
+        dir.path(),
+        &spoof,
+        &bystander,
+        &pair.server_ip,
+        45_000,
+    );
+    let report = eventually("the spoofed violation", Duration::from_secs(5), || {
+        live_report(&pair, &agent).filter(|r| r.stats.alerts >= 1)
+    });
+    assert_eq!(report.stats.unconfirmed_violations, 1, "{:?}", report.stats);
+    // The bystander's own requests still get through.
+    let url = format!("http://{}/api/v1/login", pair.server_ip);
+    let out = pair.in_client(&[
+        "curl",
+        "-sS",
+        "-m",
+        "3",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "POST",
+        "-H",
+        "Host: bank.test",
+        "-H",
+        "Cookie: sid=victim",
+        &url,
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -53,6 +53,8 @@ pub struct Blocks {
     mark: u32,
     sessions: HashMap<SessionId, Nanos, foldhash::fast::RandomState>,
     clients: HashMap<IpAddr, Nanos, foldhash::fast::RandomState>,
+    /// Violations on unconfirmed connections that cut only their connection.
+    unconfirmed: u64,
 }
 
 impl Blocks {
@@ -64,16 +66,27 @@ impl Blocks {
             mark: config.flag_mark,
             sessions: HashMap::default(),
             clients: HashMap::default(),
+            unconfirmed: 0,
         }
     }
 
+    /// Violations whose session or client block was not taken: the connection had not
+    /// shown it is real.
+    pub fn unconfirmed(&self) -> u64 {
+        self.unconfirmed
+    }
+
     /// The verdict for a rule violation; `None` in monitor mode (it changes no traffic).
+    /// `confirmed`: the client proved it is the connection's real end; without that, a
+    /// spoofed packet could aim a session or client block at a bystander (SPEC §4), so
+    /// only the connection itself is cut.
     pub fn on_violation(
         &mut self,
         now: Nanos,
         flow: FlowKey,
         session: SessionId,
         action: RuleAction,
+        confirmed: bool,
     ) -> Option<Verdict> {
         if !self.enforce {
             return None;
@@ -82,13 +95,21 @@ impl Blocks {
             RuleAction::Log => VerdictAction::Flag { mark: self.mark },
             RuleAction::Block => {
                 let until = now.saturating_add(self.ttl);
-                match self.scope {
+                let scope = if confirmed {
+                    self.scope
+                } else {
+                    if self.scope != BlockScope::Connection {
+                        self.unconfirmed += 1;
+                    }
+                    BlockScope::Connection
+                };
+                match scope {
                     BlockScope::Connection => {}
                     BlockScope::Session => remember(&mut self.sessions, session, until),
                     BlockScope::ClientIp => remember(&mut self.clients, flow.client.ip(), until),
                 }
                 VerdictAction::Cut {
-                    block_client: self.scope == BlockScope::ClientIp,
+                    block_client: scope == BlockScope::ClientIp,
                 }
             }
         };
@@ -194,7 +215,7 @@ mod tests {
     fn monitor_mode_decides_nothing() {
         let mut b = Blocks::new(&config(EnforceMode::Monitor, BlockScope::Session));
         assert!(
-            b.on_violation(0, flow(1), SessionId(1), RuleAction::Block)
+            b.on_violation(0, flow(1), SessionId(1), RuleAction::Block, true)
                 .is_none()
         );
         assert!(b.check(1, flow(2), Some(SessionId(1))).is_none());
@@ -204,7 +225,7 @@ mod tests {
     fn connection_scope_cuts_only_that_connection() {
         let mut b = Blocks::new(&config(EnforceMode::Enforce, BlockScope::Connection));
         let v = b
-            .on_violation(0, flow(1), SessionId(1), RuleAction::Block)
+            .on_violation(0, flow(1), SessionId(1), RuleAction::Block, true)
             .unwrap();
         assert_eq!(
             v.action,
@@ -216,9 +237,32 @@ mod tests {
     }
 
     #[test]
+    fn an_unconfirmed_connection_never_blocks_a_session_or_client() {
+        for scope in [BlockScope::Session, BlockScope::ClientIp] {
+            let mut b = Blocks::new(&config(EnforceMode::Enforce, scope));
+            let v = b
+                .on_violation(0, flow(1), SessionId(1), RuleAction::Block, false)
+                .unwrap();
+            // The (possibly spoofed) connection itself is still cut...
+            assert_eq!(
+                v.action,
+                VerdictAction::Cut {
+                    block_client: false
+                }
+            );
+            // ...but the session and the address it names stay unblocked.
+            assert!(
+                b.check(1, flow(2), Some(SessionId(1))).is_none(),
+                "{scope:?}"
+            );
+            assert_eq!(b.unconfirmed(), 1);
+        }
+    }
+
+    #[test]
     fn session_scope_cuts_new_connections_until_the_ttl() {
         let mut b = Blocks::new(&config(EnforceMode::Enforce, BlockScope::Session));
-        b.on_violation(0, flow(1), SessionId(1), RuleAction::Block)
+        b.on_violation(0, flow(1), SessionId(1), RuleAction::Block, true)
             .unwrap();
         let (v, by) = b.check(SEC, flow(2), Some(SessionId(1))).unwrap();
         assert_eq!((v.flow, by), (flow(2), BlockedBy::Session));
@@ -237,7 +281,7 @@ mod tests {
     fn client_scope_blocks_the_address() {
         let mut b = Blocks::new(&config(EnforceMode::Enforce, BlockScope::ClientIp));
         let v = b
-            .on_violation(0, flow(1), SessionId(1), RuleAction::Block)
+            .on_violation(0, flow(1), SessionId(1), RuleAction::Block, true)
             .unwrap();
         assert_eq!(v.action, VerdictAction::Cut { block_client: true });
         let (_, by) = b.check(SEC, flow(9), None).unwrap();
@@ -248,7 +292,7 @@ mod tests {
     fn log_rules_flag() {
         let mut b = Blocks::new(&config(EnforceMode::Enforce, BlockScope::Connection));
         let v = b
-            .on_violation(0, flow(1), SessionId(1), RuleAction::Log)
+            .on_violation(0, flow(1), SessionId(1), RuleAction::Log, true)
             .unwrap();
         assert_eq!(v.action, VerdictAction::Flag { mark: 0x5e9 });
     }

@@ -98,6 +98,7 @@ fn run_with(mut table: FlowTable<Seen>, segments: &[Segment<'_>]) -> Run {
             &mut |app: &mut Seen, _k: &FlowKey, piece: Piece<'_>| match piece {
                 Piece::Data(d) => app.0.push_str(&String::from_utf8_lossy(d)),
                 Piece::Gap(n) => app.0.push_str(&format!("<gap {n:?}>")),
+                Piece::Confirmed => {}
             },
         );
         if let Some(f) = table.flows.get(&key())
@@ -376,6 +377,36 @@ fn paws_drops_a_segment_with_an_old_timestamp() {
     no_ts[1].tsval = None;
     let r = run(&no_ts);
     assert_eq!(r.out, "abcEVIL");
+}
+
+#[test]
+fn a_client_that_acknowledged_the_servers_isn_is_confirmed() {
+    let confirmed = |segs: &[Segment<'_>]| {
+        let mut table: FlowTable<bool> = FlowTable::default();
+        for s in segs {
+            table.push(s, &mut |app: &mut bool, _: &FlowKey, piece: Piece<'_>| {
+                *app |= piece == Piece::Confirmed;
+            });
+        }
+        table.flows.get(&key()).is_some_and(|f| f.app)
+    };
+    // The real client: its data acknowledges the SYN-ACK.
+    assert!(confirmed(&with_handshake(vec![seg(1, 100, ACK, b"GET")])));
+    // A blind spoofer guesses the acknowledgment: behind the server's ISN, not confirmed
+    // (and one beyond what the server sent is dropped anyway).
+    let blind = Segment {
+        ack: SERVER_ISN - 5000,
+        ..seg(1, 100, ACK, b"GET")
+    };
+    assert!(!confirmed(&with_handshake(vec![blind])));
+    // Joined mid-stream with no server packet yet: not confirmed; after one, a client
+    // acknowledging the server's bytes is.
+    assert!(!confirmed(&[seg(0, 5000, ACK, b"GET")]));
+    assert!(confirmed(&[
+        seg(0, 5000, ACK, b"GET"),
+        srv(1, 5003, 512, ACK),
+        seg(2, 5003, ACK, b" /a"),
+    ]));
 }
 
 #[test]
@@ -669,6 +700,7 @@ mod props {
             let mut sink = |app: &mut Vec<u8>, _: &FlowKey, piece: Piece<'_>| match piece {
                 Piece::Data(d) => app.extend_from_slice(d),
                 Piece::Gap(_) => panic!("no gap expected"),
+                Piece::Confirmed => {}
             };
             for s in handshake() {
                 table.push(&s, &mut sink);
@@ -686,6 +718,7 @@ mod props {
             let mut sink = |app: &mut Vec<u8>, _: &FlowKey, piece: Piece<'_>| match piece {
                 Piece::Data(d) => app.extend_from_slice(d),
                 Piece::Gap(_) => panic!("no gap expected"),
+                Piece::Confirmed => {}
             };
             for s in handshake() {
                 table.push(&s, &mut sink);
@@ -713,6 +746,7 @@ mod props {
             let mut sink = |app: &mut Vec<u8>, _: &FlowKey, piece: Piece<'_>| match piece {
                 Piece::Data(d) => app.extend_from_slice(d),
                 Piece::Gap(_) => panic!("no gap expected"),
+                Piece::Confirmed => {}
             };
             for s in handshake() {
                 table.push(&s, &mut sink);
