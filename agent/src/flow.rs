@@ -426,6 +426,7 @@ fn after(a: u32, b: u32) -> bool {
     before(b, a)
 }
 
+/// The later of two sequence numbers.
 fn later(a: u32, b: u32) -> u32 {
     if after(b, a) { b } else { a }
 }
@@ -489,6 +490,7 @@ impl<S: Default> Flow<S> {
             // One-sided: the server's answer cannot be seen; a new initial sequence
             // number on these ports is taken as a new connection.
             ctx.stats.flows_closed += 1;
+            ctx.stats.one_sided_flows += 1;
             ctx.stats.flows_opened += 1;
             *ctx.pending_total -= self.pending_bytes;
             *self = Flow::new(seg);
@@ -606,12 +608,7 @@ impl<S: Default> Flow<S> {
         if seg.flags.fin && self.fin_seq.is_none() {
             self.fin_seq = Some(seg.seq.wrapping_add(seg.wire_len));
         }
-        if self.pending.is_empty() || !self.gap_timer_applies(loss) {
-            // Nothing to time out.
-        } else if seg.ts.saturating_sub(self.gap_since) > GAP_TIMEOUT {
-            ctx.stats.gaps_timed_out += 1;
-            self.skip_hole(ctx);
-        }
+        self.hole_timer(seg.ts, loss, ctx);
         if self.fin_seq == Some(self.next_seq) {
             self.close(ctx);
         }
