@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
+use crate::evict::EvictionQueue;
 use crate::packet::{Checksum, Direction, FlowKey, MAX_WSCALE, Segment};
 use crate::{NANOS_PER_SEC, Nanos};
 
@@ -55,8 +56,6 @@ pub const DEFAULT_FLOW_IDLE_TIMEOUT: Nanos = 2 * 3600 * NANOS_PER_SEC;
 pub const CLOSED_LINGER: Nanos = 60 * NANOS_PER_SEC;
 /// How often (in capture time) idle connections and stale holes are looked for.
 const SWEEP_INTERVAL: Nanos = NANOS_PER_SEC;
-/// Connections looked at to pick one to evict when the table is full.
-const EVICTION_SAMPLE: usize = 8;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
@@ -191,6 +190,8 @@ struct Flow<S> {
 /// Bounded table of connections. `S` is the per-connection consumer state.
 pub struct FlowTable<S> {
     flows: HashMap<FlowKey, Flow<S>, foldhash::fast::RandomState>,
+    /// Which connection to evict when the table is full (closed ones first).
+    eviction: EvictionQueue<FlowKey>,
     limits: FlowLimits,
     last_sweep: Nanos,
     /// Out-of-order bytes held across connections.
@@ -219,6 +220,7 @@ impl<S: Default> FlowTable<S> {
     pub fn new(limits: FlowLimits) -> Self {
         Self {
             flows: HashMap::default(),
+            eviction: EvictionQueue::default(),
             limits: FlowLimits {
                 max_flows: limits.max_flows.max(1),
                 ..limits
@@ -284,7 +286,7 @@ impl<S: Default> FlowTable<S> {
         if opens
             && full
             && !self.flows.contains_key(&seg.flow)
-            && let Some(gone) = evict_one(&mut self.flows)
+            && let Some(gone) = evict_one(&mut self.flows, &mut self.eviction, seg.ts)
         {
             self.pending_total -= gone.pending_bytes;
             self.stats.flows_evicted += 1;
@@ -307,6 +309,7 @@ impl<S: Default> FlowTable<S> {
                     return;
                 }
                 ctx.stats.flows_opened += 1;
+                self.eviction.push(seg.flow, seg.ts);
                 let flow = v.insert(Flow::new(seg));
                 if !seg.flags.syn {
                     // Joined mid-stream: the consumer must find a message start.
@@ -395,20 +398,27 @@ impl<S: Default> FlowTable<S> {
             }
             keep
         });
+        let flows = &self.flows;
+        self.eviction
+            .compact(flows.len(), |k| flows.contains_key(k));
     }
 }
 
-/// Evicts the least recently seen of a few connections: an O(1) approximation of LRU
-/// that keeps a flood of new connections from costing a scan each.
+/// Evicts a connection not seen for a while, closed ones first (second chance,
+/// `evict.rs`): O(1) amortised, so a flood of new connections costs no scans and active
+/// connections stay.
 fn evict_one<S>(
     flows: &mut HashMap<FlowKey, Flow<S>, foldhash::fast::RandomState>,
+    eviction: &mut EvictionQueue<FlowKey>,
+    now: Nanos,
 ) -> Option<Flow<S>> {
-    let victim = flows
-        .iter()
-        .take(EVICTION_SAMPLE)
-        .min_by_key(|(_, f)| (!f.closed, f.last_seen))
-        .map(|(k, _)| *k)?;
-    flows.remove(&victim)
+    let victim = eviction.victim(now, |k| {
+        // A closed connection counts as never seen: it goes first.
+        flows.get(k).map(|f| if f.closed { 0 } else { f.last_seen })
+    })?;
+    let gone = flows.remove(&victim);
+    eviction.compact(flows.len(), |k| flows.contains_key(k));
+    gone
 }
 
 /// Signed distance from `from` to `to` in sequence space (RFC 9293 §3.4 arithmetic).

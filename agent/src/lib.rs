@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod defrag;
 pub mod enforce;
+pub mod evict;
 pub mod flow;
 pub mod http;
 pub mod metrics;

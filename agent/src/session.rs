@@ -12,13 +12,12 @@ use base64::Engine as _;
 
 use crate::Nanos;
 use crate::config::Identifier;
+use crate::evict::EvictionQueue;
 use crate::http::RequestHead;
 use crate::ops::OpId;
 
 /// Operations a session remembers (SPEC §3).
 pub const HISTORY_LEN: usize = 10;
-/// Sessions looked at to pick one to evict when the table is full.
-const EVICTION_SAMPLE: usize = 8;
 
 /// A session, named by the keyed hash of its identifier value.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -227,6 +226,8 @@ pub struct SessionState {
 /// Live sessions, bounded by `max_sessions`.
 pub struct Sessions {
     map: HashMap<SessionId, Session, foldhash::fast::RandomState>,
+    /// Which session to evict when `max_sessions` is reached.
+    eviction: EvictionQueue<SessionId>,
     max_sessions: usize,
     idle_timeout: Nanos,
     last_sweep: Nanos,
@@ -237,6 +238,7 @@ impl Sessions {
     pub fn new(max_sessions: usize, idle_timeout: Nanos) -> Self {
         Self {
             map: HashMap::default(),
+            eviction: EvictionQueue::default(),
             max_sessions: max_sessions.max(1),
             idle_timeout,
             last_sweep: 0,
@@ -292,6 +294,7 @@ impl Sessions {
                     last_seen: saved.last_seen,
                 },
             );
+            self.eviction.push(SessionId(saved.id), saved.last_seen);
         }
         self.stats = stats;
     }
@@ -305,10 +308,16 @@ impl Sessions {
     pub fn touch(&mut self, id: SessionId, now: Nanos) -> &mut Session {
         self.expire_idle(now);
         if self.map.len() >= self.max_sessions && !self.map.contains_key(&id) {
-            self.evict_one();
+            self.evict_one(now);
         }
         let idle_timeout = self.idle_timeout;
-        let session = self.map.entry(id).or_default();
+        let session = match self.map.entry(id) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                self.eviction.push(id, now);
+                v.insert(Session::default())
+            }
+        };
         if session.history.len > 0 && now.saturating_sub(session.last_seen) > idle_timeout {
             session.history.clear();
         }
@@ -327,21 +336,23 @@ impl Sessions {
         self.map
             .retain(|_, s| now.saturating_sub(s.last_seen) <= idle_timeout);
         self.stats.sessions_expired += (before - self.map.len()) as u64;
+        let map = &self.map;
+        self.eviction.compact(map.len(), |id| map.contains_key(id));
     }
 
-    /// Evicts the least recently seen of a few sessions: O(1) approximate LRU, so a flood
-    /// of new sessions costs no scans.
-    fn evict_one(&mut self) {
+    /// Evicts a session not seen for a while (second chance, `evict.rs`): O(1)
+    /// amortised, so a flood of new sessions costs no scans, and active sessions stay.
+    fn evict_one(&mut self, now: Nanos) {
+        let map = &self.map;
         let victim = self
-            .map
-            .iter()
-            .take(EVICTION_SAMPLE)
-            .min_by_key(|(_, s)| s.last_seen)
-            .map(|(id, _)| *id);
+            .eviction
+            .victim(now, |id| map.get(id).map(|s| s.last_seen));
         if let Some(id) = victim {
             self.map.remove(&id);
             self.stats.sessions_evicted += 1;
         }
+        let map = &self.map;
+        self.eviction.compact(map.len(), |id| map.contains_key(id));
     }
 }
 
@@ -481,5 +492,20 @@ mod tests {
             assert!(s.len() <= 100);
         }
         assert_eq!(s.stats().sessions_evicted, 9_900);
+    }
+
+    #[test]
+    fn an_active_session_survives_a_flood_of_new_ones() {
+        let mut s = Sessions::new(100, u64::MAX);
+        s.touch(SessionId(u64::MAX), 0).history.record(7, 0);
+        for i in 0..10_000u64 {
+            s.touch(SessionId(i), i);
+            s.touch(SessionId(u64::MAX), i);
+            assert!(s.eviction.len() <= 2 * s.len() + 1024);
+        }
+        let active = s
+            .get(SessionId(u64::MAX))
+            .expect("the active session was evicted");
+        assert_eq!(active.history.entries().len(), 1, "its history was lost");
     }
 }

@@ -534,6 +534,36 @@ fn flow_table_is_bounded() {
 }
 
 #[test]
+fn an_active_connection_survives_a_flood_of_new_ones() {
+    let mut table: FlowTable<Seen> = FlowTable::new(FlowLimits {
+        max_flows: 100,
+        ..FlowLimits::default()
+    });
+    let mut sink = |app: &mut Seen, _: &FlowKey, piece: Piece<'_>| {
+        if let Piece::Data(d) = piece {
+            app.0.push_str(&String::from_utf8_lossy(d));
+        }
+    };
+    for s in handshake() {
+        table.push(&s, &mut sink);
+    }
+    for i in 0..10_000u32 {
+        // One spoofed packet from a new port, then a byte of the real connection.
+        let mut flood = seg(u64::from(i), 1, ACK, b"x");
+        flood.flow.client.set_port(1 + (i % 60_000) as u16);
+        table.push(&flood, &mut sink);
+        table.push(&seg(u64::from(i), 100 + i, ACK, b"a"), &mut sink);
+        assert!(table.len() <= 100);
+        assert!(table.eviction.len() <= 2 * table.len() + 1024);
+    }
+    assert_eq!(
+        table.flows[&key()].app.0.len(),
+        10_000,
+        "the real connection lost bytes"
+    );
+}
+
+#[test]
 fn a_long_keep_alive_silence_keeps_the_connection() {
     let later = 600 * NANOS_PER_SEC;
     let r = run(&with_handshake(vec![
