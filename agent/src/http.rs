@@ -86,19 +86,31 @@ enum State {
     Refused,
 }
 
+/// A carried-over buffer larger than this is freed once empty: a connection that once
+/// sent a large head does not keep its buffer.
+const KEPT_CARRY_CAPACITY: usize = 4096;
+
 /// One connection's request stream.
 #[derive(Debug)]
 pub struct HttpStream {
     /// Bytes carried over between pieces (an unfinished head or framing line).
     carry: Vec<u8>,
+    /// In `State::Head`: how much of `carry` is known to hold no end of head, so a head
+    /// arriving in many small pieces is parsed once it is complete, not once per piece
+    /// (which would scan it quadratically).
+    scanned: usize,
     state: State,
+    /// Parser runs over carried heads (tests check the quadratic case is gone).
+    carried_parses: u32,
 }
 
 impl Default for HttpStream {
     fn default() -> Self {
         Self {
             carry: Vec::new(),
+            scanned: 0,
             state: State::Head,
+            carried_parses: 0,
         }
     }
 }
@@ -118,14 +130,38 @@ impl HttpStream {
             Piece::Data(data) if self.carry.is_empty() => {
                 let used = consume(&mut self.state, data, stats, on_request);
                 self.carry.extend_from_slice(&data[used..]);
+                self.after_consume();
             }
             Piece::Data(data) => {
                 let mut carry = std::mem::take(&mut self.carry);
                 carry.extend_from_slice(data);
+                if self.state == State::Head
+                    && carry.len() <= MAX_HEAD_BYTES
+                    && !has_head_end(&carry[self.scanned.saturating_sub(3)..])
+                {
+                    // Still no end of head: nothing to parse yet.
+                    self.scanned = carry.len();
+                    self.carry = carry;
+                    return;
+                }
+                self.carried_parses += 1;
                 let used = consume(&mut self.state, &carry, stats, on_request);
                 carry.drain(..used);
                 self.carry = carry;
+                self.after_consume();
             }
+        }
+    }
+
+    /// What is carried now was looked at whole: an unfinished head holds no end of head.
+    fn after_consume(&mut self) {
+        self.scanned = if self.state == State::Head {
+            self.carry.len()
+        } else {
+            0
+        };
+        if self.carry.is_empty() && self.carry.capacity() > KEPT_CARRY_CAPACITY {
+            self.carry = Vec::new();
         }
     }
 
@@ -149,7 +185,14 @@ impl HttpStream {
             _ => State::Resync,
         };
         self.carry.clear();
+        self.scanned = 0;
     }
+}
+
+/// Whether `bytes` holds the end of a request head: an empty line (CRLF CRLF, or bare
+/// LFs as httparse accepts them).
+fn has_head_end(bytes: &[u8]) -> bool {
+    bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n")
 }
 
 /// Runs the state machine over `input`; returns how many bytes it is done with.
@@ -644,6 +687,27 @@ mod tests {
         )]);
         assert_eq!(seen, ["GET /b"]);
         assert_eq!(stats.parse_errors, 1);
+    }
+
+    #[test]
+    fn a_head_in_tiny_pieces_is_parsed_once_and_its_buffer_freed() {
+        let mut stream = HttpStream::default();
+        let mut stats = HttpStats::default();
+        let head = format!(
+            "GET /a HTTP/1.1\r\n{}\r\n",
+            "X-Filler: abcdefghijklmnopqrstuvwxyz\r\n".repeat(700)
+        );
+        assert!(head.len() > 20_000 && head.len() < MAX_HEAD_BYTES);
+        let mut seen = 0;
+        for b in head.as_bytes().chunks(1) {
+            stream.feed(Piece::Data(b), &mut stats, &mut |_: &RequestHead<'_>| {
+                seen += 1
+            });
+        }
+        assert_eq!(seen, 1);
+        // Parsed when the empty line arrived, not once per byte.
+        assert!(stream.carried_parses <= 2, "{}", stream.carried_parses);
+        assert_eq!(stream.carry.capacity(), 0, "the head's buffer is kept");
     }
 
     #[test]
