@@ -197,10 +197,11 @@ pub fn suggest_allow_rules(
             .map(|o| o.human())
     };
     let mut best: Vec<&crate::report::SequenceReport> = Vec::new();
+    // A rule needs two operations or more: a (hand-edited) report may hold shorter ones.
     for s in report
         .sequences
         .iter()
-        .filter(|s| s.score_lower >= min_lower && s.count >= min_count)
+        .filter(|s| s.operations.len() >= 2 && s.score_lower >= min_lower && s.count >= min_count)
     {
         let last = s.operations.last();
         match best.iter_mut().find(|b| b.operations.last() == last) {
@@ -329,6 +330,23 @@ priority = 5
         assert_eq!(rules.rules()[0].priority, 5, "higher priority first");
         assert!(rules.evaluate(delete, &entries(&[(login, 0)]), 1).is_some());
         assert!(rules.evaluate(delete, &[], 1).is_none());
+    }
+
+    #[test]
+    fn sequences_too_short_for_a_rule_are_skipped() {
+        let report: crate::report::Report = serde_json::from_str(
+            r#"{"generated_at": "now", "window_secs": 86400,
+                "operations": [{"id": "a", "host": "h", "method": "GET", "path": "/a",
+                                "requests": 9, "occurrences": 9}],
+                "sequences": [{"operations": ["a"], "count": 9, "last_op_count": 9,
+                               "score": 1.0, "score_lower": 0.9},
+                              {"operations": [], "count": 9, "last_op_count": 9,
+                               "score": 1.0, "score_lower": 0.9}],
+                "stats": {}}"#,
+        )
+        .unwrap();
+        let out = suggest_allow_rules(&report, 0.5, 5);
+        assert!(!out.contains("[[rule]]"), "{out}");
     }
 
     #[test]

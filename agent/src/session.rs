@@ -207,6 +207,7 @@ pub struct Session {
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct SessionStats {
     /// Removed because the table was full (`max_sessions`).
     pub sessions_evicted: u64,
