@@ -101,15 +101,22 @@ pub struct RotatingFile {
     keep: usize,
 }
 
+/// Opens an alert file for appending, created 0600: alerts name sessions and clients.
+fn open_private(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
 impl RotatingFile {
     pub fn open(path: &std::path::Path, max_bytes: u64, keep: usize) -> std::io::Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
+        let file = open_private(path)?;
         let written = file.metadata()?.len();
         Ok(Self {
             path: path.to_path_buf(),
@@ -134,10 +141,7 @@ impl RotatingFile {
         } else {
             std::fs::rename(&self.path, numbered(1))?;
         }
-        self.file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        self.file = open_private(&self.path)?;
         self.written = 0;
         Ok(())
     }
@@ -181,6 +185,11 @@ mod tests {
             "only `keep` old files"
         );
         assert!(read(&path).contains("\"n\":9"));
+        use std::os::unix::fs::PermissionsExt;
+        for p in [path.clone(), dir.path().join("alerts.jsonl.1")] {
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", p.display());
+        }
     }
 
     #[test]

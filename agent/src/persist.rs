@@ -52,7 +52,17 @@ pub fn save(dir: &Path, snapshot: &Snapshot) -> Result<u64, PersistError> {
     };
     let payload = postcard::to_stdvec(snapshot).map_err(|e| err(std::io::Error::other(e)))?;
     let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-    let mut file = fs::File::create(&tmp).map_err(err)?;
+    // 0600: learned sessions and counts are the operator's, not every local user's.
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err)?
+    };
     file.write_all(MAGIC).map_err(err)?;
     file.write_all(&FORMAT_VERSION.to_le_bytes()).map_err(err)?;
     file.write_all(blake3::hash(&payload).as_bytes())
@@ -173,6 +183,12 @@ mod tests {
         save(dir.path(), &s).unwrap();
         assert_eq!(load(dir.path()).unwrap().unwrap().totals.packets, 8);
         assert!(!dir.path().join(format!("{SNAPSHOT_FILE}.tmp")).exists());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir.path().join(SNAPSHOT_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]
