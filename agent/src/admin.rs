@@ -115,7 +115,62 @@ pub fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixList
     Ok(listener)
 }
 
-pub fn router(state: Arc<AgentState>) -> Router {
+/// Who may call what (SPEC §8 `[admin]`): changes always need the bearer token, reads
+/// only when `reads_need_token`; /healthz never.
+#[derive(Clone)]
+pub struct Access {
+    token: Arc<str>,
+    reads_need_token: bool,
+}
+
+impl Access {
+    pub fn new(token: String, reads_need_token: bool) -> Self {
+        Self {
+            token: token.into(),
+            reads_need_token,
+        }
+    }
+
+    /// Whether the request carries `Authorization: Bearer <token>` (compared in
+    /// constant time: the comparison does not say how much of a guess was right).
+    fn allows(&self, headers: &axum::http::HeaderMap) -> bool {
+        let Some(given) = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        else {
+            return false;
+        };
+        let want = self.token.as_bytes();
+        given.len() == want.len()
+            && given
+                .iter()
+                .zip(want)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
+async fn authorize(
+    State(access): State<Access>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path();
+    let reads =
+        request.method() == axum::http::Method::GET || request.method() == axum::http::Method::HEAD;
+    let needs_token = path != "/healthz" && (!reads || access.reads_need_token);
+    if needs_token && !access.allows(request.headers()) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "a bearer token is needed: send `Authorization: Bearer <token>` with the token \
+             in [admin] token_file (default: admin.token in [state] dir)"
+                .into(),
+        );
+    }
+    next.run(request).await
+}
+
+pub fn router(state: Arc<AgentState>, access: Access) -> Router {
     Router::new()
         .route("/api/v1/report", get(report))
         .route("/api/v1/operations", get(operations))
@@ -126,6 +181,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint: see /api/v1/report, /operations, /sessions/{hash}, /rules, /metrics".into()) })
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(access, authorize))
 }
 
 async fn rules(State(state): State<Arc<AgentState>>) -> Json<Vec<RuleView>> {

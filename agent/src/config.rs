@@ -277,13 +277,44 @@ pub struct AdminConfig {
     /// Admin API address: loopback only unless the operator says otherwise;
     /// `"unix:/run/seqshield/admin.sock"` serves it on a 0600 unix socket instead.
     pub listen: String,
+    /// The bearer token's file (created 0600 on first run); default: in `[state] dir`.
+    pub token_file: Option<PathBuf>,
+    /// Require the token for every endpoint but /healthz (it is always required to
+    /// change anything, and for everything when `listen` is not loopback).
+    pub require_token: bool,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9464".into(),
+            token_file: None,
+            require_token: false,
         }
+    }
+}
+
+impl AdminConfig {
+    /// Where the bearer token is kept.
+    pub fn token_path(&self, state_dir: &Path) -> PathBuf {
+        self.token_file
+            .clone()
+            .unwrap_or_else(|| state_dir.join(crate::state::ADMIN_TOKEN_FILE))
+    }
+
+    /// Whether reads need the token too: asked for, or reachable beyond this host (a
+    /// unix socket is 0600, loopback is this host's).
+    pub fn reads_need_token(&self) -> bool {
+        if self.require_token {
+            return true;
+        }
+        if self.listen.starts_with(crate::admin::UNIX_PREFIX) {
+            return false;
+        }
+        !self
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback())
     }
 }
 

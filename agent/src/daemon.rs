@@ -81,7 +81,10 @@ pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
         addr: addr.clone(),
         source,
     };
-    let router = admin::router(shared.clone());
+    let token_path = config.admin.token_path(&config.state.dir);
+    let token = crate::state::load_or_create_token(&token_path)?;
+    let access = admin::Access::new(token, config.admin.reads_need_token());
+    let router = admin::router(shared.clone(), access);
     let (server, socket_file) = match addr.strip_prefix(UNIX_PREFIX) {
         Some(path) => {
             let path = std::path::PathBuf::from(path);

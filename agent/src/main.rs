@@ -380,13 +380,24 @@ fn read_report(path: &Path) -> Result<Report> {
 impl AgentAddress {
     /// GETs `path` from the running agent's admin API.
     fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let addr = match &self.admin {
-            Some(addr) => addr.clone(),
-            None if self.config.exists() => Config::load(&self.config)?.admin.listen,
-            None => seqshield::config::AdminConfig::default().listen,
+        let config = if self.config.exists() {
+            Some(Config::load(&self.config)?)
+        } else {
+            None
         };
+        let addr = match (&self.admin, &config) {
+            (Some(addr), _) => addr.clone(),
+            (None, Some(config)) => config.admin.listen.clone(),
+            (None, None) => seqshield::config::AdminConfig::default().listen,
+        };
+        // The admin token, when this user may read it (reads on loopback need none).
+        let token = config
+            .as_ref()
+            .map(|c| c.admin.token_path(&c.state.dir))
+            .and_then(|file| std::fs::read_to_string(file).ok())
+            .map(|t| t.trim().to_string());
         if let Some(socket) = addr.strip_prefix(seqshield::admin::UNIX_PREFIX) {
-            let (status, body) = unix_get(Path::new(socket), path)?;
+            let (status, body) = unix_get(Path::new(socket), path, token.as_deref())?;
             if !(200..300).contains(&status) {
                 let error: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                 bail!(
@@ -398,7 +409,11 @@ impl AgentAddress {
                 .with_context(|| format!("{addr}{path} did not answer as expected"));
         }
         let url = format!("http://{addr}{path}");
-        let mut response = ureq::get(&url)
+        let mut request = ureq::get(&url);
+        if let Some(token) = &token {
+            request = request.header("Authorization", &format!("Bearer {token}"));
+        }
+        let mut response = request
             .config()
             .http_status_as_error(false)
             .build()
@@ -420,7 +435,7 @@ impl AgentAddress {
 }
 
 /// One HTTP/1.1 GET over the agent's unix socket: status and body.
-fn unix_get(socket: &Path, path: &str) -> Result<(u16, Vec<u8>)> {
+fn unix_get(socket: &Path, path: &str, token: Option<&str>) -> Result<(u16, Vec<u8>)> {
     use std::io::Read;
     let mut stream = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
         format!(
@@ -428,9 +443,10 @@ fn unix_get(socket: &Path, path: &str) -> Result<(u16, Vec<u8>)> {
             socket.display()
         )
     })?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n"
     )?;
     let mut bytes = Vec::new();
     stream.read_to_end(&mut bytes)?;

@@ -1,4 +1,5 @@
-//! The state directory: the per-install session-hash key (created on first use, 0600).
+//! The state directory: the per-install session-hash key and the admin API token
+//! (created on first use, 0600).
 
 use std::fs;
 use std::io::Write;
@@ -26,6 +27,35 @@ pub enum StateError {
 /// Reads the session-hash key from `dir`, creating the directory (0700) and the key (0600)
 /// when missing.
 pub fn load_or_create_key(dir: &Path) -> Result<[u8; 32], StateError> {
+    let file = dir.join(KEY_FILE);
+    let hex = load_or_create_secret(&file)?;
+    parse_key(&hex).ok_or_else(|| StateError::BadKey {
+        file,
+        reason: "not 64 hex characters".into(),
+    })
+}
+
+/// File in the state dir holding the admin API's bearer token, unless `[admin]
+/// token_file` names another.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// Reads the admin API token from `file`, creating it (0600, 64 hex characters; its
+/// directory 0700) when missing.
+pub fn load_or_create_token(file: &Path) -> Result<String, StateError> {
+    let token = load_or_create_secret(file)?;
+    if token.len() < 32 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(StateError::BadKey {
+            file: file.to_path_buf(),
+            reason: "not a token (at least 32 printable characters)".into(),
+        });
+    }
+    Ok(token)
+}
+
+/// The trimmed text of `file`, or 32 random bytes as hex written there first (temp file
+/// and rename: a crash never leaves half a secret).
+fn load_or_create_secret(file: &Path) -> Result<String, StateError> {
+    let dir = file.parent().unwrap_or(Path::new("."));
     let dir_err = |source| StateError::Dir {
         dir: dir.to_path_buf(),
         source,
@@ -35,18 +65,15 @@ pub fn load_or_create_key(dir: &Path) -> Result<[u8; 32], StateError> {
         .mode(0o700)
         .create(dir)
         .map_err(dir_err)?;
-    let file = dir.join(KEY_FILE);
-    match fs::read_to_string(&file) {
-        Ok(text) => parse_key(text.trim()).ok_or_else(|| StateError::BadKey {
-            file,
-            reason: "not 64 hex characters".into(),
-        }),
+    match fs::read_to_string(file) {
+        Ok(text) => Ok(text.trim().to_string()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut key = [0u8; 32];
-            getrandom::fill(&mut key).map_err(StateError::Random)?;
-            let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-            // Write to a temp file and rename: a crash never leaves half a key.
-            let tmp = dir.join(format!("{KEY_FILE}.tmp"));
+            let mut secret = [0u8; 32];
+            getrandom::fill(&mut secret).map_err(StateError::Random)?;
+            let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+            let mut tmp = file.as_os_str().to_owned();
+            tmp.push(".tmp");
+            let tmp = PathBuf::from(tmp);
             let mut f = fs::OpenOptions::new()
                 .write(true)
                 .create(true)
@@ -57,8 +84,8 @@ pub fn load_or_create_key(dir: &Path) -> Result<[u8; 32], StateError> {
             f.write_all(hex.as_bytes())
                 .and_then(|_| f.sync_all())
                 .map_err(dir_err)?;
-            fs::rename(&tmp, &file).map_err(dir_err)?;
-            Ok(key)
+            fs::rename(&tmp, file).map_err(dir_err)?;
+            Ok(hex)
         }
         Err(e) => Err(dir_err(e)),
     }
@@ -96,6 +123,19 @@ mod tests {
             fs::metadata(&state).unwrap().permissions().mode() & 0o777,
             0o700
         );
+    }
+
+    #[test]
+    fn the_admin_token_is_created_once_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("run/admin.token");
+        let t1 = load_or_create_token(&file).unwrap();
+        assert_eq!(t1, load_or_create_token(&file).unwrap());
+        assert_eq!(t1.len(), 64);
+        let mode = fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        fs::write(&file, "short").unwrap();
+        assert!(load_or_create_token(&file).is_err());
     }
 
     #[test]

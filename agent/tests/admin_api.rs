@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use seqshield::admin::{AgentState, router};
+use seqshield::admin::{Access, AgentState};
 use seqshield::config::Config;
 use seqshield::pipeline::Pipeline;
 use seqshield::report::Report;
@@ -16,6 +16,13 @@ use seqshield::session::SessionIdentifier;
 use tower::ServiceExt;
 
 const KEY: [u8; 32] = [7; 32];
+/// The admin token of the tests' routers.
+const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// The admin API as the agent serves it on loopback: reads open, changes need the token.
+fn router(state: Arc<AgentState>) -> axum::Router {
+    seqshield::admin::router(state, Access::new(TOKEN.into(), false))
+}
 
 /// The bank API (tests/fixtures/bank-api.toml) on the fixture's port.
 const API: &str = include_str!("../../tests/fixtures/bank-api.toml");
@@ -61,15 +68,23 @@ fn fixture() -> Fixture {
     }
 }
 
+/// Calls the API with the token (what `seqshield` and an operator's curl send).
 async fn call(state: &Arc<AgentState>, method: &str, uri: &str) -> (StatusCode, serde_json::Value) {
-    let response = router(state.clone())
-        .oneshot(
-            Request::builder()
-                .method(method)
-                .uri(uri)
-                .body(Body::empty())
-                .unwrap(),
-        )
+    call_as(router(state.clone()), method, uri, Some(TOKEN)).await
+}
+
+async fn call_as(
+    router: axum::Router,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+) -> (StatusCode, serde_json::Value) {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(token) = token {
+        request = request.header("Authorization", format!("Bearer {token}"));
+    }
+    let response = router
+        .oneshot(request.body(Body::empty()).unwrap())
         .await
         .unwrap();
     let status = response.status();
@@ -297,4 +312,35 @@ async fn the_api_can_listen_on_a_private_unix_socket() {
     let report: Report = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report, f.expected);
     server.abort();
+}
+
+#[tokio::test]
+async fn changes_need_the_token_and_reads_need_it_when_asked() {
+    let f = fixture();
+    let loopback = || seqshield::admin::router(f.state.clone(), Access::new(TOKEN.into(), false));
+    let (status, body) = call_as(loopback(), "POST", "/api/v1/rules/reload", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        body["error"].as_str().unwrap().contains("token_file"),
+        "{body}"
+    );
+    let (status, _) = call_as(loopback(), "POST", "/api/v1/rules/reload", Some("wrong")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = call_as(loopback(), "GET", "/api/v1/report", None).await;
+    assert_eq!(status, StatusCode::OK, "loopback reads are open");
+    // require_token (or a listen address beyond loopback): reads need it too.
+    let strict = || seqshield::admin::router(f.state.clone(), Access::new(TOKEN.into(), true));
+    for uri in [
+        "/api/v1/report",
+        "/api/v1/operations",
+        "/metrics",
+        "/api/v1/rules",
+    ] {
+        let (status, _) = call_as(strict(), "GET", uri, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+        let (status, _) = call_as(strict(), "GET", uri, Some(TOKEN)).await;
+        assert_eq!(status, StatusCode::OK, "{uri}");
+    }
+    let (status, _) = call_as(strict(), "GET", "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK, "health checks need no token");
 }

@@ -232,9 +232,22 @@ fn reload_with_a_bad_file_keeps_the_old_rules() {
     let (dir, pair, agent) = setup(19_476, "[enforce]\nmode = \"enforce\"\n");
     let config = dir.path().join("config.toml");
     let good = std::fs::read_to_string(&config).unwrap();
+    // Changes need the admin token, created in the state dir on the agent's first run.
+    let token = std::fs::read_to_string(dir.path().join("state/admin.token")).unwrap();
+    let auth = format!("Authorization: Bearer {}", token.trim());
     let api = |method: &str, path: &str| {
         let url = format!("http://{}{path}", agent.admin);
-        let out = pair.in_server(&["curl", "-s", "-X", method, "-w", "\n%{http_code}", &url]);
+        let out = pair.in_server(&[
+            "curl",
+            "-s",
+            "-X",
+            method,
+            "-H",
+            &auth,
+            "-w",
+            "\n%{http_code}",
+            &url,
+        ]);
         String::from_utf8(out.stdout).unwrap()
     };
     let titles = || api("GET", "/api/v1/rules");
