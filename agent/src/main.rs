@@ -131,7 +131,19 @@ struct AgentAddress {
 
 const DEFAULT_CONFIG: &str = "/etc/seqshield/config.toml";
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run_cli() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // What went wrong and what to do, with its causes: no backtrace, even with
+            // RUST_BACKTRACE set (these are the user's errors, not the program's).
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cli() -> Result<()> {
     let cli = Cli::parse();
     let terminal = std::io::stderr().is_terminal();
     let filter =

@@ -506,3 +506,18 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn user_errors_carry_no_backtrace_even_with_rust_backtrace_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[sequence]\nmin_suport = 3\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_seqshield"))
+        .args(["check-config", config.to_str().unwrap()])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("sequence.min_suport"), "{stderr}");
+    assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
+}
