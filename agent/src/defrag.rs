@@ -4,7 +4,8 @@
 //! it arrived; exact duplicates are ignored and any other overlap discards the whole
 //! datagram (RFC 5722, and Linux for IPv4 since 4.19); queues time out after
 //! [`FRAG_TIMEOUT`] (`ipfrag_time`) and all queues together hold at most
-//! [`MAX_FRAG_BYTES`] (`ipfrag_high_thresh`). Pure: time comes with the fragments.
+//! [`MAX_FRAG_BYTES`] (`ipfrag_high_thresh`): beyond it new fragments are dropped, as
+//! Linux drops them. Pure: time comes with the fragments.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -18,6 +19,10 @@ pub const FRAG_TIMEOUT: Nanos = 30 * NANOS_PER_SEC;
 pub const MAX_FRAG_BYTES: usize = 4 << 20;
 /// Largest datagram payload (the IPv4 total length field; IPv6 without jumbograms).
 const MAX_DATAGRAM: u32 = 65_535;
+/// What one held fragment costs besides its bytes (so tiny fragments are bounded too).
+const FRAGMENT_OVERHEAD: usize = 64;
+/// How often (capture time) unfinished datagrams are looked at for their timeout.
+const SWEEP_INTERVAL: Nanos = NANOS_PER_SEC;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
@@ -87,7 +92,7 @@ fn insert(queue: &mut Queue, f: &Fragment<'_>, end: u32) -> Insert {
     queue
         .parts
         .insert(at, (f.offset, f.wire_len, f.payload.to_vec()));
-    queue.bytes += f.payload.len();
+    queue.bytes += f.payload.len() + FRAGMENT_OVERHEAD;
     Insert::Added
 }
 
@@ -105,7 +110,9 @@ pub struct Datagram {
 #[derive(Default)]
 pub struct Defrag {
     queues: HashMap<Key, Queue, foldhash::fast::RandomState>,
+    /// Bytes held, overhead included.
     bytes: usize,
+    last_sweep: Nanos,
     stats: FragStats,
 }
 
@@ -132,6 +139,13 @@ impl Defrag {
             self.drop_queue(&key);
             return None;
         }
+        let cost = f.payload.len() + FRAGMENT_OVERHEAD;
+        if self.bytes + cost > MAX_FRAG_BYTES {
+            // Over `ipfrag_high_thresh` Linux takes no more fragments until queues time
+            // out or complete: neither does the agent.
+            self.stats.dropped += 1;
+            return None;
+        }
         let queue = self.queues.entry(key).or_insert_with(|| Queue {
             parts: Vec::new(),
             total: None,
@@ -139,10 +153,7 @@ impl Defrag {
             bytes: 0,
         });
         match insert(queue, f, end) {
-            Insert::Added => {
-                self.bytes += f.payload.len();
-                self.enforce_bound();
-            }
+            Insert::Added => self.bytes += cost,
             Insert::Duplicate => return None,
             Insert::Overlap => {
                 self.stats.overlaps += 1;
@@ -198,8 +209,12 @@ impl Defrag {
         }
     }
 
-    /// Drops queues older than [`FRAG_TIMEOUT`], then the oldest while over the bound.
+    /// Drops queues older than [`FRAG_TIMEOUT`] (once per [`SWEEP_INTERVAL`]).
     fn expire(&mut self, now: Nanos) {
+        if now.saturating_sub(self.last_sweep) < SWEEP_INTERVAL {
+            return;
+        }
+        self.last_sweep = now;
         let before = self.queues.len();
         let mut freed = 0;
         self.queues.retain(|_, q| {
@@ -211,21 +226,6 @@ impl Defrag {
         });
         self.bytes -= freed;
         self.stats.dropped += (before - self.queues.len()) as u64;
-        self.enforce_bound();
-    }
-
-    fn enforce_bound(&mut self) {
-        while self.bytes > MAX_FRAG_BYTES {
-            let Some(oldest) = self
-                .queues
-                .iter()
-                .min_by_key(|(_, q)| q.first_seen)
-                .map(|(k, _)| *k)
-            else {
-                break;
-            };
-            self.drop_queue(&oldest);
-        }
     }
 
     /// Unfinished datagrams held.
@@ -288,6 +288,12 @@ mod tests {
             d.push(&frag(FRAG_TIMEOUT + 2, 100 + id, 0, true, &big));
             assert!(d.bytes <= MAX_FRAG_BYTES);
         }
+        // A flood of tiny fragments is bounded too (each costs its overhead).
+        for id in 0..1_000_000 {
+            d.push(&frag(FRAG_TIMEOUT + 3, 10_000 + id, 0, true, &[0; 8]));
+        }
+        assert!(d.bytes <= MAX_FRAG_BYTES);
+        assert!(d.len() < MAX_FRAG_BYTES / FRAGMENT_OVERHEAD);
     }
 
     #[test]
