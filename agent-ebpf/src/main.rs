@@ -413,9 +413,14 @@ fn fill_header(ctx: &TcContext, h: &mut EventHeader, p: &Packet<'_>, copied: usi
     h.family = p.l3.family;
     h.direction = p.direction;
     h.truncated = u8::from(copied < p.wire_len);
-    // SAFETY: a query that reads the skb's checksum state and changes nothing.
-    let level = unsafe { bpf_csum_level(ctx.skb.skb, u64::from(BPF_CSUM_LEVEL_QUERY)) };
-    h.csum_verified = u8::from(level >= 0);
+    // Only client payload is checked: no helper call for the server's headers.
+    h.csum_verified = if p.direction == DIRECTION_TO_SERVER {
+        // SAFETY: a query that reads the skb's checksum state and changes nothing.
+        let level = unsafe { bpf_csum_level(ctx.skb.skb, u64::from(BPF_CSUM_LEVEL_QUERY)) };
+        u8::from(level >= 0)
+    } else {
+        0
+    };
     h._pad = 0;
     h.frag_id = p.l3.frag_id;
     h.frag_offset = p.l3.frag_offset;

@@ -150,6 +150,14 @@ struct ServerView {
     wscale: u8,
 }
 
+/// A client SYN with a new initial sequence number on an open connection.
+#[derive(Debug, Clone, Copy)]
+struct IgnoredSyn {
+    isn: u32,
+    offers_wscale: bool,
+    tsval: Option<u32>,
+}
+
 struct Flow<S> {
     /// Closed (FIN reached, RST accepted, or the server reset it): kept for a while so
     /// late segments are recognised, with no buffers.
@@ -169,7 +177,7 @@ struct Flow<S> {
     server: Option<ServerView>,
     /// A SYN with another initial sequence number on this open connection: the server
     /// ignores it unless it is a new connection, which its SYN-ACK would show.
-    new_isn: Option<(u32, bool)>,
+    new_isn: Option<IgnoredSyn>,
     /// The pending urgent byte's sequence number (Linux keeps one: `urg_seq`).
     urgent: Option<u32>,
     /// The server's initial sequence number (from its SYN-ACK), or the first server
@@ -444,23 +452,44 @@ fn later(a: u32, b: u32) -> u32 {
 impl<S: Default> Flow<S> {
     /// A connection opened by a SYN, or joined mid-stream at a data segment.
     fn new(seg: &Segment<'_>) -> Self {
-        let (next_seq, isn, client_wscale, client_ts) = if seg.flags.syn {
-            (
-                seg.seq.wrapping_add(1),
-                Some(seg.seq),
-                Some(seg.wscale.is_some()),
-                Some(seg.tsval.is_some()),
-            )
-        } else {
-            (seg.seq, None, None, None)
-        };
+        if seg.flags.syn {
+            let syn = IgnoredSyn {
+                isn: seg.seq,
+                offers_wscale: seg.wscale.is_some(),
+                tsval: seg.tsval,
+            };
+            return Self::opened_by(syn, seg.ts);
+        }
+        Self::starting_at(seg.seq, None, None, None, seg.tsval, seg.ts)
+    }
+
+    /// A connection opened by this client SYN.
+    fn opened_by(syn: IgnoredSyn, now: Nanos) -> Self {
+        Self::starting_at(
+            syn.isn.wrapping_add(1),
+            Some(syn.isn),
+            Some(syn.offers_wscale),
+            Some(syn.tsval.is_some()),
+            syn.tsval,
+            now,
+        )
+    }
+
+    fn starting_at(
+        next_seq: u32,
+        isn: Option<u32>,
+        client_wscale: Option<bool>,
+        client_ts: Option<bool>,
+        ts_recent: Option<u32>,
+        now: Nanos,
+    ) -> Self {
         Self {
             closed: false,
             next_seq,
             isn,
             client_wscale,
             client_ts,
-            ts_recent: seg.tsval,
+            ts_recent,
             paws: false,
             fin_seq: None,
             server: None,
@@ -470,9 +499,9 @@ impl<S: Default> Flow<S> {
             confirmed: false,
             pending: Vec::new(),
             pending_bytes: 0,
-            gap_since: seg.ts,
+            gap_since: now,
             gap_loss: 0,
-            last_seen: seg.ts,
+            last_seen: now,
             app: S::default(),
         }
     }
@@ -509,7 +538,11 @@ impl<S: Default> Flow<S> {
         // RFC 5961 §4.2 (`tcp_validate_incoming`): a challenge ACK, the segment is
         // dropped. It is a new connection only if the server answers with a SYN-ACK.
         ctx.stats.ignored_syns += 1;
-        self.new_isn = Some((seg.seq, seg.wscale.is_some()));
+        self.new_isn = Some(IgnoredSyn {
+            isn: seg.seq,
+            offers_wscale: seg.wscale.is_some(),
+            tsval: seg.tsval,
+        });
     }
 
     fn gap_timer_applies(&self, loss: u64) -> bool {
@@ -523,9 +556,9 @@ impl<S: Default> Flow<S> {
         if !self.pending.is_empty()
             && self.gap_timer_applies(loss)
             && now.saturating_sub(self.gap_since) > GAP_TIMEOUT
+            && self.skip_hole(ctx)
         {
             ctx.stats.gaps_timed_out += 1;
-            self.skip_hole(ctx);
         }
     }
 
@@ -660,8 +693,9 @@ impl<S: Default> Flow<S> {
                 self.prune(ctx);
             } else {
                 // One-sided: no acknowledgment will ever say the hole is lost.
-                ctx.stats.gaps_forced += 1;
-                self.skip_hole(ctx);
+                if self.skip_hole(ctx) {
+                    ctx.stats.gaps_forced += 1;
+                }
             }
         }
     }
@@ -737,27 +771,14 @@ impl<S: Default> Flow<S> {
             if !seg.flags.ack {
                 return; // A simultaneous open: not a server's answer.
             }
-            if let Some((isn, offered)) = self.new_isn
-                && seg.ack == isn.wrapping_add(1)
+            if let Some(syn) = self.new_isn
+                && seg.ack == syn.isn.wrapping_add(1)
             {
                 // The server took the SYN the old connection ignored: a new connection.
                 ctx.stats.flows_closed += 1;
                 ctx.stats.flows_opened += 1;
                 *ctx.pending_total -= self.pending_bytes;
-                self.pending = Vec::new();
-                self.pending_bytes = 0;
-                self.next_seq = seg.ack;
-                self.isn = Some(isn);
-                self.client_wscale = Some(offered);
-                self.client_ts = None;
-                self.ts_recent = None;
-                self.fin_seq = None;
-                self.urgent = None;
-                self.new_isn = None;
-                self.server_origin = None;
-                self.confirmed = false;
-                self.server = None;
-                self.app = S::default();
+                *self = Flow::opened_by(syn, seg.ts);
             }
             if self.server.is_none() || self.isn.is_some_and(|i| seg.ack == i.wrapping_add(1)) {
                 // Scaling holds only when both SYNs carried the option (RFC 7323 §2.2).
@@ -919,13 +940,14 @@ impl<S: Default> Flow<S> {
         }
     }
 
-    /// Gives up on the hole before the first waiting segment (fallback only).
-    fn skip_hole<D>(&mut self, ctx: &mut Ctx<'_, D>)
+    /// Gives up on the hole before the first waiting segment (fallback only); whether
+    /// there was one.
+    fn skip_hole<D>(&mut self, ctx: &mut Ctx<'_, D>) -> bool
     where
         D: FnMut(&mut S, &FlowKey, Piece<'_>),
     {
         let Some(first) = self.pending.first() else {
-            return;
+            return false;
         };
         let hole = seq_distance(self.next_seq, first.seq);
         if hole > 0 {
@@ -934,6 +956,7 @@ impl<S: Default> Flow<S> {
             self.next_seq = first.seq;
         }
         self.drain(ctx);
+        hole > 0
     }
 }
 

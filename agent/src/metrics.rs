@@ -93,25 +93,21 @@ pub fn render(s: &Snapshot<'_>) -> String {
         k.server_facts,
     );
 
-    let requests = Family::<Labels, Counter>::default();
     let st = s.stats;
     let unmatched = st.unmatched_requests + st.other_requests;
-    for (result, v) in [
-        ("parsed", st.requests),
-        ("unidentified", st.unidentified_requests),
-        ("unmatched", unmatched),
-        ("truncated", st.truncated_requests),
-        ("lenient", st.lenient_requests),
-        ("ambiguous_framing", st.ambiguous_framing),
-    ] {
-        requests
-            .get_or_create(&vec![("result".into(), result.into())])
-            .inc_by(v);
-    }
-    registry.register(
+    labelled(
+        &mut registry,
         "requests",
         "HTTP requests by result (parsed counts them all)",
-        requests,
+        "result",
+        &[
+            ("parsed", st.requests),
+            ("unidentified", st.unidentified_requests),
+            ("unmatched", unmatched),
+            ("truncated", st.truncated_requests),
+            ("lenient", st.lenient_requests),
+            ("ambiguous_framing", st.ambiguous_framing),
+        ],
     );
     counter(
         &mut registry,
@@ -121,42 +117,32 @@ pub fn render(s: &Snapshot<'_>) -> String {
     );
 
     // What the server's stack refused, so the agent did too (SPEC §7).
-    let refused = Family::<Labels, Counter>::default();
     let f = st.flows;
-    for (reason, v) in [
-        ("bad_checksum", f.bad_checksum_segments),
-        ("out_of_window", f.out_of_window_segments),
-        ("discarded", f.discarded_segments),
-        ("paws", f.paws_rejected_segments),
-        ("ignored_reset", f.ignored_resets),
-        ("ignored_syn", f.ignored_syns),
-        ("after_close", f.after_close_segments),
-    ] {
-        refused
-            .get_or_create(&vec![("reason".into(), reason.into())])
-            .inc_by(v);
-    }
-    registry.register(
+    labelled(
+        &mut registry,
         "tcp_segments_refused",
         "Client segments the server's TCP stack discards, by reason",
-        refused,
+        "reason",
+        &[
+            ("bad_checksum", f.bad_checksum_segments),
+            ("out_of_window", f.out_of_window_segments),
+            ("discarded", f.discarded_segments),
+            ("paws", f.paws_rejected_segments),
+            ("ignored_reset", f.ignored_resets),
+            ("ignored_syn", f.ignored_syns),
+            ("after_close", f.after_close_segments),
+        ],
     );
-    let gaps = Family::<Labels, Counter>::default();
-    for (cause, v) in [
-        (
-            "acknowledged",
-            f.gaps.saturating_sub(f.gaps_timed_out + f.gaps_forced),
-        ),
-        ("timed_out", f.gaps_timed_out),
-        ("buffer_full", f.gaps_forced),
-    ] {
-        gaps.get_or_create(&vec![("cause".into(), cause.into())])
-            .inc_by(v);
-    }
-    registry.register(
+    labelled(
+        &mut registry,
         "reassembly_gaps",
         "Holes given up: acknowledged by the server (capture loss), or on the fallback timer or buffer bound (no server facts)",
-        gaps,
+        "cause",
+        &[
+            ("acknowledged", f.gaps - f.gaps_timed_out - f.gaps_forced),
+            ("timed_out", f.gaps_timed_out),
+            ("buffer_full", f.gaps_forced),
+        ],
     );
     counter(
         &mut registry,
@@ -177,17 +163,17 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "Distinct sequences in the sequence table",
         s.tracked_sequences as u64,
     );
-    let evictions = Family::<Labels, Counter>::default();
-    for (table, v) in [
-        ("sessions", st.sessions.sessions_evicted),
-        ("sequences", st.sequences_evicted),
-        ("flows", st.flows.flows_evicted),
-    ] {
-        evictions
-            .get_or_create(&vec![("table".into(), table.into())])
-            .inc_by(v);
-    }
-    registry.register("evictions", "Entries evicted from full tables", evictions);
+    labelled(
+        &mut registry,
+        "evictions",
+        "Entries evicted from full tables",
+        "table",
+        &[
+            ("sessions", st.sessions.sessions_evicted),
+            ("sequences", st.sequences_evicted),
+            ("flows", st.flows.flows_evicted),
+        ],
+    );
 
     let violations = Family::<Labels, Counter>::default();
     for (id, title, action, v) in s.violations {
@@ -219,4 +205,15 @@ pub fn render(s: &Snapshot<'_>) -> String {
     let mut out = String::new();
     encode(&mut out, &registry).expect("writing to a String");
     out
+}
+
+/// A counter family with one label, one series per value.
+fn labelled(registry: &mut Registry, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
+    let family = Family::<Labels, Counter>::default();
+    for &(value, n) in values {
+        family
+            .get_or_create(&vec![(label.into(), value.into())])
+            .inc_by(n);
+    }
+    registry.register(name, help, family);
 }

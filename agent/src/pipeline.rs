@@ -189,11 +189,12 @@ impl Pipeline {
         match packet {
             Captured::Segment(seg) => self.process(seg, alerts),
             Captured::Fragment(fragment) => self.process_fragment(fragment, alerts),
-            &Captured::RawIp { ts, packet, cut } => match decode_ip(ts, packet, cut, &self.ports) {
-                Some(Captured::Segment(seg)) => self.process(&seg, alerts),
-                Some(Captured::Fragment(fragment)) => self.process_fragment(&fragment, alerts),
-                _ => {}
-            },
+            &Captured::RawIp { ts, packet, cut } => {
+                // Decoded here into a segment or fragment (never another raw packet).
+                if let Some(decoded) = decode_ip(ts, packet, cut, &self.ports) {
+                    self.process_captured(&decoded, alerts);
+                }
+            }
         }
     }
 

@@ -70,30 +70,20 @@ impl KernelEnforcer {
         let latency;
         match verdict.action {
             VerdictAction::Cut { block_client } => {
-                self.flows
-                    .insert(key, entry(0), 0)
-                    .map_err(|source| EnforceError::Map {
-                        name: maps::BLOCKED_FLOWS,
-                        source,
-                    })?;
+                insert(&mut self.flows, key, entry(0), maps::BLOCKED_FLOWS)?;
                 latency = wall_clock_now().saturating_sub(verdict.at);
                 // Fragments between the two ends: they may not carry the ports.
                 let mut pair = [0u8; 32];
                 pair[..16].copy_from_slice(&key.client_addr);
                 pair[16..].copy_from_slice(&key.server_addr);
-                self.pairs
-                    .insert(pair, entry(0), 0)
-                    .map_err(|source| EnforceError::Map {
-                        name: maps::BLOCKED_PAIRS,
-                        source,
-                    })?;
+                insert(&mut self.pairs, pair, entry(0), maps::BLOCKED_PAIRS)?;
                 if block_client {
-                    self.clients
-                        .insert(key.client_addr, entry(0), 0)
-                        .map_err(|source| EnforceError::Map {
-                            name: maps::BLOCKED_CLIENTS,
-                            source,
-                        })?;
+                    insert(
+                        &mut self.clients,
+                        key.client_addr,
+                        entry(0),
+                        maps::BLOCKED_CLIENTS,
+                    )?;
                 }
                 sock_destroy::destroy(verdict.flow.server, verdict.flow.client).map_err(
                     |source| EnforceError::Reset {
@@ -103,12 +93,7 @@ impl KernelEnforcer {
                 )?;
             }
             VerdictAction::Flag { mark } => {
-                self.flagged
-                    .insert(key, entry(mark), 0)
-                    .map_err(|source| EnforceError::Map {
-                        name: maps::FLAGGED_FLOWS,
-                        source,
-                    })?;
+                insert(&mut self.flagged, key, entry(mark), maps::FLAGGED_FLOWS)?;
                 latency = wall_clock_now().saturating_sub(verdict.at);
             }
         }
@@ -126,6 +111,17 @@ impl KernelEnforcer {
 }
 
 /// The kernel's view of a connection.
+/// Writes one entry into a kernel map, naming the map if the kernel refuses.
+fn insert<K: aya::Pod>(
+    map: &mut HashMap<MapData, K, BlockEntry>,
+    key: K,
+    entry: BlockEntry,
+    name: &'static str,
+) -> Result<(), EnforceError> {
+    map.insert(key, entry, 0)
+        .map_err(|source| EnforceError::Map { name, source })
+}
+
 pub fn kernel_key(flow: &FlowKey) -> KernelFlowKey {
     let (family, client_addr) = addr(flow.client.ip());
     let (_, server_addr) = addr(flow.server.ip());

@@ -782,15 +782,11 @@ mod props {
                 table.push(&s, &mut sink);
             }
             let junk = [b'#'; 64];
-            let mut accepted = 0usize; // bytes delivered so far (the stream is in order)
-            let mut step = 0usize;
-            for (a, b) in order {
+            for (step, (a, b)) in order.into_iter().enumerate() {
                 table.push(&seg(1, 100 + a as u32, ACK, &data[a..b]), &mut sink);
-                accepted = table.flows[&key()].app.len();
-                for (when, attack) in &attacks {
-                    if *when != step {
-                        continue;
-                    }
+                // Bytes delivered so far (the stream is in order).
+                let accepted = table.flows[&key()].app.len();
+                for (_, attack) in attacks.iter().filter(|(when, _)| *when == step) {
                     let s = match attack.clone() {
                         Hostile::BadChecksum(at) => Segment { checksum: Checksum::Bad, ..seg(1, 100 + at as u32, ACK, &junk) },
                         Hostile::BeyondWindow(d) => seg(1, 100 + d, ACK, &junk),
@@ -806,9 +802,7 @@ mod props {
                     };
                     table.push(&s, &mut sink);
                 }
-                step += 1;
             }
-            let _ = accepted;
             let got = table.flows.get(&key()).map(|f| f.app.clone()).unwrap_or_default();
             prop_assert_eq!(got, data);
         }

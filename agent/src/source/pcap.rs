@@ -197,49 +197,34 @@ impl Decoder<'_> {
         on_packet: &mut impl FnMut(Captured<'_>),
     ) {
         self.counters.frames += 1;
-        let tcp = match decode(link, data, cut) {
-            Decoded::Tcp(tcp) => tcp,
-            Decoded::Fragment(mut fragment) => {
-                self.counters.fragments += 1;
-                fragment.ts = ts;
-                on_packet(Captured::Fragment(fragment));
-                return;
+        match captured(decode(link, data, cut), ts, self.ports) {
+            Ok(packet) => {
+                match &packet {
+                    Captured::Fragment(_) => self.counters.fragments += 1,
+                    Captured::Segment(s) if s.dir == Direction::ToServer => {
+                        self.counters.segments += 1;
+                    }
+                    _ => self.counters.server_segments += 1,
+                }
+                on_packet(packet);
             }
-            Decoded::NotTcp => {
-                self.counters.ignored += 1;
-                return;
-            }
-            Decoded::Undecodable => {
-                self.counters.undecodable += 1;
-                return;
-            }
-        };
-        let header = tcp.header.slice();
-        let Some(segment) = tcp_segment(
-            ts,
-            tcp.src,
-            tcp.dst,
-            header,
-            tcp.payload,
-            tcp.wire_len,
-            self.ports,
-        ) else {
-            self.counters.ignored += 1;
-            return;
-        };
-        match segment.dir {
-            Direction::ToServer => self.counters.segments += 1,
-            Direction::ToClient => self.counters.server_segments += 1,
+            Err(Skipped::NotOurs) => self.counters.ignored += 1,
+            Err(Skipped::Undecodable) => self.counters.undecodable += 1,
         }
-        on_packet(Captured::Segment(segment));
     }
 }
 
-/// Decodes a raw IP packet (IPv4 or IPv6, any extension headers) into what it carries
-/// for the pipeline: the decoder of capture files, for packets the kernel program could
-/// not walk itself.
-pub fn decode_ip<'a>(ts: Nanos, packet: &'a [u8], cut: u32, ports: &[u16]) -> Option<Captured<'a>> {
-    match decode(DataLink::RAW, packet, cut) {
+/// Why a frame gives the pipeline nothing.
+enum Skipped {
+    /// Another protocol, or TCP on no analysed port.
+    NotOurs,
+    Undecodable,
+}
+
+/// What a decoded frame gives the pipeline: a segment of an analysed connection, or a
+/// fragment to put back together.
+fn captured<'a>(decoded: Decoded<'a>, ts: Nanos, ports: &[u16]) -> Result<Captured<'a>, Skipped> {
+    match decoded {
         Decoded::Tcp(tcp) => tcp_segment(
             ts,
             tcp.src,
@@ -249,13 +234,19 @@ pub fn decode_ip<'a>(ts: Nanos, packet: &'a [u8], cut: u32, ports: &[u16]) -> Op
             tcp.wire_len,
             ports,
         )
-        .map(Captured::Segment),
-        Decoded::Fragment(mut fragment) => {
-            fragment.ts = ts;
-            Some(Captured::Fragment(fragment))
-        }
-        Decoded::NotTcp | Decoded::Undecodable => None,
+        .map(Captured::Segment)
+        .ok_or(Skipped::NotOurs),
+        Decoded::Fragment(fragment) => Ok(Captured::Fragment(Fragment { ts, ..fragment })),
+        Decoded::NotTcp => Err(Skipped::NotOurs),
+        Decoded::Undecodable => Err(Skipped::Undecodable),
     }
+}
+
+/// Decodes a raw IP packet (IPv4 or IPv6, any extension headers) into what it carries
+/// for the pipeline: the decoder of capture files, for packets the kernel program could
+/// not walk itself.
+pub fn decode_ip<'a>(ts: Nanos, packet: &'a [u8], cut: u32, ports: &[u16]) -> Option<Captured<'a>> {
+    captured(decode(DataLink::RAW, packet, cut), ts, ports).ok()
 }
 
 /// A decoded TCP segment of a frame.
