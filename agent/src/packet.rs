@@ -266,6 +266,7 @@ pub fn tcp_segment<'a>(
 /// describe, once its connection and direction are known: the one place both sources
 /// read TCP headers. `nic_verified`: the receiving NIC already checked the checksum;
 /// otherwise it is checked here when the capture kept the whole segment.
+#[inline]
 pub fn segment_from_header<'a>(
     ts: Nanos,
     flow: FlowKey,
