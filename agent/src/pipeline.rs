@@ -185,6 +185,7 @@ impl Pipeline {
 
     /// Takes what a capture source read: a segment, or an IP fragment whose datagram,
     /// once complete, is processed as the segment it carries.
+    #[inline]
     pub fn process_captured(&mut self, packet: &Captured<'_>, alerts: &mut dyn OutcomeSink) {
         match packet {
             Captured::Segment(seg) => self.process(seg, alerts),

@@ -223,6 +223,7 @@ enum Skipped {
 
 /// What a decoded frame gives the pipeline: a segment of an analysed connection, or a
 /// fragment to put back together.
+#[inline]
 fn captured<'a>(decoded: Decoded<'a>, ts: Nanos, ports: &[u16]) -> Result<Captured<'a>, Skipped> {
     match decoded {
         Decoded::Tcp(tcp) => tcp_segment(
