@@ -9,10 +9,11 @@
 #![no_main]
 
 use agent_common::{
-    BlockEntry, CaptureConfig, CaptureEvent, Counter, DIRECTION_FRAGMENT, DIRECTION_RAW_IP,
-    DIRECTION_TO_CLIENT, DIRECTION_TO_SERVER, EVENT_SIZES, EventHeader, FlowKey, MAX_BLOCK_ENTRIES,
-    MAX_PORTS, MAX_SNAPLEN, RING_BYTES, TCP_ACK, TCP_FIN, TCP_HEADER_ROOM, TCP_RST, TCP_SYN,
-    WAKEUP_BYTES,
+    BlockEntry, CaptureConfig, CaptureEvent, Counter, DIRECTION_FRAGMENT, DIRECTION_HELD_FRAME,
+    DIRECTION_RAW_IP, DIRECTION_TO_CLIENT, DIRECTION_TO_SERVER, EVENT_SIZES, EventHeader, FlowKey,
+    Guard, HOLD_IDLE, HOLD_PEEK, HOLD_PENDING, HoldEntry, MAX_BLOCK_ENTRIES, MAX_GUARDS, MAX_PORTS,
+    MAX_SNAPLEN, Peek, REINJECT_META, RING_BYTES, TCP_ACK, TCP_FIN, TCP_HEADER_ROOM, TCP_RST,
+    TCP_SYN, WAKEUP_BYTES, may_start_guarded,
 };
 use aya_ebpf::bindings::xdp_action;
 use aya_ebpf::bindings::{
@@ -21,7 +22,7 @@ use aya_ebpf::bindings::{
 };
 use aya_ebpf::helpers::generated::{bpf_csum_level, bpf_ktime_get_ns, bpf_skb_load_bytes};
 use aya_ebpf::macros::{classifier, map, xdp};
-use aya_ebpf::maps::{Array, HashMap, PerCpuArray, RingBuf};
+use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf};
 use aya_ebpf::programs::{TcContext, XdpContext};
 
 #[map(name = "EVENTS")]
@@ -48,6 +49,17 @@ static BLOCKED_PAIRS: HashMap<[u8; 32], BlockEntry> =
 #[map(name = "FLAGGED_FLOWS")]
 static FLAGGED_FLOWS: HashMap<FlowKey, BlockEntry> =
     HashMap::with_max_entries(MAX_BLOCK_ENTRIES, 0);
+
+#[map(name = "HOLDS")]
+static HOLDS: LruHashMap<FlowKey, HoldEntry> = LruHashMap::with_max_entries(MAX_BLOCK_ENTRIES, 0);
+
+#[map(name = "GUARDS")]
+static GUARDS: Array<Guard> = Array::with_max_entries(MAX_GUARDS, 0);
+
+/// The first payload bytes of the segment being looked at (per CPU: scratch space off
+/// the stack).
+#[map(name = "PEEK")]
+static PEEK: PerCpuArray<Peek> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(agent_common::COUNTERS, 0);
@@ -89,6 +101,14 @@ pub fn seqshield_xdp(ctx: XdpContext) -> u32 {
         count(Counter::DroppedIngress);
         return xdp_action::XDP_DROP;
     }
+    xdp_action::XDP_PASS
+}
+
+/// Never attached: the agent runs it on a released frame with
+/// `BPF_F_TEST_XDP_LIVE_FRAMES`, and XDP_PASS puts the frame into the interface's
+/// receive path as if it had just arrived (with the metadata that lets it through).
+#[xdp]
+pub fn seqshield_reinject(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
@@ -188,31 +208,197 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, i64> {
     let data_offset = usize::from(tcp[12] >> 4) * 4;
     let tcp_flags = tcp[13];
     let wire_len = l3.ip_payload_len.saturating_sub(data_offset);
-    let config = CONFIG.get(0).copied().unwrap_or(CaptureConfig {
-        snaplen: MAX_SNAPLEN as u32,
-        enforce: 0,
-    });
+    let config = CONFIG.get(0).copied().unwrap_or_default();
+    let hold = config.enforce != 0 && config.hold != 0;
+    // A released copy the agent put back: captured and judged already.
+    let reinjected = hold && is_reinjected(ctx);
+    // Monitor mode: the kernel changes nothing.
+    let verdict = if config.enforce != 0 {
+        ingress_verdict(ctx, &l3, &tcp, wire_len)
+    } else {
+        TC_ACT_UNSPEC
+    };
+    if reinjected {
+        count(Counter::Reinjected);
+        return Ok(verdict);
+    }
+    let mut packet = Packet {
+        l3: &l3,
+        client_addr: &l3.src,
+        server_addr: &l3.dst,
+        client_port,
+        server_port,
+        tcp: &tcp,
+        data_offset,
+        wire_len,
+        payload_at: l3.l4 + data_offset,
+        direction: DIRECTION_TO_SERVER,
+    };
+    if hold && verdict == TC_ACT_UNSPEC && wire_len > 0 && should_hold(ctx, &config, &packet) {
+        // Held: the whole frame goes to the agent, which puts it back when the verdict
+        // allows it; the stack never sees this copy.
+        packet.payload_at = 0;
+        packet.wire_len = ctx.len() as usize;
+        packet.direction = DIRECTION_HELD_FRAME;
+        capture(ctx, MAX_SNAPLEN as u32, true, &packet);
+        count(Counter::Held);
+        return Ok(TC_ACT_SHOT);
+    }
     if wire_len > 0 || tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
-        // The client's bare ACKs carry nothing the agent uses.
-        let packet = Packet {
-            l3: &l3,
-            client_addr: &l3.src,
-            server_addr: &l3.dst,
-            client_port,
-            server_port,
-            tcp: &tcp,
-            data_offset,
-            wire_len,
-            payload_at: l3.l4 + data_offset,
-            direction: DIRECTION_TO_SERVER,
-        };
-        capture(ctx, &config, &packet);
+        // The client's bare ACKs carry nothing the agent uses. Dropped requests are
+        // captured too: the agent sees every request.
+        capture(ctx, config.snaplen, config.enforce != 0, &packet);
     }
-    if config.enforce == 0 {
-        return Ok(TC_ACT_UNSPEC); // Monitor mode: the kernel changes nothing.
+    Ok(verdict)
+}
+
+/// Whether the packet carries the metadata the agent puts before a re-injected frame.
+#[inline(always)]
+fn is_reinjected(ctx: &TcContext) -> bool {
+    // SAFETY: reading two fields of the context the kernel passed in.
+    let (meta, data) = unsafe {
+        (
+            (*ctx.skb.skb).data_meta as usize,
+            (*ctx.skb.skb).data as usize,
+        )
+    };
+    if meta + 4 > data {
+        return false;
     }
-    // Verdicts, after the capture: the agent sees every request, dropped ones too.
-    Ok(ingress_verdict(ctx, &l3, &tcp, wire_len))
+    // SAFETY: [meta, meta + 4) is inside the metadata area, as checked above.
+    unsafe { core::ptr::read_unaligned(meta as *const u32) == REINJECT_META }
+}
+
+/// What a connection's hold state says about its next client segment.
+#[derive(PartialEq, Eq)]
+enum HoldState {
+    /// A hold is pending: this segment joins it (the rest of a head, a retransmission).
+    Held,
+    /// Let it through: bytes released already, or a hold given up (fail-open).
+    Pass,
+    /// Nothing pending: held if it may start a guarded request.
+    Check,
+}
+
+/// Whether to hold this client segment until the agent's verdict: while its connection
+/// has a hold pending, or when its first bytes may start a guarded request. A pending
+/// hold older than the timeout lets the segment through instead (fail-open: a dead or
+/// stuck agent costs latency, never the request). Each step is a function of its own
+/// and the matcher runs from here, so no call chain goes over the verifier's 512 bytes
+/// of stack.
+#[inline(always)]
+fn should_hold(ctx: &TcContext, config: &CaptureConfig, p: &Packet<'_>) -> bool {
+    match hold_state(config, p) {
+        HoldState::Held => true,
+        HoldState::Pass => false,
+        HoldState::Check => {
+            // SAFETY: seqshield_guarded only reads the PEEK map `load_peek` filled.
+            load_peek(ctx, p) && unsafe { seqshield_guarded(config.guards) } != 0 && hold_start(p)
+        }
+    }
+}
+
+fn hold_key(p: &Packet<'_>) -> FlowKey {
+    FlowKey {
+        client_addr: *p.client_addr,
+        server_addr: *p.server_addr,
+        client_port: p.client_port,
+        server_port: p.server_port,
+        family: p.l3.family,
+        _pad: [0; 3],
+    }
+}
+
+fn segment_end(p: &Packet<'_>) -> u32 {
+    u32::from_be_bytes([p.tcp[4], p.tcp[5], p.tcp[6], p.tcp[7]]).wrapping_add(p.wire_len as u32)
+}
+
+#[inline(never)]
+fn hold_state(config: &CaptureConfig, p: &Packet<'_>) -> HoldState {
+    let key = hold_key(p);
+    let Some(entry) = HOLDS.get_ptr_mut(key) else {
+        return HoldState::Check;
+    };
+    // SAFETY: the map value stays valid while this program runs.
+    let entry = unsafe { &mut *entry };
+    if entry.state == HOLD_PENDING {
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        if now.wrapping_sub(entry.since_ns) < config.hold_timeout_ns {
+            return HoldState::Held;
+        }
+        entry.state = HOLD_IDLE;
+        count(Counter::HoldTimeouts);
+        return HoldState::Pass;
+    }
+    // Only bytes released already (a retransmission): the stack discards them.
+    if entry.released_seq.wrapping_sub(segment_end(p)) as i32 >= 0 {
+        return HoldState::Pass;
+    }
+    HoldState::Check
+}
+
+/// Starts a hold on the segment's connection; false if the map refused.
+#[inline(never)]
+fn hold_start(p: &Packet<'_>) -> bool {
+    let key = hold_key(p);
+    let seq = u32::from_be_bytes([p.tcp[4], p.tcp[5], p.tcp[6], p.tcp[7]]);
+    // SAFETY: the value is copied out at once.
+    let released_seq = unsafe { HOLDS.get(key) }.map_or(seq, |e| e.released_seq);
+    let entry = HoldEntry {
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        since_ns: unsafe { bpf_ktime_get_ns() },
+        released_seq,
+        state: HOLD_PENDING,
+    };
+    // A full map evicts its least recently used hold (LRU): that one is released.
+    HOLDS.insert(key, entry, 0).is_ok()
+}
+
+/// Copies the payload's first bytes into the PEEK map (zero past what arrived).
+#[inline(never)]
+fn load_peek(ctx: &TcContext, p: &Packet<'_>) -> bool {
+    let Some(peek) = PEEK.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: a per-CPU value: no other writer while this program runs on this CPU.
+    let peek = unsafe { &mut *peek };
+    peek.words = [0; HOLD_PEEK / 8];
+    let in_skb = (ctx.len() as usize).saturating_sub(p.payload_at);
+    let n = p.wire_len.min(in_skb).min(HOLD_PEEK);
+    if n == 0 {
+        return false;
+    }
+    // Provably 1..=HOLD_PEEK for the verifier.
+    let len = (core::hint::black_box(n - 1) & (HOLD_PEEK - 1)) + 1;
+    // SAFETY: `peek` has HOLD_PEEK bytes and len <= HOLD_PEEK.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            p.payload_at as u32,
+            peek.words.as_mut_ptr().cast(),
+            len as u32,
+        )
+    };
+    ret == 0
+}
+
+/// Whether the request start in the PEEK map may be guarded (1) or not (0). A global
+/// BPF function: the verifier checks it once, on its own, instead of once for every
+/// distinct state of its callers (IPv4/IPv6 and their header variants), which would
+/// multiply the work past its limits.
+///
+/// # Safety
+/// Reads the PEEK map only; `load_peek` fills it first.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub unsafe extern "C" fn seqshield_guarded(guards: u32) -> u32 {
+    let Some(peek) = PEEK.get(0) else {
+        return 0;
+    };
+    u32::from(may_start_guarded(peek, |i| {
+        if i < guards { GUARDS.get(i) } else { None }
+    }))
 }
 
 /// Drops a blocked connection's or client's packets, marks a flagged connection's. Not
@@ -234,6 +420,10 @@ fn ingress_verdict(ctx: &TcContext, l3: &L3, tcp: &[u8; 20], wire_len: usize) ->
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let new_connection = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if new_connection {
+        // A hold of an earlier connection on these ports says nothing about this one.
+        let _ = HOLDS.remove(&key);
+    }
     if live_entry(&BLOCKED_FLOWS, &key, now).is_some() {
         // A SYN reusing a blocked connection's ports is a new connection: not blocked.
         if new_connection {
@@ -264,10 +454,7 @@ fn ingress_verdict(ctx: &TcContext, l3: &L3, tcp: &[u8; 20], wire_len: usize) ->
 /// traffic. Not inlined: its frame is not on the stack while `l3` runs.
 #[inline(never)]
 fn ingress_fragment(ctx: &TcContext, l3: &L3) -> Result<i32, i64> {
-    let config = CONFIG.get(0).copied().unwrap_or(CaptureConfig {
-        snaplen: MAX_SNAPLEN as u32,
-        enforce: 0,
-    });
+    let config = CONFIG.get(0).copied().unwrap_or_default();
     let packet = Packet {
         l3,
         client_addr: &l3.src,
@@ -284,7 +471,7 @@ fn ingress_fragment(ctx: &TcContext, l3: &L3) -> Result<i32, i64> {
             DIRECTION_FRAGMENT
         },
     };
-    capture(ctx, &config, &packet);
+    capture(ctx, config.snaplen, config.enforce != 0, &packet);
     if config.enforce == 0 {
         return Ok(TC_ACT_UNSPEC);
     }
@@ -360,7 +547,8 @@ struct Packet<'a> {
     data_offset: usize,
     wire_len: usize,
     payload_at: usize,
-    /// DIRECTION_TO_SERVER, DIRECTION_TO_CLIENT or DIRECTION_FRAGMENT.
+    /// DIRECTION_TO_SERVER, DIRECTION_TO_CLIENT, DIRECTION_FRAGMENT, DIRECTION_RAW_IP or
+    /// DIRECTION_HELD_FRAME.
     direction: u8,
 }
 
@@ -464,13 +652,12 @@ fn wakeup_flags(wake_every_event: bool) -> u64 {
     }
 }
 
-/// Copies the packet into the smallest event size that holds what is to be copied.
-/// Not inlined, for the same reason as `ingress_verdict`.
+/// Copies up to `snaplen` bytes of the packet into the smallest event size that holds
+/// them. Not inlined, for the same reason as `ingress_verdict`.
 #[inline(never)]
-fn capture(ctx: &TcContext, config: &CaptureConfig, p: &Packet<'_>) {
+fn capture(ctx: &TcContext, snaplen: u32, wake_every_event: bool, p: &Packet<'_>) {
     let in_skb = (ctx.len() as usize).saturating_sub(p.payload_at);
-    let want = p.wire_len.min(config.snaplen as usize).min(in_skb);
-    let wake_every_event = config.enforce != 0;
+    let want = p.wire_len.min(snaplen as usize).min(in_skb);
     let submitted = if want <= EVENT_SIZES[0] {
         capture_into::<{ EVENT_SIZES[0] }>(ctx, p, want, wake_every_event)
     } else if want <= EVENT_SIZES[1] {

@@ -17,11 +17,11 @@ use prometheus_client::metrics::histogram::Histogram;
 
 use crate::config::{Config, ConfigError};
 use crate::metrics;
+use crate::metrics::KernelView;
 use crate::pipeline::Pipeline;
 use crate::report::{OperationReport, ReportFilter};
 use crate::rules::RuleView;
 use crate::session::SessionId;
-use crate::source::live::KernelCounters;
 use crate::source::ring::wall_clock_now;
 
 /// What the capture loop and the API share.
@@ -32,7 +32,7 @@ pub struct AgentState {
     /// The report time: the wall clock live; a capture's time when serving a replay.
     clock: Box<dyn Fn() -> Nanos + Send + Sync>,
     /// Kernel counters and live kernel block entries, as of the capture loop's last tick.
-    kernel: Mutex<(KernelCounters, u64)>,
+    kernel: Mutex<KernelView>,
     request_seconds: Histogram,
 }
 
@@ -50,14 +50,14 @@ impl AgentState {
             pipeline: Mutex::new(pipeline),
             config_path,
             clock,
-            kernel: Mutex::new((KernelCounters::default(), 0)),
+            kernel: Mutex::new(KernelView::default()),
             request_seconds: metrics::request_seconds_histogram(),
         }
     }
 
     /// The capture loop's latest kernel readings.
-    pub fn set_kernel(&self, counters: KernelCounters, block_entries: u64) {
-        *self.kernel.lock().unwrap_or_else(PoisonError::into_inner) = (counters, block_entries);
+    pub fn set_kernel(&self, view: KernelView) {
+        *self.kernel.lock().unwrap_or_else(PoisonError::into_inner) = view;
     }
 
     /// Per-request pipeline time, for the histogram.
@@ -249,8 +249,7 @@ async fn session(State(state): State<Arc<AgentState>>, Path(hash): Path<String>)
 
 /// Prometheus text format.
 async fn metrics_text(State(state): State<Arc<AgentState>>) -> Response {
-    let (kernel, kernel_block_entries) =
-        *state.kernel.lock().unwrap_or_else(PoisonError::into_inner);
+    let kernel = *state.kernel.lock().unwrap_or_else(PoisonError::into_inner);
     let pipeline = state.pipeline();
     let stats = pipeline.stats();
     let (live_sessions, tracked_sequences) = pipeline.table_sizes();
@@ -262,7 +261,6 @@ async fn metrics_text(State(state): State<Arc<AgentState>>) -> Response {
         tracked_sequences,
         violations: &violations,
         kernel,
-        kernel_block_entries,
         request_seconds: &state.request_seconds,
     });
     (

@@ -255,6 +255,13 @@ pub struct EnforceConfig {
     /// Enforce mode: also drop blocked clients' packets at the driver (XDP), handshakes
     /// included (they time out instead of being reset).
     pub xdp: bool,
+    /// Enforce mode: hold requests to guarded operations (final operations of `block`
+    /// rules) in the kernel until their verdict, so a violating one never reaches the
+    /// application (SPEC §4).
+    pub hold: bool,
+    /// A held request with no verdict after this is released (fail-open).
+    #[serde(deserialize_with = "human_duration")]
+    pub hold_timeout: Duration,
 }
 
 impl Default for EnforceConfig {
@@ -267,6 +274,8 @@ impl Default for EnforceConfig {
             lookback_ops: 9,
             lookback: Duration::from_secs(600),
             xdp: false,
+            hold: false,
+            hold_timeout: Duration::from_millis(50),
         }
     }
 }
@@ -482,6 +491,15 @@ impl Config {
             err(
                 "admin.listen",
                 format!("{listen:?} is neither host:port nor unix:/absolute/path"),
+            );
+        }
+        let hold_timeout = self.enforce.hold_timeout;
+        if !(Duration::from_millis(1)..=Duration::from_secs(10)).contains(&hold_timeout) {
+            err(
+                "enforce.hold_timeout",
+                format!(
+                    "must be 1ms..=10s (a held request waits this long at most), got {hold_timeout:?}"
+                ),
             );
         }
         if self.capture.ports.is_empty() {

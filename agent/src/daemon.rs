@@ -13,11 +13,15 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::admin::{self, AgentState, UNIX_PREFIX};
 use crate::alerts::{Alert, JsonLines, OutcomeSink, RotatingFile};
 use crate::config::{Config, ConfigError, EnforceMode};
-use crate::enforce::Verdict;
+use crate::enforce::hold::{Holder, Release, compile_guards};
 use crate::enforce::kernel::KernelEnforcer;
+use crate::enforce::{Verdict, VerdictAction};
+use crate::metrics::KernelView;
+use crate::packet::{Captured, FlowKey};
 use crate::persist;
 use crate::pipeline::Pipeline;
-use crate::source::live::{KernelCounters, LiveCapture, LiveError};
+use crate::source::live::{AttachOptions, KernelCounters, KernelHolds, LiveCapture, LiveError};
+use crate::source::pcap::decode_frame;
 use crate::source::ring::wall_clock_now;
 use crate::state::{self, StateError};
 
@@ -63,15 +67,34 @@ pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
     let enforce = config.enforce.mode == EnforceMode::Enforce;
+    let hold = enforce && config.enforce.hold;
+    if config.enforce.hold && !enforce {
+        tracing::warn!("[enforce] hold applies in enforce mode only: nothing is held");
+    }
     let mut capture = LiveCapture::attach(
         interface,
         &config.capture.ports,
-        config.capture.snaplen,
-        enforce,
-        config.enforce.xdp,
+        AttachOptions {
+            snaplen: config.capture.snaplen,
+            enforce,
+            xdp: config.enforce.xdp,
+            hold: hold.then_some(config.enforce.hold_timeout),
+        },
     )?;
     let enforcer = if enforce {
         Some(capture.take_enforcer()?)
+    } else {
+        None
+    };
+    let holds = if hold {
+        let mut holds = Holds {
+            holder: Holder::new(config.enforce.hold_timeout),
+            kernel: capture.take_holds()?,
+            ports: config.capture.ports.clone(),
+            judged: Vec::new(),
+        };
+        holds.install_guards(&shared.pipeline());
+        Some(holds)
     } else {
         None
     };
@@ -122,6 +145,7 @@ pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
     let outcomes = LiveOutcomes {
         alerts: JsonLines::new(alert_out),
         enforcer,
+        cut: Vec::new(),
     };
     let state_dir = config.state.dir.clone();
     let thread = {
@@ -132,7 +156,7 @@ pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
                 if enforce {
                     realtime_priority();
                 }
-                let result = capture_loop(capture, &shared, outcomes, &stop, &state_dir);
+                let result = capture_loop(capture, holds, &shared, outcomes, &stop, &state_dir);
                 let _ = done_tx.send(());
                 result
             })
@@ -181,6 +205,7 @@ fn realtime_priority() {
 /// the clock. Dropping `capture` at the end detaches the programs.
 fn capture_loop(
     mut capture: LiveCapture,
+    mut holds: Option<Holds>,
     shared: &AgentState,
     mut outcomes: LiveOutcomes,
     stop: &AtomicBool,
@@ -199,10 +224,17 @@ fn capture_loop(
             || shared.pipeline(),
             |pipeline, packet| {
                 let before = pipeline.stats_requests();
+                let held = holds.as_mut().and_then(|h| h.keep(&packet));
                 pipeline.process_captured(&packet, &mut outcomes);
+                if let (Some(holds), Some(flow)) = (holds.as_mut(), held) {
+                    holds.judged.push((flow, pipeline.awaiting_request(&flow)));
+                }
                 requests += pipeline.stats_requests() - before;
             },
         );
+        if let Some(holds) = &mut holds {
+            holds.settle(&capture, &mut outcomes);
+        }
         if requests > 0 {
             let each = started.elapsed().as_secs_f64() / requests as f64;
             (0..requests).for_each(|_| shared.request_seconds().observe(each));
@@ -214,12 +246,20 @@ fn capture_loop(
                 .enforcer
                 .as_mut()
                 .map_or(0, |e| e.active_entries() as u64);
-            shared.set_kernel(counters, block_entries);
+            shared.set_kernel(KernelView {
+                counters,
+                block_entries,
+                hold: holds.as_ref().map(|h| h.holder.stats()).unwrap_or_default(),
+            });
             report_losses(&last, &counters);
             last = counters;
             let mut pipeline = shared.pipeline();
             pipeline.set_lost_events(counters.lost);
             pipeline.tick(wall_clock_now(), &mut outcomes);
+            if let Some(holds) = &mut holds {
+                // Rules may have been reloaded.
+                holds.install_guards(&pipeline);
+            }
             drop(pipeline);
             capture.resync_clock();
         }
@@ -240,10 +280,101 @@ fn save_snapshot(shared: &AgentState, dir: &Path) {
     }
 }
 
+/// Held requests (`[enforce] hold`): their frames until the verdict, and the kernel's
+/// hold state.
+struct Holds {
+    holder: Holder,
+    kernel: KernelHolds,
+    ports: Vec<u16>,
+    /// Connections whose held frames the pipeline just read, and whether a request
+    /// there still waits for the rest of its head.
+    judged: Vec<(FlowKey, bool)>,
+}
+
+impl Holds {
+    /// The guards of the pipeline's rules, into the kernel (when they changed).
+    fn install_guards(&mut self, pipeline: &Pipeline) {
+        let (guards, skipped) = compile_guards(&pipeline.guarded_operations());
+        if !skipped.is_empty() {
+            tracing::warn!(
+                ?skipped,
+                "operations the kernel cannot hold (still cut after the fact)"
+            );
+        }
+        if let Err(e) = self.kernel.set_guards(&guards) {
+            tracing::error!(error = %e, "guards not installed: guarded requests are not held");
+        }
+    }
+
+    /// Keeps a held frame; its connection, to settle once the pipeline read it.
+    fn keep(&mut self, packet: &Captured<'_>) -> Option<FlowKey> {
+        let &Captured::HeldFrame { ts, frame, cut } = packet else {
+            return None;
+        };
+        let Some(Captured::Segment(seg)) = decode_frame(ts, frame, cut, &self.ports) else {
+            return None; // Not a segment of ours: the kernel's hold times out (fail-open).
+        };
+        let end = seg.seq.wrapping_add(seg.wire_len);
+        if !self.holder.hold(seg.flow, ts, seg.seq, end, frame, cut) {
+            // Too many holds at once: this one is released as soon as it is read.
+            self.judged.push((seg.flow, false));
+        }
+        Some(seg.flow)
+    }
+
+    /// After a batch: blocked connections' held frames are dropped; judged ones go
+    /// back into the stack; holds past the timeout too (fail-open).
+    fn settle(&mut self, capture: &LiveCapture, outcomes: &mut LiveOutcomes) {
+        for flow in outcomes.cut.drain(..) {
+            if let Some(since) = self.holder.discard(&flow) {
+                self.kernel.forget(&flow);
+                tracing::debug!(
+                    event = "hold_discarded",
+                    client = %flow.client,
+                    latency_us = wall_clock_now().saturating_sub(since) / 1_000,
+                    "held request blocked: it never reaches the application"
+                );
+            }
+        }
+        for (flow, awaiting) in std::mem::take(&mut self.judged) {
+            if !awaiting && let Some(release) = self.holder.release(&flow) {
+                self.put_back(capture, release);
+            }
+        }
+        if !self.holder.is_empty() {
+            for release in self.holder.expired(Instant::now()) {
+                tracing::warn!(event = "hold_timeout", client = %release.flow.client, "no verdict within the hold timeout: released");
+                self.put_back(capture, release);
+            }
+        }
+    }
+
+    fn put_back(&mut self, capture: &LiveCapture, release: Release) {
+        if let Err(e) = self.kernel.release(&release.flow, release.released_seq) {
+            tracing::warn!(error = %e, "hold state not updated: the client's retransmission will pass after the timeout");
+        }
+        for frame in &release.frames {
+            if let Err(e) = capture.reinject(frame) {
+                self.holder.count_reinject_error();
+                tracing::warn!(error = %e, client = %release.flow.client, "released frame not put back: the client's retransmission delivers it");
+            }
+        }
+        tracing::debug!(
+            event = "hold_released",
+            client = %release.flow.client,
+            frames = release.frames.len(),
+            latency_us = wall_clock_now().saturating_sub(release.since) / 1_000,
+            "held request released"
+        );
+    }
+}
+
 /// Alerts to stdout; verdicts to the kernel (enforce mode).
 struct LiveOutcomes {
     alerts: JsonLines<Box<dyn std::io::Write + Send>>,
     enforcer: Option<KernelEnforcer>,
+    /// Connections cut since the last batch settled its holds.
+    cut: Vec<FlowKey>,
 }
 
 impl OutcomeSink for LiveOutcomes {
@@ -255,6 +386,9 @@ impl OutcomeSink for LiveOutcomes {
         let Some(enforcer) = &mut self.enforcer else {
             return;
         };
+        if matches!(verdict.action, VerdictAction::Cut { .. }) {
+            self.cut.push(verdict.flow);
+        }
         let (client, server) = (
             verdict.flow.client.to_string(),
             verdict.flow.server.to_string(),

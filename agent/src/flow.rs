@@ -258,6 +258,14 @@ impl<S: Default> FlowTable<S> {
         self.flows.is_empty()
     }
 
+    /// An open connection's consumer state, and whether bytes wait behind a hole.
+    pub fn peek(&self, key: &FlowKey) -> Option<(&S, bool)> {
+        self.flows
+            .get(key)
+            .filter(|f| !f.closed)
+            .map(|f| (&f.app, !f.pending.is_empty()))
+    }
+
     /// The capture's running total of lost events (live: the ring buffer was full).
     pub fn set_capture_loss(&mut self, total: u64) {
         self.capture_loss = total;

@@ -153,6 +153,11 @@ impl HttpStream {
         }
     }
 
+    /// Whether part of a request head arrived and the rest did not.
+    pub fn mid_head(&self) -> bool {
+        self.state == State::Head && !self.carry.is_empty()
+    }
+
     /// What is carried now was looked at whole: an unfinished head holds no end of head.
     fn after_consume(&mut self) {
         self.scanned = if self.state == State::Head {

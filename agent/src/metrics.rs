@@ -9,8 +9,18 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::enforce::hold::HoldStats;
 use crate::report::Stats;
 use crate::source::live::KernelCounters;
+
+/// What the capture loop reads from the kernel and its enforcement each tick.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KernelView {
+    pub counters: KernelCounters,
+    /// Live entries in the kernel's block and flag maps.
+    pub block_entries: u64,
+    pub hold: HoldStats,
+}
 
 type Labels = Vec<(String, String)>;
 
@@ -26,8 +36,7 @@ pub struct Snapshot<'a> {
     pub tracked_sequences: usize,
     /// (rule id, rule title, action, count)
     pub violations: &'a [(String, String, &'static str, u64)],
-    pub kernel: KernelCounters,
-    pub kernel_block_entries: u64,
+    pub kernel: KernelView,
     pub request_seconds: &'a Histogram,
 }
 
@@ -43,7 +52,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         g.set(i64::try_from(v).unwrap_or(i64::MAX));
         registry.register(name, help, g);
     };
-    let k = &s.kernel;
+    let k = &s.kernel.counters;
     counter(
         &mut registry,
         "packets_seen",
@@ -91,6 +100,44 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "server_headers_captured",
         "Server packets whose TCP header was handed to the agent (what the server accepted)",
         k.server_facts,
+    );
+    counter(
+        &mut registry,
+        "segments_held",
+        "Client segments the kernel held until their verdict ([enforce] hold)",
+        k.held,
+    );
+    counter(
+        &mut registry,
+        "segments_reinjected",
+        "Released copies of held segments the kernel let through",
+        k.reinjected,
+    );
+    let h = &s.kernel.hold;
+    labelled(
+        &mut registry,
+        "holds",
+        "Held requests by outcome: released (allowed), discarded (blocked), timeout (no verdict in time, released), kernel_timeout (the kernel let a retransmission through)",
+        "outcome",
+        &[
+            ("held", h.holds),
+            ("released", h.released),
+            ("discarded", h.discarded),
+            ("timeout", h.timeouts),
+            ("kernel_timeout", k.hold_timeouts),
+        ],
+    );
+    counter(
+        &mut registry,
+        "held_frames_not_reinjected",
+        "Held frames not put back (bad checksum, or not kept whole): left to the client's retransmission",
+        h.not_reinjected,
+    );
+    counter(
+        &mut registry,
+        "reinject_errors",
+        "Re-injections of released frames the kernel refused",
+        h.reinject_errors,
     );
 
     let st = s.stats;
@@ -194,7 +241,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         &mut registry,
         "kernel_block_entries",
         "Entries in the kernel block and flag maps",
-        s.kernel_block_entries,
+        s.kernel.block_entries,
     );
     registry.register(
         "request_pipeline_seconds",

@@ -89,6 +89,15 @@ pub enum Captured<'a> {
         /// Bytes of the packet the capture did not keep.
         cut: u32,
     },
+    /// A client segment the kernel holds until its verdict (`[enforce] hold`): the whole
+    /// Ethernet frame, decoded like a capture file's, and kept by the agent to put back
+    /// into the stack if the verdict allows it.
+    HeldFrame {
+        ts: Nanos,
+        frame: &'a [u8],
+        /// Bytes of the frame the capture did not keep.
+        cut: u32,
+    },
 }
 
 /// One fragment of an IPv4 datagram, or of an IPv6 packet with a fragment header,
@@ -354,6 +363,24 @@ pub fn tcp_checksum(src: IpAddr, dst: IpAddr, header: &[u8], payload: &[u8]) -> 
         return Checksum::Unverified;
     }
     Checksum::Bad
+}
+
+/// Writes the TCP checksum of `segment` (header, options and payload) in place.
+pub fn set_tcp_checksum(src: IpAddr, dst: IpAddr, segment: &mut [u8]) {
+    if segment.len() < 20 {
+        return;
+    }
+    segment[16..18].fill(0);
+    let mut acc = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => sum_words(&d.octets(), sum_words(&s.octets(), 0)),
+        (IpAddr::V6(s), IpAddr::V6(d)) => sum_words(&d.octets(), sum_words(&s.octets(), 0)),
+        _ => return,
+    };
+    acc = sum_words(&(segment.len() as u32).to_be_bytes(), acc);
+    acc = sum_words(&[0, 6], acc);
+    let sum = !fold(sum_words(segment, acc));
+    // The sum is in memory order: stored as it is.
+    segment[16..18].copy_from_slice(&sum.to_ne_bytes());
 }
 
 /// The RFC 1071 sum of `data` as 16-bit words in memory order, added to `acc`, unfolded.

@@ -22,7 +22,7 @@ use crate::rules::RuleSet;
 use crate::session::{
     Entry, SessionCache, SessionId, SessionIdentifier, SessionState, SessionStats, Sessions,
 };
-use crate::source::pcap::{PcapCounters, PcapError, decode_ip, for_each_packet};
+use crate::source::pcap::{PcapCounters, PcapError, decode_frame, decode_ip, for_each_packet};
 use crate::{Nanos, duration_nanos};
 
 /// Everything learned, with operations by the catalog's ids at save time: what
@@ -196,6 +196,11 @@ impl Pipeline {
                     self.process_captured(&decoded, alerts);
                 }
             }
+            &Captured::HeldFrame { ts, frame, cut } => {
+                if let Some(decoded) = decode_frame(ts, frame, cut, &self.ports) {
+                    self.process_captured(&decoded, alerts);
+                }
+            }
         }
     }
 
@@ -221,6 +226,35 @@ impl Pipeline {
         ) {
             self.process(&seg, alerts);
         }
+    }
+
+    /// Whether the connection has a request started whose head has not arrived whole, or
+    /// bytes queued behind a hole: a held request there cannot be judged yet.
+    pub fn awaiting_request(&self, flow: &FlowKey) -> bool {
+        self.flows
+            .peek(flow)
+            .is_some_and(|(conn, out_of_order)| out_of_order || conn.http.mid_head())
+    }
+
+    /// The requests a kernel hold guards (SPEC §4): method and path template of the
+    /// final operation of every rule whose action is `block`.
+    pub fn guarded_operations(&self) -> Vec<(String, String)> {
+        let catalog = &self.analysis.catalog;
+        let mut out: Vec<(String, String)> = self
+            .analysis
+            .rules
+            .rules()
+            .iter()
+            .filter(|r| r.action == RuleAction::Block)
+            .filter_map(|r| r.ops.last())
+            .map(|&op| {
+                let op = catalog.get(op);
+                (op.method.clone(), op.path.clone())
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Upkeep when no segment arrives (live): skips stale reassembly holes and forgets

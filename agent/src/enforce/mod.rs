@@ -12,6 +12,7 @@ use crate::duration_nanos;
 use crate::packet::FlowKey;
 use crate::session::SessionId;
 
+pub mod hold;
 pub mod kernel;
 pub mod sock_destroy;
 

@@ -8,19 +8,23 @@
 
 use std::os::fd::AsRawFd;
 
+use std::time::Duration;
+
 use agent_common::{
-    CAPTURE_PROGRAM, CaptureConfig, Counter, DRAIN_INTERVAL_MS, EGRESS_PROGRAM, MAX_SNAPLEN,
-    XDP_PROGRAM, maps,
+    CAPTURE_PROGRAM, CaptureConfig, Counter, DRAIN_INTERVAL_MS, EGRESS_PROGRAM, Guard, HOLD_IDLE,
+    HoldEntry, MAX_SNAPLEN, REINJECT_META, REINJECT_PROGRAM, XDP_PROGRAM, maps,
 };
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::tc::{NlOptions, TcAttachOptions};
 use aya::programs::xdp::XdpMode;
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp};
+use aya::programs::{
+    LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunAttrs, TestRunOptions, Xdp,
+};
 use aya::{Ebpf, EbpfLoader};
 
 use super::ring::{KernelClock, packet_from_record};
-use crate::enforce::kernel::KernelEnforcer;
-use crate::packet::Captured;
+use crate::enforce::kernel::{KernelEnforcer, kernel_key};
+use crate::packet::{Captured, FlowKey};
 
 /// The kernel object built by `agent/build.rs` (empty when built with AYA_BUILD_SKIP=1).
 static KERNEL_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/seqshield"));
@@ -50,6 +54,21 @@ pub enum LiveError {
     Missing(&'static str),
     #[error("reading the ring buffer: {0}")]
     Io(#[from] std::io::Error),
+    #[error("putting a released frame back: {0}")]
+    Reinject(aya::programs::ProgramError),
+}
+
+/// How the capture is attached.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttachOptions {
+    /// Payload bytes copied per packet.
+    pub snaplen: u32,
+    /// Apply the block and flag maps, and wake the agent for every event.
+    pub enforce: bool,
+    /// With `enforce`: also drop blocked clients at the driver.
+    pub xdp: bool,
+    /// With `enforce`: hold guarded requests until their verdict, at most this long.
+    pub hold: Option<Duration>,
 }
 
 /// Set to attach through netlink and clsact even where TCX exists (tests of that path).
@@ -86,6 +105,12 @@ pub struct KernelCounters {
     pub marked: u64,
     /// Server → client header events handed over.
     pub server_facts: u64,
+    /// Client segments held until a verdict.
+    pub held: u64,
+    /// Holds the kernel gave up (no verdict within the hold timeout).
+    pub hold_timeouts: u64,
+    /// Released copies the kernel let through.
+    pub reinjected: u64,
 }
 
 /// An attached capture. Dropping it detaches the program.
@@ -96,6 +121,8 @@ pub struct LiveCapture {
     clock: KernelClock,
     /// Interface whose clsact qdisc this agent created (netlink attachment only).
     created_clsact: Option<String>,
+    /// The interface's index: released frames are put back into its receive path.
+    ifindex: u32,
     /// Holds the program, its link, and the remaining maps.
     _ebpf: Ebpf,
 }
@@ -120,18 +147,20 @@ impl LiveCapture {
         Ok(())
     }
 
-    /// Loads the programs, sets the captured ports and snaplen, and attaches to the
-    /// ingress and egress of `interface`.
-    /// Also attaches the egress program (server → client header facts).
-    /// `enforce`: apply the block and flag maps, and wake the agent for every event.
-    /// `xdp` (with `enforce`): also drop blocked clients at the driver.
+    /// Loads the programs, sets the captured ports and what `options` say, and attaches
+    /// to the ingress (client bytes) and egress (server header facts) of `interface`.
     pub fn attach(
         interface: &str,
         ports: &[u16],
-        snaplen: u32,
-        enforce: bool,
-        xdp: bool,
+        options: AttachOptions,
     ) -> Result<Self, LiveError> {
+        let AttachOptions {
+            snaplen,
+            enforce,
+            xdp,
+            hold,
+        } = options;
+        let hold = hold.filter(|_| enforce);
         Self::preflight(interface)?;
         let mut ebpf = EbpfLoader::new().load(KERNEL_OBJECT)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -175,6 +204,9 @@ impl LiveCapture {
                     CaptureConfig {
                         snaplen,
                         enforce: u32::from(enforce),
+                        hold: u32::from(hold.is_some()),
+                        guards: 0,
+                        hold_timeout_ns: hold.map_or(0, |t| t.as_nanos() as u64),
                     },
                     0,
                 )
@@ -243,6 +275,13 @@ impl LiveCapture {
             .try_into()?;
         egress.load()?;
         egress.attach_with_options(interface, TcAttachType::Egress, options())?;
+        if hold.is_some() {
+            let program: &mut Xdp = ebpf
+                .program_mut(REINJECT_PROGRAM)
+                .ok_or(LiveError::Missing(REINJECT_PROGRAM))?
+                .try_into()?;
+            program.load()?;
+        }
         if enforce && xdp {
             let program: &mut Xdp = ebpf
                 .program_mut(XDP_PROGRAM)
@@ -257,17 +296,67 @@ impl LiveCapture {
             ?ports,
             snaplen,
             enforce,
+            hold = ?hold,
             netlink,
             "capture attached"
         );
-        Ok(Self {
+        let name = std::ffi::CString::new(interface)
+            .map_err(|_| LiveError::NoInterface(interface.into()))?;
+        // SAFETY: a NUL-terminated name we own.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        let capture = Self {
             ring,
             counters,
             logger,
             clock: KernelClock::measure(),
             created_clsact,
+            ifindex,
             _ebpf: ebpf,
-        })
+        };
+        if hold.is_some() {
+            capture.warm_up_reinjection();
+        }
+        Ok(capture)
+    }
+
+    /// The first re-injection in a process costs a few hundred µs (the kernel sets up
+    /// its page pool): paid here, on a frame no stack takes (not IP, to another host).
+    fn warm_up_reinjection(&self) {
+        let mut frame = [0u8; 60];
+        frame[..6].copy_from_slice(&[0x02, 0x5e, 0x95, 0, 0, 1]);
+        frame[12..14].copy_from_slice(&0x88b5u16.to_be_bytes()); // local experimental
+        if let Err(e) = self.reinject(&frame) {
+            tracing::warn!(error = %e, "re-injection does not work here: held requests will be released by the client's retransmissions");
+        }
+    }
+
+    /// Puts a released frame into the interface's receive path, as if it had just
+    /// arrived, with the metadata that lets it through the capture program.
+    /// Synchronous: the segment has reached its socket when this returns.
+    pub fn reinject(&self, frame: &[u8]) -> Result<(), LiveError> {
+        let program: &Xdp = self
+            ._ebpf
+            .program(REINJECT_PROGRAM)
+            .ok_or(LiveError::Missing(REINJECT_PROGRAM))?
+            .try_into()?;
+        let meta = REINJECT_META.to_ne_bytes();
+        let mut data = Vec::with_capacity(meta.len() + frame.len());
+        data.extend_from_slice(&meta);
+        data.extend_from_slice(frame);
+        // struct xdp_md: data (after the metadata), data_end, data_meta, ingress
+        // ifindex, rx queue, egress ifindex.
+        let xdp_md: [u32; 6] = [meta.len() as u32, data.len() as u32, 0, self.ifindex, 0, 0];
+        let ctx: Vec<u8> = xdp_md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        program
+            .test_run(TestRunOptions {
+                data_in: Some(&data),
+                ctx_in: Some(&ctx),
+                repeat: 1,
+                attrs: TestRunAttrs::new().xdp_live_frames(1),
+                ..TestRunOptions::new()
+            })
+            .map(|_| ())
+            .map_err(LiveError::Reinject)
     }
 
     /// Waits (poll(2), no runtime in between: enforcement latency) until the kernel wakes
@@ -349,6 +438,40 @@ impl LiveCapture {
         Ok(KernelEnforcer::new(flows, pairs, clients, flagged))
     }
 
+    /// The kernel's hold map and guard list, for the capture loop.
+    pub fn take_holds(&mut self) -> Result<KernelHolds, LiveError> {
+        let holds = self
+            ._ebpf
+            .take_map(maps::HOLDS)
+            .ok_or(LiveError::Missing(maps::HOLDS))?;
+        let holds = HashMap::try_from(holds).map_err(|source| LiveError::Map {
+            name: maps::HOLDS,
+            source,
+        })?;
+        let guards = self
+            ._ebpf
+            .take_map(maps::GUARDS)
+            .ok_or(LiveError::Missing(maps::GUARDS))?;
+        let guards = Array::try_from(guards).map_err(|source| LiveError::Map {
+            name: maps::GUARDS,
+            source,
+        })?;
+        let config = self
+            ._ebpf
+            .take_map(maps::CONFIG)
+            .ok_or(LiveError::Missing(maps::CONFIG))?;
+        let config = Array::try_from(config).map_err(|source| LiveError::Map {
+            name: maps::CONFIG,
+            source,
+        })?;
+        Ok(KernelHolds {
+            holds,
+            guards,
+            config,
+            installed: Vec::new(),
+        })
+    }
+
     /// Re-measures the kernel → wall clock offset (the wall clock may be stepped).
     pub fn resync_clock(&mut self) {
         self.clock = KernelClock::measure();
@@ -370,7 +493,65 @@ impl LiveCapture {
             dropped_egress: sum(Counter::DroppedEgress),
             marked: sum(Counter::Marked),
             server_facts: sum(Counter::ServerFacts),
+            held: sum(Counter::Held),
+            hold_timeouts: sum(Counter::HoldTimeouts),
+            reinjected: sum(Counter::Reinjected),
         }
+    }
+}
+
+/// The kernel's side of holds: which request starts are held, and each connection's
+/// hold state.
+pub struct KernelHolds {
+    holds: HashMap<MapData, agent_common::FlowKey, HoldEntry>,
+    guards: Array<MapData, Guard>,
+    config: Array<MapData, CaptureConfig>,
+    installed: Vec<Guard>,
+}
+
+impl KernelHolds {
+    /// Installs the guards (when they changed): entries first, then their count, so the
+    /// kernel never reads a half-written list.
+    pub fn set_guards(&mut self, guards: &[Guard]) -> Result<(), LiveError> {
+        if guards == self.installed.as_slice() {
+            return Ok(());
+        }
+        let map_err = |source| LiveError::Map {
+            name: maps::GUARDS,
+            source,
+        };
+        let mut config = self.config.get(&0, 0).map_err(map_err)?;
+        // Shrink first: entries being rewritten are then not in use.
+        config.guards = config.guards.min(guards.len() as u32);
+        self.config.set(0, config, 0).map_err(map_err)?;
+        for (i, guard) in guards.iter().enumerate() {
+            self.guards.set(i as u32, *guard, 0).map_err(map_err)?;
+        }
+        config.guards = guards.len() as u32;
+        self.config.set(0, config, 0).map_err(map_err)?;
+        self.installed = guards.to_vec();
+        Ok(())
+    }
+
+    /// The verdict allowed `flow`'s held request: retransmissions of bytes before
+    /// `released_seq` pass, and new segments are checked afresh.
+    pub fn release(&mut self, flow: &FlowKey, released_seq: u32) -> Result<(), LiveError> {
+        let entry = HoldEntry {
+            since_ns: 0,
+            released_seq,
+            state: HOLD_IDLE,
+        };
+        self.holds
+            .insert(kernel_key(flow), entry, 0)
+            .map_err(|source| LiveError::Map {
+                name: maps::HOLDS,
+                source,
+            })
+    }
+
+    /// The verdict blocked `flow`: its hold state goes (the block maps drop the rest).
+    pub fn forget(&mut self, flow: &FlowKey) {
+        let _ = self.holds.remove(&kernel_key(flow));
     }
 }
 

@@ -250,6 +250,17 @@ pub fn decode_ip<'a>(ts: Nanos, packet: &'a [u8], cut: u32, ports: &[u16]) -> Op
     captured(decode(DataLink::RAW, packet, cut), ts, ports).ok()
 }
 
+/// Decodes an Ethernet frame (a segment the kernel held) into what it carries for the
+/// pipeline: the decoder of capture files.
+pub fn decode_frame<'a>(
+    ts: Nanos,
+    frame: &'a [u8],
+    cut: u32,
+    ports: &[u16],
+) -> Option<Captured<'a>> {
+    captured(decode(DataLink::ETHERNET, frame, cut), ts, ports).ok()
+}
+
 /// A decoded TCP segment of a frame.
 struct TcpView<'a> {
     src: IpAddr,

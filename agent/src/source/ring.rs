@@ -3,7 +3,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use agent_common::{DIRECTION_FRAGMENT, DIRECTION_RAW_IP, DIRECTION_TO_CLIENT, EventHeader};
+use agent_common::{
+    DIRECTION_FRAGMENT, DIRECTION_HELD_FRAME, DIRECTION_RAW_IP, DIRECTION_TO_CLIENT, EventHeader,
+};
 
 use crate::Nanos;
 use crate::packet::{Captured, Direction, FlowKey, Fragment, segment_from_header};
@@ -60,6 +62,13 @@ pub fn packet_from_record<'a>(record: &'a [u8], clock: &KernelClock) -> Option<C
         6 => Some(IpAddr::V6(Ipv6Addr::from(a))),
         _ => None,
     };
+    if h.direction == DIRECTION_HELD_FRAME {
+        return Some(Captured::HeldFrame {
+            ts: clock.to_wall(h.ktime_ns),
+            frame: payload,
+            cut: h.wire_len.saturating_sub(u32::from(h.copied)),
+        });
+    }
     if h.direction == DIRECTION_RAW_IP {
         return Some(Captured::RawIp {
             ts: clock.to_wall(h.ktime_ns),
