@@ -422,7 +422,7 @@ fn ingress_verdict(ctx: &TcContext, l3: &L3, tcp: &[u8; 20], wire_len: usize) ->
     let new_connection = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if new_connection {
         // A hold of an earlier connection on these ports says nothing about this one.
-        let _ = HOLDS.remove(&key);
+        let _ = HOLDS.remove(key);
     }
     if live_entry(&BLOCKED_FLOWS, &key, now).is_some() {
         // A SYN reusing a blocked connection's ports is a new connection: not blocked.
