@@ -638,13 +638,16 @@ fn fill_header(ctx: &TcContext, h: &mut EventHeader, p: &Packet<'_>, copied: usi
     }
 }
 
-/// Wakeups: when enforcing, every event wakes the agent (its verdict must beat the
-/// server's answer). Otherwise only a filling ring does and the agent drains on a
-/// timer: a wakeup per request costs both sides a context switch.
+/// Wakeups: when enforcing, every client event wakes the agent (its verdict must beat
+/// the server's answer) — forced: the ring's default wakes the reader only when nothing
+/// was waiting before the event, and the server's header events (never waking anyone)
+/// usually are, which left verdicts to the agent's 2 ms drain timer. Otherwise only a
+/// filling ring does and the agent drains on a timer: a wakeup per request costs both
+/// sides a context switch.
 #[inline(always)]
 fn wakeup_flags(wake_every_event: bool) -> u64 {
     if wake_every_event {
-        0
+        u64::from(BPF_RB_FORCE_WAKEUP)
     } else if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
         u64::from(BPF_RB_FORCE_WAKEUP)
     } else {

@@ -214,6 +214,7 @@ fn capture_loop(
     let mut last_tick = Instant::now();
     let mut last_snapshot = Instant::now();
     let mut last = KernelCounters::default();
+    let (mut ticks, mut block_entries) = (0u64, 0u64);
     while !stop.load(Ordering::Relaxed) {
         capture.wait()?;
         // Pipeline time per request, timed per batch: two clock reads per wakeup, not
@@ -242,13 +243,22 @@ fn capture_loop(
         if last_tick.elapsed() >= TICK {
             last_tick = Instant::now();
             let counters = capture.counters();
-            let block_entries = outcomes
-                .enforcer
-                .as_mut()
-                .map_or(0, |e| e.active_entries() as u64);
+            ticks += 1;
+            let map_refusals = match outcomes.enforcer.as_mut() {
+                Some(enforcer) => {
+                    enforcer.sweep();
+                    // Walking the maps costs a syscall per entry: every 10 ticks.
+                    if ticks % 10 == 1 {
+                        block_entries = enforcer.kernel_entries();
+                    }
+                    enforcer.refusals()
+                }
+                None => 0,
+            };
             shared.set_kernel(KernelView {
                 counters,
                 block_entries,
+                map_refusals,
                 hold: holds.as_ref().map(|h| h.holder.stats()).unwrap_or_default(),
             });
             report_losses(&last, &counters);

@@ -17,8 +17,10 @@ use crate::source::live::KernelCounters;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct KernelView {
     pub counters: KernelCounters,
-    /// Live entries in the kernel's block and flag maps.
+    /// Entries in the kernel's block and flag maps (expired ones are swept each tick).
     pub block_entries: u64,
+    /// Block or flag entries the kernel refused (a full map).
+    pub map_refusals: u64,
     pub hold: HoldStats,
 }
 
@@ -242,6 +244,12 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "kernel_block_entries",
         "Entries in the kernel block and flag maps",
         s.kernel.block_entries,
+    );
+    counter(
+        &mut registry,
+        "kernel_map_refusals",
+        "Block or flag entries the kernel refused (a full map): the connection was reset but later packets were not dropped",
+        s.kernel.map_refusals,
     );
     registry.register(
         "request_pipeline_seconds",

@@ -32,9 +32,20 @@ pub struct KernelEnforcer {
     pairs: HashMap<MapData, [u8; 32], BlockEntry>,
     clients: HashMap<MapData, [u8; 16], BlockEntry>,
     flagged: HashMap<MapData, KernelFlowKey, BlockEntry>,
-    /// Expiry of every entry written, oldest first (one TTL: insertion order is expiry
-    /// order), to count live entries without walking the kernel maps.
-    expiries: VecDeque<u64>,
+    /// Every entry written, oldest first (one TTL: insertion order is expiry order), so
+    /// expired entries are deleted without walking the maps: the kernel only deletes
+    /// one when a packet with its key comes by.
+    written: VecDeque<(u64, Written)>,
+    /// Inserts the kernel refused (a full map) even after a sweep.
+    refusals: u64,
+}
+
+/// Which map an entry went to, and its key.
+enum Written {
+    Flow(KernelFlowKey),
+    Pair([u8; 32]),
+    Client([u8; 16]),
+    Flagged(KernelFlowKey),
 }
 
 impl KernelEnforcer {
@@ -49,12 +60,15 @@ impl KernelEnforcer {
             pairs,
             clients,
             flagged,
-            expiries: VecDeque::new(),
+            written: VecDeque::new(),
+            refusals: 0,
         }
     }
 
     /// Blocks first (so a response still in flight is dropped), then resets. Returns the
-    /// time from the violating packet to the kernel map update, in nanoseconds.
+    /// time from the violating packet to the kernel map update, in nanoseconds. A map
+    /// that refuses the entry (full, even after expired entries are swept) is counted
+    /// and reported, and the connection is still reset.
     pub fn apply(&mut self, verdict: &Verdict) -> Result<u64, EnforceError> {
         let key = kernel_key(&verdict.flow);
         let expires_ns = monotonic_now().saturating_add(verdict.ttl);
@@ -63,50 +77,94 @@ impl KernelEnforcer {
             mark,
             _pad: 0,
         };
-        self.expiries.push_back(expires_ns);
-        if matches!(verdict.action, VerdictAction::Cut { block_client: true }) {
-            self.expiries.push_back(expires_ns);
-        }
-        let latency;
         match verdict.action {
             VerdictAction::Cut { block_client } => {
-                insert(&mut self.flows, key, entry(0), maps::BLOCKED_FLOWS)?;
-                latency = wall_clock_now().saturating_sub(verdict.at);
+                let blocked = self.insert(Written::Flow(key), entry(0));
+                let latency = wall_clock_now().saturating_sub(verdict.at);
                 // Fragments between the two ends: they may not carry the ports.
                 let mut pair = [0u8; 32];
                 pair[..16].copy_from_slice(&key.client_addr);
                 pair[16..].copy_from_slice(&key.server_addr);
-                insert(&mut self.pairs, pair, entry(0), maps::BLOCKED_PAIRS)?;
-                if block_client {
-                    insert(
-                        &mut self.clients,
-                        key.client_addr,
-                        entry(0),
-                        maps::BLOCKED_CLIENTS,
-                    )?;
-                }
+                let pair = self.insert(Written::Pair(pair), entry(0));
+                let client = if block_client {
+                    self.insert(Written::Client(key.client_addr), entry(0))
+                } else {
+                    Ok(())
+                };
                 sock_destroy::destroy(verdict.flow.server, verdict.flow.client).map_err(
                     |source| EnforceError::Reset {
                         flow: format!("{} -> {}", verdict.flow.client, verdict.flow.server),
                         source,
                     },
                 )?;
+                blocked.and(pair).and(client)?;
+                Ok(latency)
             }
             VerdictAction::Flag { mark } => {
-                insert(&mut self.flagged, key, entry(mark), maps::FLAGGED_FLOWS)?;
-                latency = wall_clock_now().saturating_sub(verdict.at);
+                self.insert(Written::Flagged(key), entry(mark))?;
+                Ok(wall_clock_now().saturating_sub(verdict.at))
             }
         }
-        Ok(latency)
     }
 
-    /// Entries written to the kernel maps that have not expired yet.
-    pub fn active_entries(&mut self) -> usize {
-        let now = monotonic_now();
-        while self.expiries.front().is_some_and(|&e| e <= now) {
-            self.expiries.pop_front();
+    /// Writes one entry; on a refusal, sweeps expired entries and tries once more.
+    fn insert(&mut self, written: Written, entry: BlockEntry) -> Result<(), EnforceError> {
+        let mut result = self.write(&written, entry);
+        if result.is_err() {
+            self.sweep();
+            result = self.write(&written, entry);
         }
-        self.expiries.len()
+        match result {
+            Ok(()) => {
+                self.written.push_back((entry.expires_ns, written));
+                Ok(())
+            }
+            Err(e) => {
+                self.refusals += 1;
+                Err(e)
+            }
+        }
+    }
+
+    fn write(&mut self, written: &Written, entry: BlockEntry) -> Result<(), EnforceError> {
+        match written {
+            Written::Flow(k) => insert(&mut self.flows, *k, entry, maps::BLOCKED_FLOWS),
+            Written::Pair(k) => insert(&mut self.pairs, *k, entry, maps::BLOCKED_PAIRS),
+            Written::Client(k) => insert(&mut self.clients, *k, entry, maps::BLOCKED_CLIENTS),
+            Written::Flagged(k) => insert(&mut self.flagged, *k, entry, maps::FLAGGED_FLOWS),
+        }
+    }
+
+    /// Deletes the entries that expired (unless rewritten with a later expiry since).
+    pub fn sweep(&mut self) {
+        let now = monotonic_now();
+        while self.written.front().is_some_and(|(e, _)| *e <= now) {
+            let Some((_, written)) = self.written.pop_front() else {
+                break;
+            };
+            let expired = |v: Result<BlockEntry, _>| v.is_ok_and(|v| v.expires_ns <= now);
+            // A failed delete is an entry the kernel removed itself.
+            let _ = match written {
+                Written::Flow(k) if expired(self.flows.get(&k, 0)) => self.flows.remove(&k),
+                Written::Pair(k) if expired(self.pairs.get(&k, 0)) => self.pairs.remove(&k),
+                Written::Client(k) if expired(self.clients.get(&k, 0)) => self.clients.remove(&k),
+                Written::Flagged(k) if expired(self.flagged.get(&k, 0)) => self.flagged.remove(&k),
+                _ => Ok(()),
+            };
+        }
+    }
+
+    /// Entries in the kernel's block and flag maps now, counted in the maps.
+    pub fn kernel_entries(&self) -> u64 {
+        (self.flows.keys().count()
+            + self.pairs.keys().count()
+            + self.clients.keys().count()
+            + self.flagged.keys().count()) as u64
+    }
+
+    /// Inserts the kernel refused: enforcement that did not happen in the kernel.
+    pub fn refusals(&self) -> u64 {
+        self.refusals
     }
 }
 
