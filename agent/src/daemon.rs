@@ -145,7 +145,7 @@ pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
     let outcomes = LiveOutcomes {
         alerts: JsonLines::new(alert_out),
         enforcer,
-        cut: Vec::new(),
+        holds,
     };
     let state_dir = config.state.dir.clone();
     let thread = {
@@ -156,7 +156,7 @@ pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
                 if enforce {
                     realtime_priority();
                 }
-                let result = capture_loop(capture, holds, &shared, outcomes, &stop, &state_dir);
+                let result = capture_loop(capture, &shared, outcomes, &stop, &state_dir);
                 let _ = done_tx.send(());
                 result
             })
@@ -205,7 +205,6 @@ fn realtime_priority() {
 /// the clock. Dropping `capture` at the end detaches the programs.
 fn capture_loop(
     mut capture: LiveCapture,
-    mut holds: Option<Holds>,
     shared: &AgentState,
     mut outcomes: LiveOutcomes,
     stop: &AtomicBool,
@@ -225,16 +224,16 @@ fn capture_loop(
             || shared.pipeline(),
             |pipeline, packet| {
                 let before = pipeline.stats_requests();
-                let held = holds.as_mut().and_then(|h| h.keep(&packet));
+                let held = outcomes.holds.as_mut().and_then(|h| h.keep(&packet));
                 pipeline.process_captured(&packet, &mut outcomes);
-                if let (Some(holds), Some(flow)) = (holds.as_mut(), held) {
+                if let (Some(holds), Some(flow)) = (outcomes.holds.as_mut(), held) {
                     holds.judged.push((flow, pipeline.awaiting_request(&flow)));
                 }
                 requests += pipeline.stats_requests() - before;
             },
         );
-        if let Some(holds) = &mut holds {
-            holds.settle(&capture, &mut outcomes);
+        if let Some(holds) = &mut outcomes.holds {
+            holds.settle(&capture);
         }
         if requests > 0 {
             let each = started.elapsed().as_secs_f64() / requests as f64;
@@ -247,8 +246,9 @@ fn capture_loop(
             let map_refusals = match outcomes.enforcer.as_mut() {
                 Some(enforcer) => {
                     enforcer.sweep();
-                    // Walking the maps costs a syscall per entry: every 10 ticks.
-                    if ticks % 10 == 1 {
+                    // Walking the maps costs a syscall per entry: every 10 ticks once
+                    // they hold many.
+                    if block_entries < 1024 || ticks % 10 == 1 {
                         block_entries = enforcer.kernel_entries();
                     }
                     enforcer.refusals()
@@ -259,14 +259,18 @@ fn capture_loop(
                 counters,
                 block_entries,
                 map_refusals,
-                hold: holds.as_ref().map(|h| h.holder.stats()).unwrap_or_default(),
+                hold: outcomes
+                    .holds
+                    .as_ref()
+                    .map(|h| h.holder.stats())
+                    .unwrap_or_default(),
             });
             report_losses(&last, &counters);
             last = counters;
             let mut pipeline = shared.pipeline();
             pipeline.set_lost_events(counters.lost);
             pipeline.tick(wall_clock_now(), &mut outcomes);
-            if let Some(holds) = &mut holds {
+            if let Some(holds) = &mut outcomes.holds {
                 // Rules may have been reloaded.
                 holds.install_guards(&pipeline);
             }
@@ -332,20 +336,17 @@ impl Holds {
         Some(seg.flow)
     }
 
-    /// After a batch: blocked connections' held frames are dropped; judged ones go
-    /// back into the stack; holds past the timeout too (fail-open).
-    fn settle(&mut self, capture: &LiveCapture, outcomes: &mut LiveOutcomes) {
-        for flow in outcomes.cut.drain(..) {
-            if let Some(since) = self.holder.discard(&flow) {
-                self.kernel.forget(&flow);
-                tracing::debug!(
-                    event = "hold_discarded",
-                    client = %flow.client,
-                    latency_us = wall_clock_now().saturating_sub(since) / 1_000,
-                    "held request blocked: it never reaches the application"
-                );
-            }
-        }
+    /// The verdict cut `flow`: its held frames are dropped (the application never reads
+    /// them). Returns the time since the first of them was captured.
+    fn discard(&mut self, flow: &FlowKey) -> Option<u64> {
+        let since = self.holder.discard(flow)?;
+        self.kernel.forget(flow);
+        Some(wall_clock_now().saturating_sub(since))
+    }
+
+    /// After a batch: judged connections' held frames go back into the stack; holds past
+    /// the timeout too (fail-open).
+    fn settle(&mut self, capture: &LiveCapture) {
         for (flow, awaiting) in std::mem::take(&mut self.judged) {
             if !awaiting && let Some(release) = self.holder.release(&flow) {
                 self.put_back(capture, release);
@@ -379,12 +380,11 @@ impl Holds {
     }
 }
 
-/// Alerts to stdout; verdicts to the kernel (enforce mode).
+/// Alerts to stdout; verdicts to the kernel (enforce mode), and to held requests.
 struct LiveOutcomes {
     alerts: JsonLines<Box<dyn std::io::Write + Send>>,
     enforcer: Option<KernelEnforcer>,
-    /// Connections cut since the last batch settled its holds.
-    cut: Vec<FlowKey>,
+    holds: Option<Holds>,
 }
 
 impl OutcomeSink for LiveOutcomes {
@@ -396,25 +396,39 @@ impl OutcomeSink for LiveOutcomes {
         let Some(enforcer) = &mut self.enforcer else {
             return;
         };
-        if matches!(verdict.action, VerdictAction::Cut { .. }) {
-            self.cut.push(verdict.flow);
-        }
         let (client, server) = (
             verdict.flow.client.to_string(),
             verdict.flow.server.to_string(),
         );
-        match enforcer.apply(verdict) {
+        let applied = enforcer.apply(verdict);
+        let reset_us = wall_clock_now().saturating_sub(verdict.at) / 1_000;
+        // Held frames of a cut connection are dropped: the request never reaches the
+        // application.
+        let held_us = match (&mut self.holds, verdict.action) {
+            (Some(holds), VerdictAction::Cut { .. }) => holds.discard(&verdict.flow),
+            _ => None,
+        };
+        match applied {
             Ok(latency_ns) => tracing::info!(
                 event = "enforced",
                 client,
                 server,
                 action = ?verdict.action,
                 latency_us = latency_ns / 1_000,
-                "connection enforced (latency: violating packet to kernel map update)"
+                reset_latency_us = reset_us,
+                "connection enforced (latency: violating packet to kernel map update; reset: to the connection reset)"
             ),
             Err(e) => {
                 tracing::error!(event = "enforce_failed", client, server, error = %e, "enforcement failed")
             }
+        }
+        if let Some(latency_us) = held_us {
+            tracing::debug!(
+                event = "hold_discarded",
+                client = %verdict.flow.client,
+                latency_us,
+                "held request blocked (latency: held packet to reset): it never reaches the application"
+            );
         }
     }
 }

@@ -299,3 +299,30 @@ fn a_killed_agent_leaves_nothing_held() {
     );
     assert!(server_log(&s.log).contains("by=dave"));
 }
+
+#[test]
+fn expired_kernel_block_entries_are_swept() {
+    if !root_or_skip("expired_kernel_block_entries_are_swept") {
+        return;
+    }
+    let s = setup(
+        19_488,
+        0,
+        "[enforce]\nmode = \"enforce\"\nhold = true\nblock_ttl = \"1s\"\n",
+    );
+    let server = s.pair.server_ip.clone();
+    let attacker = session(&s.pair, &[], &server, "erin", &[LOGIN, &transfer("erin")]);
+    assert_ne!(attacker[1].0, "200", "{attacker:?}");
+    // The connection's block and its address-pair entry, counted in the kernel maps...
+    eventually("the block entries", Duration::from_secs(3), || {
+        (metric(&metrics(&s), "seqshield_kernel_block_entries") >= 2).then_some(())
+    });
+    // ...and gone after block_ttl, though no packet with their key came by.
+    eventually("the sweep", Duration::from_secs(4), || {
+        (metric(&metrics(&s), "seqshield_kernel_block_entries") == 0).then_some(())
+    });
+    assert_eq!(
+        metric(&metrics(&s), "seqshield_kernel_map_refusals_total"),
+        0
+    );
+}

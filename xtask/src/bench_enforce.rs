@@ -95,8 +95,10 @@ pub fn run(root: &Path, seqshield: &Path) -> Result<()> {
          | --- | ---: | ---: | ---: | ---: |\n"
     ));
     let mut baseline: Option<[u64; 4]> = None;
+    let mut releases = Vec::new();
     for mode in [Mode::NoAgent, Mode::Enforce, Mode::Hold] {
-        let (mut transfer, mut balance) = bench.legit(mode)?;
+        let (mut transfer, mut balance, released) = bench.legit(mode)?;
+        releases.extend(released);
         transfer.sort_unstable();
         balance.sort_unstable();
         let row = [
@@ -125,6 +127,13 @@ pub fn run(root: &Path, seqshield: &Path) -> Result<()> {
         summary.push_str(&line);
         baseline.get_or_insert(row);
     }
+    releases.sort_unstable();
+    summary.push_str(&format!(
+        "\nrelease latency (held packet to its copy back in the stack, agent clock): p50 {} µs, p99 {} µs ({} releases)\n",
+        percentile(&releases, 50),
+        percentile(&releases, 99),
+        releases.len()
+    ));
     lab.cleanup();
     println!("\n== bench-enforce ==\n{summary}");
     std::fs::write(dir.join("result.txt"), summary).context("writing the result")?;
@@ -284,8 +293,8 @@ impl Bench<'_> {
     }
 
     /// Round trips of legit sessions' transfers (guarded: held in hold mode) and
-    /// balance checks (never held), in µs.
-    fn legit(&self, mode: Mode) -> Result<(Vec<u64>, Vec<u64>)> {
+    /// balance checks (never held), and the agent's release latencies, in µs.
+    fn legit(&self, mode: Mode) -> Result<(Vec<u64>, Vec<u64>, Vec<u64>)> {
         let tag = format!("legit-{}", mode.name().replace([' ', '+'], ""));
         let running = self.start(mode, 0, &tag)?;
         let (mut transfer, mut balance) = (Vec::new(), Vec::new());
@@ -308,7 +317,12 @@ impl Bench<'_> {
             }
         }
         self.stop(&running);
-        Ok((transfer, balance))
+        let agent_log = std::fs::read_to_string(&running.agent_log).unwrap_or_default();
+        Ok((
+            transfer,
+            balance,
+            latencies_us(&agent_log, &["hold_released"]),
+        ))
     }
 }
 
