@@ -337,11 +337,11 @@ impl Holds {
     }
 
     /// The verdict cut `flow`: its held frames are dropped (the application never reads
-    /// them). Returns the time since the first of them was captured.
+    /// them). Returns the µs since the first of them was captured.
     fn discard(&mut self, flow: &FlowKey) -> Option<u64> {
         let since = self.holder.discard(flow)?;
         self.kernel.forget(flow);
-        Some(wall_clock_now().saturating_sub(since))
+        Some(wall_clock_now().saturating_sub(since) / 1_000)
     }
 
     /// After a batch: judged connections' held frames go back into the stack; holds past

@@ -250,6 +250,10 @@ fn a_stopped_agent_costs_guarded_requests_latency_and_others_nothing() {
     // Held with nobody to judge it: the client's retransmission passes once the hold is
     // older than hold_timeout (fail-open).
     assert_eq!(outcomes(&guarded), ["200"], "{guarded:?}");
+    eprintln!(
+        "stopped agent: guarded request {:.1} ms (released by the client's retransmission), plain {:?}",
+        guarded[0].1, plain
+    );
     assert!(guarded[0].1 < 2_000.0, "{guarded:?}");
     // Plain requests are never held, so never wait for a retransmission (≥ 200 ms).
     assert!(plain.iter().all(|(_, ms)| *ms < 150.0), "{plain:?}");
