@@ -646,9 +646,7 @@ fn fill_header(ctx: &TcContext, h: &mut EventHeader, p: &Packet<'_>, copied: usi
 /// sides a context switch.
 #[inline(always)]
 fn wakeup_flags(wake_every_event: bool) -> u64 {
-    if wake_every_event {
-        u64::from(BPF_RB_FORCE_WAKEUP)
-    } else if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
+    if wake_every_event || EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
         u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
         u64::from(BPF_RB_NO_WAKEUP)
