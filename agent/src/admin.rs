@@ -2,6 +2,7 @@
 //! liveness probe. Handlers read the shared pipeline under its lock, briefly.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -115,12 +116,127 @@ pub fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixList
     Ok(listener)
 }
 
+/// What clients of the admin API can hold: connections at once, the time to send a
+/// request head, and a connection's whole life. A slow or greedy client (slow-loris)
+/// cannot pin the server's tasks and file descriptors; the capture never waits on it.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub connection_timeout: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 64,
+            header_timeout: Duration::from_secs(5),
+            connection_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Where the admin API listens.
+pub enum AdminListener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+/// Serves `router` until the task is dropped: HTTP/1.1 with `limits`; a connection over
+/// the cap is closed at once (counted in the log at debug level).
+pub async fn serve(listener: AdminListener, router: Router, limits: ServeLimits) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    loop {
+        let accepted = match &listener {
+            AdminListener::Tcp(l) => l.accept().await.map(|(s, _)| Stream::Tcp(s)),
+            AdminListener::Unix(l) => l.accept().await.map(|(s, _)| Stream::Unix(s)),
+        };
+        let stream = match accepted {
+            Ok(stream) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: wait instead of spinning.
+                tracing::warn!(error = %e, "admin API: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("admin API: connection limit reached, connection closed");
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let connection = http.serve_connection(io, service);
+            let _ = tokio::time::timeout(limits.connection_timeout, connection).await;
+            drop(slot);
+        });
+    }
+}
+
+/// An accepted admin connection.
+enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 /// Who may call what (SPEC §8 `[admin]`): changes always need the bearer token, reads
 /// only when `reads_need_token`; /healthz never.
 #[derive(Clone)]
 pub struct Access {
     token: Arc<str>,
     reads_need_token: bool,
+    /// `/metrics` open even when reads need the token (`[admin] metrics_public`).
+    metrics_public: bool,
 }
 
 impl Access {
@@ -128,7 +244,14 @@ impl Access {
         Self {
             token: token.into(),
             reads_need_token,
+            metrics_public: false,
         }
+    }
+
+    /// Leaves `/metrics` open to reads without the token.
+    pub fn with_public_metrics(mut self, public: bool) -> Self {
+        self.metrics_public = public;
+        self
     }
 
     /// Whether the request carries `Authorization: Bearer <token>` (compared in
@@ -158,7 +281,12 @@ async fn authorize(
     let path = request.uri().path();
     let reads =
         request.method() == axum::http::Method::GET || request.method() == axum::http::Method::HEAD;
-    let needs_token = path != "/healthz" && (!reads || access.reads_need_token);
+    let open_read = path == "/healthz" || (path == "/metrics" && access.metrics_public);
+    let needs_token = if reads {
+        access.reads_need_token && !open_read
+    } else {
+        true
+    };
     if needs_token && !access.allows(request.headers()) {
         return error(
             StatusCode::UNAUTHORIZED,

@@ -291,6 +291,8 @@ pub struct AdminConfig {
     /// Require the token for every endpoint but /healthz (it is always required to
     /// change anything, and for everything when `listen` is not loopback).
     pub require_token: bool,
+    /// Leave `/metrics` open to reads without the token (for a Prometheus that has none).
+    pub metrics_public: bool,
 }
 
 impl Default for AdminConfig {
@@ -299,6 +301,7 @@ impl Default for AdminConfig {
             listen: "127.0.0.1:9464".into(),
             token_file: None,
             require_token: false,
+            metrics_public: false,
         }
     }
 }
@@ -317,13 +320,20 @@ impl AdminConfig {
         if self.require_token {
             return true;
         }
-        if self.listen.starts_with(crate::admin::UNIX_PREFIX) {
-            return false;
-        }
-        !self
-            .listen
-            .parse::<std::net::SocketAddr>()
-            .is_ok_and(|a| a.ip().is_loopback())
+        !self.stays_on_this_host()
+    }
+
+    /// Whether only this host can reach `listen`: a unix socket, a loopback address, or
+    /// `localhost`.
+    pub fn stays_on_this_host(&self) -> bool {
+        let listen = &self.listen;
+        listen.starts_with(crate::admin::UNIX_PREFIX)
+            || listen
+                .parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| a.ip().is_loopback())
+            || listen
+                .rsplit_once(':')
+                .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
     }
 }
 
@@ -491,6 +501,13 @@ impl Config {
             err(
                 "admin.listen",
                 format!("{listen:?} is neither host:port nor unix:/absolute/path"),
+            );
+        } else if !self.admin.stays_on_this_host() && self.admin.token_file.is_none() {
+            err(
+                "admin.listen",
+                format!(
+                    "{listen:?} is reachable beyond this host: set [admin] token_file too (the bearer token every endpoint but /healthz then needs)"
+                ),
             );
         }
         let hold_timeout = self.enforce.hold_timeout;
@@ -682,6 +699,21 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/seqshield/test.toml"))
+    }
+
+    #[test]
+    fn hold_and_admin_exposure_are_checked() {
+        let c = parse("[enforce]\nhold = true\n").unwrap();
+        assert!(c.enforce.hold);
+        assert_eq!(c.enforce.hold_timeout, Duration::from_millis(50));
+        let e = parse("[enforce]\nhold_timeout = \"0ms\"\n").unwrap_err();
+        assert!(e.to_string().contains("enforce.hold_timeout"), "{e}");
+        // Beyond loopback only with a token file chosen on purpose.
+        let e = parse("[admin]\nlisten = \"0.0.0.0:9464\"\n").unwrap_err();
+        assert!(e.to_string().contains("token_file"), "{e}");
+        let c = parse("[admin]\nlisten = \"0.0.0.0:9464\"\ntoken_file = \"/etc/t\"\n").unwrap();
+        assert!(c.admin.reads_need_token());
+        assert!(parse("[admin]\nlisten = \"127.0.0.1:9464\"\n").is_ok());
     }
 
     #[test]

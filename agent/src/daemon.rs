@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::admin::{self, AgentState, UNIX_PREFIX};
+use crate::admin::{self, AdminListener, AgentState, ServeLimits, UNIX_PREFIX};
 use crate::alerts::{Alert, JsonLines, OutcomeSink, RotatingFile};
 use crate::config::{Config, ConfigError, EnforceMode};
 use crate::enforce::hold::{Holder, Release, compile_guards};
@@ -106,25 +106,21 @@ pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
     };
     let token_path = config.admin.token_path(&config.state.dir);
     let token = crate::state::load_or_create_token(&token_path)?;
-    let access = admin::Access::new(token, config.admin.reads_need_token());
+    let access = admin::Access::new(token, config.admin.reads_need_token())
+        .with_public_metrics(config.admin.metrics_public);
     let router = admin::router(shared.clone(), access);
-    let (server, socket_file) = match addr.strip_prefix(UNIX_PREFIX) {
+    let (listener, socket_file) = match addr.strip_prefix(UNIX_PREFIX) {
         Some(path) => {
             let path = std::path::PathBuf::from(path);
             let listener = admin::bind_unix(&path).map_err(admin_err)?;
-            (
-                tokio::spawn(axum::serve(listener, router).into_future()),
-                Some(path),
-            )
+            (AdminListener::Unix(listener), Some(path))
         }
         None => {
             let listener = TcpListener::bind(&addr).await.map_err(admin_err)?;
-            (
-                tokio::spawn(axum::serve(listener, router).into_future()),
-                None,
-            )
+            (AdminListener::Tcp(listener), None)
         }
     };
+    let server = tokio::spawn(admin::serve(listener, router, ServeLimits::default()));
     tracing::info!(interface, admin = %addr, "seqshield running");
 
     // The capture loop has a thread of its own: blocking poll(2) on the ring, no runtime

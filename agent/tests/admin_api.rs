@@ -343,4 +343,72 @@ async fn changes_need_the_token_and_reads_need_it_when_asked() {
     }
     let (status, _) = call_as(strict(), "GET", "/healthz", None).await;
     assert_eq!(status, StatusCode::OK, "health checks need no token");
+    // metrics_public: /metrics open, the rest still closed.
+    let public_metrics = || {
+        seqshield::admin::router(
+            f.state.clone(),
+            Access::new(TOKEN.into(), true).with_public_metrics(true),
+        )
+    };
+    let (status, _) = call_as(public_metrics(), "GET", "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call_as(public_metrics(), "GET", "/api/v1/report", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = call_as(public_metrics(), "POST", "/metrics", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "only reads are public");
+}
+
+/// A slow-loris client of the admin server: connections beyond the cap are closed at
+/// once, a head not sent within the header timeout closes its connection, and the
+/// server answers normally again once they are gone.
+#[tokio::test]
+async fn slow_clients_cannot_hold_the_admin_server() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    let f = fixture();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = seqshield::admin::ServeLimits {
+        max_connections: 4,
+        header_timeout: std::time::Duration::from_millis(300),
+        connection_timeout: std::time::Duration::from_secs(5),
+    };
+    tokio::spawn(seqshield::admin::serve(
+        seqshield::admin::AdminListener::Tcp(listener),
+        router(f.state.clone()),
+        limits,
+    ));
+    let ask = |mut s: TcpStream| async move {
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(2), s.read_to_end(&mut got)).await;
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    // Four slow clients take every slot, each with half a request head.
+    let mut loris = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        loris.push(s);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // A fifth connection is closed without an answer.
+    let refused = ask(TcpStream::connect(addr).await.unwrap()).await;
+    assert_eq!(refused, "", "over the cap: closed at once");
+    // The slow heads run out of time: their connections close.
+    for mut s in loris {
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(std::time::Duration::from_secs(2), s.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "a slow head keeps its connection");
+    }
+    // And the server answers again.
+    let answer = ask(TcpStream::connect(addr).await.unwrap()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
