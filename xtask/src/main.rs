@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod bench_enforce;
 mod bench_live;
 mod demo;
+mod fuzz;
 mod lab;
 
 #[derive(Parser)]
@@ -51,7 +52,19 @@ enum Task {
     },
     /// Runs the criterion benchmarks and prints the pipeline / httparse ratio.
     Bench,
+    /// Runs the fuzz targets (cargo-fuzz, libFuzzer) for a while each; installs
+    /// cargo-fuzz when missing.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
+    },
 }
+
+/// Seconds each fuzz target runs in `cargo xtask test` (CI).
+const FUZZ_SMOKE_SECONDS: u32 = 20;
 
 fn main() -> Result<()> {
     let root = workspace_root();
@@ -62,7 +75,13 @@ fn main() -> Result<()> {
             cargo(
                 &root,
                 &["test", "--workspace", "--exclude", "agent-ebpf", "--locked"],
-            )
+            )?;
+            // The fuzz smoke: every target, briefly, from the committed corpus.
+            fuzz::run(&root, FUZZ_SMOKE_SECONDS, &[])
+        }
+        Task::Fuzz { seconds, targets } => {
+            setup()?;
+            fuzz::run(&root, seconds, &targets)
         }
         Task::Check => {
             cargo(&root, &["fmt", "--all", "--", "--check"])?;
