@@ -35,6 +35,8 @@ pub struct AgentState {
     /// Kernel counters and live kernel block entries, as of the capture loop's last tick.
     kernel: Mutex<KernelView>,
     request_seconds: Histogram,
+    /// The alert writer's counts (live agent).
+    alerts: std::sync::OnceLock<Arc<crate::alerts::AlertCounters>>,
 }
 
 impl AgentState {
@@ -53,12 +55,18 @@ impl AgentState {
             clock,
             kernel: Mutex::new(KernelView::default()),
             request_seconds: metrics::request_seconds_histogram(),
+            alerts: std::sync::OnceLock::new(),
         }
     }
 
     /// The capture loop's latest kernel readings.
     pub fn set_kernel(&self, view: KernelView) {
         *self.kernel.lock().unwrap_or_else(PoisonError::into_inner) = view;
+    }
+
+    /// The alert writer's counts, for `/metrics`.
+    pub fn set_alert_counters(&self, counters: Arc<crate::alerts::AlertCounters>) {
+        let _ = self.alerts.set(counters);
     }
 
     /// Per-request pipeline time, for the histogram.
@@ -390,6 +398,7 @@ async fn metrics_text(State(state): State<Arc<AgentState>>) -> Response {
         violations: &violations,
         kernel,
         request_seconds: &state.request_seconds,
+        alerts: state.alerts.get().map(|c| c.as_ref()),
     });
     (
         [(

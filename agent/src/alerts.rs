@@ -90,6 +90,187 @@ impl<W: Write> OutcomeSink for JsonLines<W> {
     }
 }
 
+/// Counts of the alert writer, shared with `/metrics`.
+#[derive(Debug, Default)]
+pub struct AlertCounters {
+    /// Alerts the queue had no room for (the output did not keep up).
+    pub dropped: std::sync::atomic::AtomicU64,
+    /// Alerts folded into an `alerts_suppressed` summary line.
+    pub suppressed: std::sync::atomic::AtomicU64,
+    /// Writes that failed (a closed pipe, a full disk).
+    pub failed: std::sync::atomic::AtomicU64,
+}
+
+/// Alerts queued for a writer thread of their own: the capture thread never waits on
+/// stdout or a disk. The queue is bounded; an alert it cannot take is counted
+/// (`dropped`). Identical alerts (rule, session, operation) are written up to
+/// [`WRITTEN_PER_WINDOW`] times per [`SUPPRESS_WINDOW`] (a few repeats stay visible one by
+/// one, as SPEC §4 counts them); the rest become one counted `alerts_suppressed` line.
+pub struct QueuedAlerts {
+    queue: std::sync::mpsc::SyncSender<Alert>,
+    counters: std::sync::Arc<AlertCounters>,
+}
+
+/// Alerts waiting to be written at most.
+pub const ALERT_QUEUE: usize = 16_384;
+/// Identical alerts written one by one per window; the others are counted.
+pub const WRITTEN_PER_WINDOW: u64 = 10;
+pub const SUPPRESS_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+/// Keys of the suppression window remembered at once.
+const MAX_SUPPRESS_KEYS: usize = 65_536;
+
+impl QueuedAlerts {
+    /// Starts the writer thread on `out`; it ends when this is dropped (after writing
+    /// what is queued).
+    pub fn start<W: Write + Send + 'static>(
+        out: W,
+    ) -> std::io::Result<(
+        Self,
+        std::sync::Arc<AlertCounters>,
+        std::thread::JoinHandle<()>,
+    )> {
+        let (queue, rx) = std::sync::mpsc::sync_channel(ALERT_QUEUE);
+        let counters = std::sync::Arc::new(AlertCounters::default());
+        let writer = Writer {
+            out: JsonLines::new(out),
+            counters: counters.clone(),
+            windows: std::collections::HashMap::new(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("alerts".into())
+            .spawn(move || writer.run(rx))?;
+        Ok((
+            Self {
+                queue,
+                counters: counters.clone(),
+            },
+            counters,
+            handle,
+        ))
+    }
+}
+
+impl OutcomeSink for QueuedAlerts {
+    fn alert(&mut self, alert: Alert) {
+        if self.queue.try_send(alert).is_err() {
+            self.counters
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// The writer thread's state: the output, and the open suppression windows.
+struct Writer<W: Write> {
+    out: JsonLines<W>,
+    counters: std::sync::Arc<AlertCounters>,
+    /// (rule id, session, operation) → (window start, alerts in it, written or not).
+    windows: std::collections::HashMap<(String, String, String), (std::time::Instant, u64)>,
+}
+
+impl<W: Write> Writer<W> {
+    fn run(mut self, rx: std::sync::mpsc::Receiver<Alert>) {
+        let mut last_sweep = std::time::Instant::now();
+        loop {
+            match rx.recv_timeout(SUPPRESS_WINDOW) {
+                Ok(alert) => self.take(alert, std::time::Instant::now()),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    self.close_windows(None);
+                    return;
+                }
+            }
+            // Ended windows are looked for a few times per window, not per alert.
+            let now = std::time::Instant::now();
+            if now.duration_since(last_sweep) >= SUPPRESS_WINDOW / 4 {
+                last_sweep = now;
+                self.close_windows(Some(now));
+            }
+        }
+    }
+
+    fn take(&mut self, alert: Alert, now: std::time::Instant) {
+        let key = (
+            alert.rule_id.clone(),
+            alert.session.clone(),
+            alert.operation.clone(),
+        );
+        match self.windows.get_mut(&key) {
+            Some((start, seen)) if now.duration_since(*start) < SUPPRESS_WINDOW => {
+                *seen += 1;
+                if *seen > WRITTEN_PER_WINDOW {
+                    self.counters
+                        .suppressed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
+            }
+            _ => {
+                if self.windows.len() >= MAX_SUPPRESS_KEYS {
+                    self.close_windows(None);
+                }
+                self.windows.insert(key, (now, 1));
+            }
+        }
+        self.write(alert);
+    }
+
+    /// Ends the windows older than [`SUPPRESS_WINDOW`] (all with `None`), writing a
+    /// summary line for each that suppressed something.
+    fn close_windows(&mut self, now: Option<std::time::Instant>) {
+        let ended: Vec<_> = self
+            .windows
+            .iter()
+            .filter(|(_, (start, _))| {
+                now.is_none_or(|now| now.duration_since(*start) >= SUPPRESS_WINDOW)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in ended {
+            let Some((_, seen)) = self.windows.remove(&key) else {
+                continue;
+            };
+            let suppressed = seen.saturating_sub(WRITTEN_PER_WINDOW);
+            if suppressed > 0 {
+                let line = serde_json::json!({
+                    "timestamp": rfc3339(crate::source::ring::wall_clock_now()),
+                    "event": "alerts_suppressed",
+                    "rule_id": key.0,
+                    "session": key.1,
+                    "operation": key.2,
+                    "count": suppressed,
+                });
+                self.write_line(line.to_string());
+            }
+        }
+    }
+
+    fn write(&mut self, alert: Alert) {
+        let before = self.out.failures;
+        self.out.alert(alert);
+        if self.out.failures > before {
+            self.counters
+                .failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn write_line(&mut self, mut line: String) {
+        line.push('\n');
+        if self
+            .out
+            .out
+            .write_all(line.as_bytes())
+            .and_then(|_| self.out.out.flush())
+            .is_err()
+        {
+            self.counters
+                .failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// A log file that rotates by size: `file` → `file.1` → … → `file.<keep>` (dropped).
 /// Rotation happens between `write` calls: writers that write a line per call (as
 /// [`JsonLines`] does) never see a line split across files.
@@ -165,6 +346,84 @@ impl Write for RotatingFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn alert(session: &str) -> Alert {
+        Alert {
+            timestamp: rfc3339(0),
+            event: SEQUENCE_VIOLATION.into(),
+            rule_id: "r".into(),
+            rule_title: "t".into(),
+            action: AlertAction::Block,
+            session: session.into(),
+            client: "10.0.0.1:1".into(),
+            server: "10.0.0.2:80".into(),
+            host: "bank.test".into(),
+            method: "POST".into(),
+            path: "/x".into(),
+            operation: "POST bank.test/x".into(),
+            previous_operations: Vec::new(),
+        }
+    }
+
+    /// A writer whose bytes the test can read, and which can be made to stall.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn identical_alerts_become_one_counted_line() {
+        let out = Shared::default();
+        let (mut alerts, counters, handle) = QueuedAlerts::start(out.clone()).unwrap();
+        for _ in 0..50 {
+            alerts.alert(alert("s1"));
+        }
+        alerts.alert(alert("s2"));
+        drop(alerts);
+        handle.join().unwrap();
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let n = WRITTEN_PER_WINDOW as usize;
+        assert_eq!(lines.len(), n + 2, "{text}");
+        assert!(lines[..n].iter().all(|l| l["session"] == "s1"));
+        assert_eq!(lines[n]["session"], "s2");
+        assert_eq!(lines[n + 1]["event"], "alerts_suppressed");
+        assert_eq!(lines[n + 1]["count"], 50 - n);
+        assert_eq!(
+            counters
+                .suppressed
+                .load(std::sync::atomic::Ordering::Relaxed),
+            50 - WRITTEN_PER_WINDOW
+        );
+    }
+
+    #[test]
+    fn a_stalled_output_drops_and_counts_instead_of_blocking() {
+        let out = Shared::default();
+        let stall = out.0.lock().unwrap(); // The writer thread blocks on its first line.
+        let (mut alerts, counters, handle) = QueuedAlerts::start(out.clone()).unwrap();
+        let started = std::time::Instant::now();
+        for i in 0..ALERT_QUEUE + 100 {
+            alerts.alert(alert(&format!("s{i}")));
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let dropped = counters.dropped.load(std::sync::atomic::Ordering::Relaxed);
+        assert!((99..=101).contains(&dropped), "{dropped}");
+        drop(stall);
+        drop(alerts);
+        handle.join().unwrap();
+    }
 
     #[test]
     fn alert_files_rotate_by_size() {

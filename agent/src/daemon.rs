@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::admin::{self, AdminListener, AgentState, ServeLimits, UNIX_PREFIX};
-use crate::alerts::{Alert, JsonLines, OutcomeSink, RotatingFile};
+use crate::alerts::{Alert, OutcomeSink, QueuedAlerts, RotatingFile};
 use crate::config::{Config, ConfigError, EnforceMode};
 use crate::enforce::hold::{Holder, Release, compile_guards};
 use crate::enforce::kernel::KernelEnforcer;
@@ -138,8 +138,11 @@ pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
         ),
         None => Box::new(std::io::stdout()),
     };
+    let (alerts, alert_counters, alert_writer) =
+        QueuedAlerts::start(alert_out).map_err(DaemonError::Thread)?;
+    shared.set_alert_counters(alert_counters);
     let outcomes = LiveOutcomes {
-        alerts: JsonLines::new(alert_out),
+        alerts,
         enforcer,
         holds,
     };
@@ -171,6 +174,8 @@ pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
     }
     stop.store(true, Ordering::Relaxed);
     let result = thread.join();
+    // The capture thread dropped its alert queue: the writer ends once it is written.
+    let _ = alert_writer.join();
     server.abort();
     if let Some(path) = socket_file {
         let _ = std::fs::remove_file(path);
@@ -378,7 +383,7 @@ impl Holds {
 
 /// Alerts to stdout; verdicts to the kernel (enforce mode), and to held requests.
 struct LiveOutcomes {
-    alerts: JsonLines<Box<dyn std::io::Write + Send>>,
+    alerts: QueuedAlerts,
     enforcer: Option<KernelEnforcer>,
     holds: Option<Holds>,
 }

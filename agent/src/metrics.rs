@@ -40,6 +40,8 @@ pub struct Snapshot<'a> {
     pub violations: &'a [(String, String, &'static str, u64)],
     pub kernel: KernelView,
     pub request_seconds: &'a Histogram,
+    /// The alert writer's counts (live agent).
+    pub alerts: Option<&'a crate::alerts::AlertCounters>,
 }
 
 pub fn render(s: &Snapshot<'_>) -> String {
@@ -251,6 +253,20 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "Block or flag entries the kernel refused (a full map): the connection was reset but later packets were not dropped",
         s.kernel.map_refusals,
     );
+    if let Some(a) = s.alerts {
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        labelled(
+            &mut registry,
+            "alerts_not_written",
+            "Alerts not written one by one: dropped (the output did not keep up; the queue was full), suppressed (identical to one written in the last second: counted in an alerts_suppressed line), failed (a write error)",
+            "reason",
+            &[
+                ("dropped", load(&a.dropped)),
+                ("suppressed", load(&a.suppressed)),
+                ("failed", load(&a.failed)),
+            ],
+        );
+    }
     registry.register(
         "request_pipeline_seconds",
         "Time the pipeline spends on one request (averaged over each batch read from the kernel)",
