@@ -283,6 +283,12 @@ fn capture_loop(
             save_snapshot(shared, state_dir);
         }
     }
+    // Stopping: what is held goes back now rather than by the clients' retransmissions.
+    if let Some(holds) = &mut outcomes.holds {
+        for release in holds.holder.release_all() {
+            holds.put_back(&capture, release);
+        }
+    }
     Ok(())
 }
 

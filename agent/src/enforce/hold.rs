@@ -230,6 +230,12 @@ impl Holder {
             .collect()
     }
 
+    /// Everything held, released (the agent is stopping).
+    pub fn release_all(&mut self) -> Vec<Release> {
+        let flows: Vec<FlowKey> = self.flows.keys().copied().collect();
+        flows.iter().filter_map(|f| self.release(f)).collect()
+    }
+
     /// A re-injection the kernel refused.
     pub fn count_reinject_error(&mut self) {
         self.stats.reinject_errors += 1;
