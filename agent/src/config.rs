@@ -502,13 +502,6 @@ impl Config {
                 "admin.listen",
                 format!("{listen:?} is neither host:port nor unix:/absolute/path"),
             );
-        } else if !self.admin.stays_on_this_host() && self.admin.token_file.is_none() {
-            err(
-                "admin.listen",
-                format!(
-                    "{listen:?} is reachable beyond this host: set [admin] token_file too (the bearer token every endpoint but /healthz then needs)"
-                ),
-            );
         }
         let hold_timeout = self.enforce.hold_timeout;
         if !(Duration::from_millis(1)..=Duration::from_secs(10)).contains(&hold_timeout) {
@@ -708,11 +701,15 @@ mod tests {
         assert_eq!(c.enforce.hold_timeout, Duration::from_millis(50));
         let e = parse("[enforce]\nhold_timeout = \"0ms\"\n").unwrap_err();
         assert!(e.to_string().contains("enforce.hold_timeout"), "{e}");
-        // Beyond loopback only with a token file chosen on purpose.
-        let e = parse("[admin]\nlisten = \"0.0.0.0:9464\"\n").unwrap_err();
-        assert!(e.to_string().contains("token_file"), "{e}");
-        let c = parse("[admin]\nlisten = \"0.0.0.0:9464\"\ntoken_file = \"/etc/t\"\n").unwrap();
+        // Beyond loopback every read needs the token (SPEC §8).
+        let c = parse("[admin]\nlisten = \"0.0.0.0:9464\"\n").unwrap();
         assert!(c.admin.reads_need_token());
+        assert!(
+            !parse("[admin]\nlisten = \"localhost:9464\"\n")
+                .unwrap()
+                .admin
+                .reads_need_token()
+        );
         assert!(parse("[admin]\nlisten = \"127.0.0.1:9464\"\n").is_ok());
     }
 
