@@ -355,13 +355,21 @@ async fn report(
         Ok(Query(filter)) => filter,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad query: {e}")),
     };
-    let report = state.pipeline().report(state.now());
-    Json(report.filtered(&filter)).into_response()
+    // Copied under the lock, scored off it (and off the runtime's workers).
+    let inputs = state.pipeline().report_inputs(state.now());
+    match tokio::task::spawn_blocking(move || inputs.finish()).await {
+        Ok(report) => Json(report.filtered(&filter)).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("building the report failed: {e}"),
+        ),
+    }
 }
 
-/// The operations of the report, with their counts.
+/// The operations of the report, with their counts (no scoring).
 async fn operations(State(state): State<Arc<AgentState>>) -> Json<Vec<OperationReport>> {
-    Json(state.pipeline().report(state.now()).operations)
+    let inputs = state.pipeline().report_inputs(state.now());
+    Json(inputs.operations())
 }
 
 /// A session's current history with ages; the hash is what alerts and `session-hash` show.

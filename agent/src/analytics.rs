@@ -399,15 +399,47 @@ impl Analytics {
     /// Sequences with at least `min_support` occurrences in the window ending at `now`,
     /// highest score first (ties: higher count first, then operation ids).
     pub fn scores(&self, now: Nanos, min_support: u64) -> Vec<SequenceScore> {
+        self.score_inputs(now).scores(min_support)
+    }
+
+    /// What scoring needs, copied out: each counted window's total as of `now` and each
+    /// operation's occurrences. One pass, no hashing: the live agent takes it under the
+    /// pipeline's lock and scores outside it (capture does not wait for a report).
+    pub fn score_inputs(&self, now: Nanos) -> ScoreInputs {
         let hour = hour_of(now);
+        ScoreInputs {
+            windows: self
+                .sequences
+                .iter()
+                .filter_map(|(window, hourly)| {
+                    let n = hourly.total(hour, self.slots);
+                    (n > 0).then_some((*window, n))
+                })
+                .collect(),
+            occurrences: self
+                .ops
+                .iter()
+                .map(|c| c.occurrences.total(hour, self.slots))
+                .collect(),
+        }
+    }
+}
+
+/// Counted windows and operation totals at one point in time (see
+/// [`Analytics::score_inputs`]).
+pub struct ScoreInputs {
+    windows: Vec<(SeqKey, u64)>,
+    occurrences: Vec<u64>,
+}
+
+impl ScoreInputs {
+    /// The scores [`Analytics::scores`] gives.
+    pub fn scores(self, min_support: u64) -> Vec<SequenceScore> {
         // N(s): every window counts for each of its suffixes of 2 or more operations.
         let mut counts: HashMap<SeqKey, u64, foldhash::fast::RandomState> = HashMap::default();
-        for (window, hourly) in &self.sequences {
-            let n = hourly.total(hour, self.slots);
-            if n > 0 {
-                for k in 2..=window.len() {
-                    *counts.entry(window.suffix(k)).or_default() += n;
-                }
+        for (window, n) in &self.windows {
+            for k in 2..=window.len() {
+                *counts.entry(window.suffix(k)).or_default() += n;
             }
         }
         let mut out: Vec<SequenceScore> = counts
@@ -417,7 +449,8 @@ impl Analytics {
                     return None;
                 }
                 let ops = key.ops();
-                let last_op_count = self.op_totals(*ops.last()?, now).occurrences.max(count);
+                let last = usize::from(*ops.last()?);
+                let last_op_count = self.occurrences.get(last).copied().unwrap_or(0).max(count);
                 Some(SequenceScore {
                     score: count as f64 / last_op_count as f64,
                     score_lower: wilson_lower(count, last_op_count),

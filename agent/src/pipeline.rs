@@ -449,6 +449,13 @@ impl Pipeline {
 
     /// The report for the window ending at `now`.
     pub fn report(&self, now: Nanos) -> Report {
+        self.report_inputs(now).finish()
+    }
+
+    /// What a report needs, copied out in one pass (no scoring): the live agent takes it
+    /// under the pipeline's lock and builds the report outside it, so capture and
+    /// enforcement never wait for the scoring of a large report.
+    pub fn report_inputs(&self, now: Nanos) -> ReportInputs {
         let a = &self.analysis;
         let operations = a
             .catalog
@@ -465,15 +472,48 @@ impl Pipeline {
                 })
             })
             .collect();
-        let sequences = a
-            .analytics
-            .scores(now, self.min_support)
+        ReportInputs {
+            now,
+            window_secs: self.window / crate::NANOS_PER_SEC,
+            min_support: self.min_support,
+            operations,
+            op_ids: a.catalog.iter().map(|(_, op)| op.id.clone()).collect(),
+            scores: a.analytics.score_inputs(now),
+            stats: self.stats(),
+        }
+    }
+}
+
+/// A report's data at one point in time (see [`Pipeline::report_inputs`]).
+pub struct ReportInputs {
+    now: Nanos,
+    window_secs: u64,
+    min_support: u64,
+    operations: Vec<OperationReport>,
+    /// Operation id strings by `OpId`.
+    op_ids: Vec<String>,
+    scores: crate::analytics::ScoreInputs,
+    stats: Stats,
+}
+
+impl ReportInputs {
+    /// The operations with their counts.
+    pub fn operations(self) -> Vec<OperationReport> {
+        self.operations
+    }
+
+    /// Scores the sequences and builds the report.
+    pub fn finish(self) -> Report {
+        let op_ids = &self.op_ids;
+        let sequences = self
+            .scores
+            .scores(self.min_support)
             .into_iter()
             .map(|s| SequenceReport {
                 operations: s
                     .ops
                     .iter()
-                    .map(|&op| a.catalog.get(op).id.clone())
+                    .map(|&op| op_ids.get(usize::from(op)).cloned().unwrap_or_default())
                     .collect(),
                 count: s.count,
                 last_op_count: s.last_op_count,
@@ -482,11 +522,11 @@ impl Pipeline {
             })
             .collect();
         Report {
-            generated_at: rfc3339(now),
-            window_secs: self.window / crate::NANOS_PER_SEC,
-            operations,
+            generated_at: rfc3339(self.now),
+            window_secs: self.window_secs,
+            operations: self.operations,
             sequences,
-            stats: self.stats(),
+            stats: self.stats,
         }
     }
 }

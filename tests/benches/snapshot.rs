@@ -109,6 +109,13 @@ fn benches(c: &mut Criterion) {
     group.bench_function("write", |b| {
         b.iter(|| black_box(persist::save(dir.path(), &held.snapshot()).unwrap()))
     });
+    // The report of the same pipeline: what the live agent holds its lock for (the
+    // copy) against the whole report (copy and scoring), side by side.
+    let now = held.newest();
+    group.bench_function("report_under_lock", |b| {
+        b.iter(|| black_box(held.report_inputs(now)))
+    });
+    group.bench_function("report_whole", |b| b.iter(|| black_box(held.report(now))));
     group.bench_function("restore", |b| {
         b.iter_batched(
             || Pipeline::new(&config(), &[1; 32]).unwrap(),
