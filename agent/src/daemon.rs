@@ -122,6 +122,9 @@ pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
     };
     let server = tokio::spawn(admin::serve(listener, router, ServeLimits::default()));
     tracing::info!(interface, admin = %addr, "seqshield running");
+    // Under systemd (Type=notify): ready now that the capture is attached and the API
+    // answers. Outside systemd this does nothing.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
     // The capture loop has a thread of its own: blocking poll(2) on the ring, no runtime
     // scheduling between a kernel wakeup and the verdict.
@@ -172,6 +175,7 @@ pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
             _ = &mut done_rx => break,
         }
     }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     stop.store(true, Ordering::Relaxed);
     let result = thread.join();
     // The capture thread dropped its alert queue: the writer ends once it is written.
@@ -242,6 +246,9 @@ fn capture_loop(
         }
         if last_tick.elapsed() >= TICK {
             last_tick = Instant::now();
+            // The watchdog is fed by the capture loop itself: a stuck capture thread
+            // (not just a live process) gets the agent restarted (WatchdogSec).
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
             let counters = capture.counters();
             ticks += 1;
             let map_refusals = match outcomes.enforcer.as_mut() {

@@ -677,3 +677,51 @@ fn the_netlink_fallback_cleans_up_after_itself_and_after_a_killed_run() {
     );
     assert!(!qdiscs(&pair).contains("clsact"), "{}", qdiscs(&pair));
 }
+
+/// Under systemd (`Type=notify`, `WatchdogSec`): the agent says READY once the capture
+/// is attached and the API answers, then feeds the watchdog from its capture loop.
+#[test]
+fn tells_systemd_when_ready_and_feeds_the_watchdog() {
+    if !root_or_skip("tells_systemd_when_ready_and_feeds_the_watchdog") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut pair = NetPair::new();
+    let config = common::bank_config(dir.path(), 19_495, "");
+    let env = format!("NOTIFY_SOCKET={}", socket_path.display());
+    pair.spawn_server_side(
+        &[
+            "env",
+            &env,
+            common::seqshield_bin(),
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--iface",
+            &pair.server_if.clone(),
+        ],
+        None,
+    );
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !(seen.iter().any(|m: &String| m.contains("READY=1"))
+        && seen.iter().any(|m| m.contains("WATCHDOG=1")))
+    {
+        let n = socket
+            .recv(&mut buf)
+            .expect("no READY=1 and WATCHDOG=1 within 15 s");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    // READY comes after the API answers: the report is there.
+    assert!(seen[0].contains("READY=1"), "{seen:?}");
+    let agent = common::Agent {
+        pid: 0,
+        admin: "127.0.0.1:19495".into(),
+    };
+    assert!(common::live_report(&pair, &agent).is_some());
+}
