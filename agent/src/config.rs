@@ -139,6 +139,12 @@ impl fmt::Display for Identifier {
 pub struct SessionConfig {
     /// Tried in order; the first one present with a non-empty value names the session.
     pub identifiers: Vec<Identifier>,
+    /// Verify JWTs (HS256) with the shared secret in this file before a claim names a
+    /// session; a token that does not verify names none.
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Verify JWTs with the public keys of this JWKS file (RSA: RS256, EC: ES256, oct:
+    /// HS256), likewise.
+    pub jwks_file: Option<PathBuf>,
 }
 
 impl Default for SessionConfig {
@@ -149,6 +155,8 @@ impl Default for SessionConfig {
                 Identifier::Header("x-session-id".into()),
                 Identifier::JwtClaim("sub".into()),
             ],
+            jwt_secret_file: None,
+            jwks_file: None,
         }
     }
 }

@@ -134,7 +134,8 @@ impl Pipeline {
             http: HttpStats::default(),
             analysis: Analysis {
                 catalog,
-                identifier: SessionIdentifier::new(&config.session.identifiers, secret),
+                identifier: SessionIdentifier::new(&config.session.identifiers, secret)
+                    .with_verifier(crate::session::JwtVerifier::from_config(config)?),
                 sessions: Sessions::new(seq.max_sessions, duration_nanos(seq.idle_timeout)),
                 analytics: Analytics::new(window, seq.max_ops, seq.max_sequences),
                 rules,

@@ -11,7 +11,7 @@ use std::fmt;
 use base64::Engine as _;
 
 use crate::Nanos;
-use crate::config::Identifier;
+use crate::config::{ConfigError, Identifier};
 use crate::evict::EvictionQueue;
 use crate::http::RequestHead;
 use crate::ops::OpId;
@@ -32,6 +32,99 @@ impl fmt::Display for SessionId {
 /// Finds a request's session from the configured identifiers, in order.
 pub struct SessionIdentifier {
     identifiers: Vec<(Identifier, [u8; 32])>,
+    /// When set, a JWT names a session only if its signature verifies.
+    verifier: Option<JwtVerifier>,
+}
+
+/// The keys JWTs must be signed with (`[session] jwt_secret_file`, `jwks_file`).
+pub struct JwtVerifier {
+    keys: Vec<(jsonwebtoken::DecodingKey, jsonwebtoken::Validation)>,
+}
+
+impl fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "JwtVerifier({} keys)", self.keys.len())
+    }
+}
+
+impl JwtVerifier {
+    /// The verifier the config asks for, if any; unreadable or unusable key files are
+    /// refused with the file and key named.
+    pub fn from_config(config: &crate::config::Config) -> Result<Option<Self>, ConfigError> {
+        let session = &config.session;
+        let err = |key: &str, reason: String| ConfigError::new(&config.source, key, reason);
+        let mut keys = Vec::new();
+        if let Some(path) = &session.jwt_secret_file {
+            let secret = std::fs::read(path).map_err(|e| {
+                err(
+                    "session.jwt_secret_file",
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+            let secret = secret.trim_ascii_end();
+            if secret.is_empty() {
+                return Err(err(
+                    "session.jwt_secret_file",
+                    format!("{} is empty", path.display()),
+                ));
+            }
+            keys.push((
+                jsonwebtoken::DecodingKey::from_secret(secret),
+                validation(jsonwebtoken::Algorithm::HS256),
+            ));
+        }
+        if let Some(path) = &session.jwks_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| err("session.jwks_file", format!("{}: {e}", path.display())))?;
+            let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&text).map_err(|e| {
+                err(
+                    "session.jwks_file",
+                    format!("{} is not a JWKS: {e}", path.display()),
+                )
+            })?;
+            for (i, jwk) in set.keys.iter().enumerate() {
+                use jsonwebtoken::jwk::AlgorithmParameters as P;
+                let algorithm = match &jwk.algorithm {
+                    P::RSA(_) => jsonwebtoken::Algorithm::RS256,
+                    P::EllipticCurve(_) => jsonwebtoken::Algorithm::ES256,
+                    P::OctetKey(_) => jsonwebtoken::Algorithm::HS256,
+                    P::OctetKeyPair(_) => jsonwebtoken::Algorithm::EdDSA,
+                };
+                let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|e| {
+                    err(
+                        "session.jwks_file",
+                        format!("{}: key {i}: {e}", path.display()),
+                    )
+                })?;
+                keys.push((key, validation(algorithm)));
+            }
+            if keys.is_empty() {
+                return Err(err(
+                    "session.jwks_file",
+                    format!("{} holds no keys", path.display()),
+                ));
+            }
+        }
+        Ok((!keys.is_empty()).then_some(Self { keys }))
+    }
+
+    /// The token's claims if one of the keys verifies its signature. Expiry is not
+    /// checked: the claim only has to be genuine to name its holder's session.
+    fn verified_claims(&self, token: &str) -> Option<serde_json::Value> {
+        self.keys.iter().find_map(|(key, validation)| {
+            jsonwebtoken::decode::<serde_json::Value>(token, key, validation)
+                .ok()
+                .map(|data| data.claims)
+        })
+    }
+}
+
+fn validation(algorithm: jsonwebtoken::Algorithm) -> jsonwebtoken::Validation {
+    let mut v = jsonwebtoken::Validation::new(algorithm);
+    v.validate_exp = false;
+    v.validate_aud = false;
+    v.required_spec_claims = std::collections::HashSet::new();
+    v
 }
 
 impl SessionIdentifier {
@@ -44,7 +137,16 @@ impl SessionIdentifier {
                 (ident.clone(), *key.as_bytes())
             })
             .collect();
-        Self { identifiers }
+        Self {
+            identifiers,
+            verifier: None,
+        }
+    }
+
+    /// JWT claims then name a session only when the token verifies.
+    pub fn with_verifier(mut self, verifier: Option<JwtVerifier>) -> Self {
+        self.verifier = verifier;
+        self
     }
 
     /// The session of a request, or `None` when it carries no identifier (unidentified).
@@ -66,7 +168,7 @@ impl SessionIdentifier {
                 return Some(id);
             }
             let id = match ident {
-                Identifier::JwtClaim(path) => match jwt_claim(raw, path) {
+                Identifier::JwtClaim(path) => match jwt_claim(raw, path, self.verifier.as_ref()) {
                     Some(claim) => SessionId(hash64(key, claim.as_bytes())),
                     None => continue,
                 },
@@ -106,19 +208,26 @@ fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     })
 }
 
-/// A claim (dotted path) from the payload of an `Authorization: Bearer` JWT. The signature
-/// is not checked: the claim only names a session, it grants nothing.
-fn jwt_claim(authorization: &[u8], path: &str) -> Option<String> {
+/// A claim (dotted path) from the payload of an `Authorization: Bearer` JWT. Without a
+/// verifier the signature is not checked (the claim only names a session, it grants
+/// nothing — but a forged one can name someone else's); with one, a token that does not
+/// verify names nothing.
+fn jwt_claim(authorization: &[u8], path: &str, verifier: Option<&JwtVerifier>) -> Option<String> {
     let auth = std::str::from_utf8(authorization).ok()?.trim();
     let (scheme, token) = auth.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;
     }
-    let payload = token.trim().split('.').nth(1)?;
-    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    let claims: serde_json::Value = match verifier {
+        Some(verifier) => verifier.verified_claims(token.trim())?,
+        None => {
+            let payload = token.trim().split('.').nth(1)?;
+            let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload.trim_end_matches('='))
+                .ok()?;
+            serde_json::from_slice(&json).ok()?
+        }
+    };
     let value = path.split('.').try_fold(&claims, |v, key| v.get(key))?;
     let text = match value {
         serde_json::Value::String(s) => s.clone(),
@@ -461,6 +570,94 @@ mod tests {
             id.identify(&head_with(&bad), &mut SessionCache::default()),
             None
         );
+    }
+
+    /// A verifier from a config whose key files are written in a temp dir.
+    fn verifier(
+        secret: Option<&[u8]>,
+        jwks: Option<&str>,
+    ) -> Result<Option<JwtVerifier>, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::default();
+        if let Some(secret) = secret {
+            let path = dir.path().join("jwt.secret");
+            std::fs::write(&path, secret).unwrap();
+            config.session.jwt_secret_file = Some(path);
+        }
+        if let Some(jwks) = jwks {
+            let path = dir.path().join("jwks.json");
+            std::fs::write(&path, jwks).unwrap();
+            config.session.jwks_file = Some(path);
+        }
+        JwtVerifier::from_config(&config)
+    }
+
+    fn signed(sub: &str, key: &[u8]) -> String {
+        let claims = serde_json::json!({ "sub": sub });
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(key),
+        )
+        .unwrap();
+        format!("Bearer {token}")
+    }
+
+    fn session_of(id: &SessionIdentifier, authorization: &str) -> Option<SessionId> {
+        let h = [httparse::Header {
+            name: "Authorization",
+            value: authorization.as_bytes(),
+        }];
+        id.identify(&head_with(&h), &mut SessionCache::default())
+    }
+
+    #[test]
+    fn verified_jwts_name_sessions_and_forged_ones_do_not() {
+        let subs = [Identifier::JwtClaim("sub".into())];
+        let secret = b"a shared secret of the API's auth service";
+        let id = SessionIdentifier::new(&subs, &[7; 32])
+            .with_verifier(verifier(Some(&secret[..]), None).unwrap());
+        let alice = id.hashes_of("alice")[0].1;
+        assert_eq!(session_of(&id, &signed("alice", secret)), Some(alice));
+        // Signed with another key, unsigned, or a payload swapped under a good signature.
+        assert_eq!(session_of(&id, &signed("alice", b"guess")), None);
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let unsigned = format!(
+            "Bearer {}.{}.",
+            b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+            b64.encode(r#"{"sub":"alice"}"#)
+        );
+        assert_eq!(session_of(&id, &unsigned), None);
+        let good = signed("bob", secret);
+        let parts: Vec<&str> = good.split('.').collect();
+        let swapped = format!(
+            "{}.{}.{}",
+            parts[0],
+            b64.encode(r#"{"sub":"alice"}"#),
+            parts[2]
+        );
+        assert_eq!(session_of(&id, &swapped), None);
+        // Without a verifier the claim is read as it is (the documented default).
+        let open = SessionIdentifier::new(&subs, &[7; 32]);
+        assert_eq!(session_of(&open, &unsigned), Some(alice));
+    }
+
+    #[test]
+    fn jwks_keys_verify_and_bad_key_files_are_refused() {
+        let secret = b"jwks shared key";
+        let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+        let jwks = format!(r#"{{"keys":[{{"kty":"oct","k":"{k}","alg":"HS256"}}]}}"#);
+        let id = SessionIdentifier::new(&[Identifier::JwtClaim("sub".into())], &[7; 32])
+            .with_verifier(verifier(None, Some(&jwks)).unwrap());
+        assert!(session_of(&id, &signed("carol", secret)).is_some());
+        assert!(session_of(&id, &signed("carol", b"other")).is_none());
+        let e = verifier(None, Some("not json")).unwrap_err();
+        assert_eq!(e.key, "session.jwks_file");
+        let e = verifier(None, Some(r#"{"keys":[]}"#)).unwrap_err();
+        assert!(e.reason.contains("no keys"), "{e}");
+        let e = verifier(Some(b"\n"), None).unwrap_err();
+        assert_eq!(e.key, "session.jwt_secret_file");
+        assert!(verifier(None, None).unwrap().is_none());
     }
 
     #[test]
