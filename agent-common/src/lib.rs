@@ -61,7 +61,8 @@ pub const REINJECT_PROGRAM: &str = "seqshield_reinject";
 pub const REINJECT_META: u32 = 0x5e95_4e1d;
 
 /// Request starts the kernel can hold at once; more guarded operations are merged into
-/// fewer, wider guards by the agent.
+/// fewer, wider guards by the agent. 8 guards of 64 bytes over a 64-byte peek is what
+/// the verifier takes comfortably (16 × 128 went past its 1 M-instruction budget).
 pub const MAX_GUARDS: u32 = 8;
 /// 64-bit words of a guard's pattern: the method, one space and the path prefix.
 pub const GUARD_WORDS: usize = 8;
