@@ -155,86 +155,42 @@ pub enum AdminListener {
 pub async fn serve(listener: AdminListener, router: Router, limits: ServeLimits) {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
-        let accepted = match &listener {
-            AdminListener::Tcp(l) => l.accept().await.map(|(s, _)| Stream::Tcp(s)),
-            AdminListener::Unix(l) => l.accept().await.map(|(s, _)| Stream::Unix(s)),
-        };
-        let stream = match accepted {
-            Ok(stream) => stream,
-            Err(e) => {
-                // Out of file descriptors and the like: wait instead of spinning.
-                tracing::warn!(error = %e, "admin API: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!("admin API: connection limit reached, connection closed");
-            continue;
-        };
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        tokio::spawn(async move {
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(limits.header_timeout);
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let connection = http.serve_connection(io, service);
-            let _ = tokio::time::timeout(limits.connection_timeout, connection).await;
-            drop(slot);
-        });
-    }
-}
-
-/// An accepted admin connection.
-enum Stream {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
-}
-
-impl tokio::io::AsyncRead for Stream {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            Stream::Unix(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        let accepted =
+            match &listener {
+                AdminListener::Tcp(l) => l.accept().await.map(|(s, _)| {
+                    tokio::spawn(serve_one(s, router.clone(), limits, slots.clone()))
+                }),
+                AdminListener::Unix(l) => l.accept().await.map(|(s, _)| {
+                    tokio::spawn(serve_one(s, router.clone(), limits, slots.clone()))
+                }),
+            };
+        if let Err(e) = accepted {
+            // Out of file descriptors and the like: wait instead of spinning.
+            tracing::warn!(error = %e, "admin API: accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
 
-impl tokio::io::AsyncWrite for Stream {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            Stream::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
-            Stream::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            Stream::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-        }
-    }
+/// One admin connection, within `limits`; closed at once when every slot is taken.
+async fn serve_one<S>(
+    stream: S,
+    router: Router,
+    limits: ServeLimits,
+    slots: Arc<tokio::sync::Semaphore>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok(_slot) = slots.try_acquire_owned() else {
+        tracing::debug!("admin API: connection limit reached, connection closed");
+        return;
+    };
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let _ = tokio::time::timeout(limits.connection_timeout, connection).await;
 }
 
 /// Who may call what (SPEC §8 `[admin]`): changes always need the bearer token, reads

@@ -17,7 +17,7 @@ use crate::enforce::hold::{Holder, Release, compile_guards};
 use crate::enforce::kernel::KernelEnforcer;
 use crate::enforce::{Verdict, VerdictAction};
 use crate::metrics::KernelView;
-use crate::packet::{Captured, FlowKey};
+use crate::packet::{Captured, FlowKey, Segment};
 use crate::persist;
 use crate::pipeline::Pipeline;
 use crate::source::live::{AttachOptions, KernelCounters, KernelHolds, LiveCapture, LiveError};
@@ -229,10 +229,16 @@ fn capture_loop(
             || shared.pipeline(),
             |pipeline, packet| {
                 let before = pipeline.stats_requests();
-                let held = outcomes.holds.as_mut().and_then(|h| h.keep(&packet));
-                pipeline.process_captured(&packet, &mut outcomes);
-                if let (Some(holds), Some(flow)) = (outcomes.holds.as_mut(), held) {
-                    holds.judged.push((flow, pipeline.awaiting_request(&flow)));
+                match outcomes.holds.as_mut().and_then(|h| h.keep(&packet)) {
+                    // A held frame, decoded once: kept, read, then settled.
+                    Some(segment) => {
+                        let flow = segment.flow;
+                        pipeline.process_captured(&Captured::Segment(segment), &mut outcomes);
+                        if let Some(holds) = outcomes.holds.as_mut() {
+                            holds.judged.push((flow, pipeline.awaiting_request(&flow)));
+                        }
+                    }
+                    None => pipeline.process_captured(&packet, &mut outcomes),
                 }
                 requests += pipeline.stats_requests() - before;
             },
@@ -334,8 +340,9 @@ impl Holds {
         }
     }
 
-    /// Keeps a held frame; its connection, to settle once the pipeline read it.
-    fn keep(&mut self, packet: &Captured<'_>) -> Option<FlowKey> {
+    /// Keeps a held frame; the segment it carries, for the pipeline to read (then its
+    /// connection is settled).
+    fn keep<'a>(&mut self, packet: &Captured<'a>) -> Option<Segment<'a>> {
         let &Captured::HeldFrame { ts, frame, cut } = packet else {
             return None;
         };
@@ -343,11 +350,10 @@ impl Holds {
             return None; // Not a segment of ours: the kernel's hold times out (fail-open).
         };
         let end = seg.seq.wrapping_add(seg.wire_len);
-        if !self.holder.hold(seg.flow, ts, seg.seq, end, frame, cut) {
-            // Too many holds at once: this one is released as soon as it is read.
-            self.judged.push((seg.flow, false));
-        }
-        Some(seg.flow)
+        // Refused only when 65 536 connections are held at once: that frame is left to
+        // the kernel's hold timeout and the client's retransmission (counted).
+        self.holder.hold(seg.flow, ts, seg.seq, end, frame, cut);
+        Some(seg)
     }
 
     /// The verdict cut `flow`: its held frames are dropped (the application never reads

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{NetPair, eventually, fixture, root_or_skip, signal, start_agent};
+use common::{NetPair, eventually, root_or_skip, signal, start_agent};
 
 /// Starts the bank server (5 ms per answer) and an agent with `enforce` settings.
 fn setup(admin_port: u16, enforce: &str) -> (tempfile::TempDir, NetPair, common::Agent) {
@@ -29,20 +29,9 @@ fn setup(admin_port: u16, enforce: &str) -> (tempfile::TempDir, NetPair, common:
 
 /// One keep-alive connection from the client namespace; the outcome of each request.
 fn session(pair: &NetPair, header: &str, steps: &[&str]) -> Vec<String> {
-    let client = fixture("session_client.py");
-    let mut args = vec!["python3", client.to_str().unwrap()];
-    args.extend([pair.server_ip.as_str(), "80", header]);
-    args.extend_from_slice(steps);
-    let out = pair.in_client(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
+    common::session_client(pair, &[], &pair.server_ip, header, steps)
+        .into_iter()
+        .map(|(outcome, _)| outcome)
         .collect()
 }
 

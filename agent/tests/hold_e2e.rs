@@ -50,8 +50,7 @@ fn setup(admin_port: u16, delay_ms: u32, enforce: &str) -> Setup {
 
 const HOLD: &str = "[enforce]\nmode = \"enforce\"\nhold = true\n";
 
-/// One keep-alive connection to `host`; the outcome of each request (status, reset,
-/// closed or timeout) and the milliseconds it took.
+/// One keep-alive connection to `host` as session `who`: outcomes and milliseconds.
 fn session(
     pair: &NetPair,
     env: &[&str],
@@ -59,26 +58,7 @@ fn session(
     who: &str,
     steps: &[&str],
 ) -> Vec<(String, f64)> {
-    let client = fixture("session_client.py");
-    let cookie = format!("Cookie: sid={who}");
-    let mut args = vec!["env", "TIMING=1"];
-    args.extend_from_slice(env);
-    args.extend(["python3", client.to_str().unwrap(), host, "80", &cookie]);
-    args.extend_from_slice(steps);
-    let out = pair.in_client(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let (outcome, ms) = l.split_once(' ').unwrap_or((l, "0"));
-            (outcome.to_string(), ms.parse().unwrap_or(0.0))
-        })
-        .collect()
+    common::session_client(pair, env, host, &format!("Cookie: sid={who}"), steps)
 }
 
 fn outcomes(results: &[(String, f64)]) -> Vec<&str> {

@@ -150,18 +150,13 @@ impl Holder {
         self.stats
     }
 
-    /// Connections with frames held now.
-    pub fn len(&self) -> usize {
-        self.flows.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.flows.is_empty()
     }
 
     /// Keeps a held frame of `flow` (a retransmission of one already kept is dropped).
     /// `seq`/`end_seq`: the segment's sequence range. Returns false when it cannot be
-    /// kept (too many holds): release the connection at once.
+    /// kept (too many holds; counted as not put back).
     pub fn hold(
         &mut self,
         flow: FlowKey,
@@ -172,6 +167,7 @@ impl Holder {
         cut: u32,
     ) -> bool {
         if self.flows.len() >= MAX_HELD_FLOWS && !self.flows.contains_key(&flow) {
+            self.stats.not_reinjected += 1;
             return false;
         }
         let held = self.flows.entry(flow).or_insert_with(|| {
@@ -190,11 +186,6 @@ impl Holder {
             held.frames.push((seq, frame.to_vec(), cut));
         }
         true
-    }
-
-    /// Whether `flow` has frames held.
-    pub fn holds(&self, flow: &FlowKey) -> bool {
-        self.flows.contains_key(flow)
     }
 
     /// The verdict blocked `flow`: its held frames are dropped. Returns the capture

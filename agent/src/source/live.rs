@@ -422,52 +422,31 @@ impl LiveCapture {
         n
     }
 
+    /// Takes map `name` out of the loaded object as the typed map `T`.
+    fn take_map<T>(&mut self, name: &'static str) -> Result<T, LiveError>
+    where
+        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self._ebpf.take_map(name).ok_or(LiveError::Missing(name))?;
+        T::try_from(map).map_err(|source| LiveError::Map { name, source })
+    }
+
     /// The kernel's block and flag maps, for the enforcer.
     pub fn take_enforcer(&mut self) -> Result<KernelEnforcer, LiveError> {
-        let mut take =
-            |name: &'static str| self._ebpf.take_map(name).ok_or(LiveError::Missing(name));
-        let map_err = |name: &'static str| move |source| LiveError::Map { name, source };
-        let flows =
-            HashMap::try_from(take(maps::BLOCKED_FLOWS)?).map_err(map_err(maps::BLOCKED_FLOWS))?;
-        let pairs =
-            HashMap::try_from(take(maps::BLOCKED_PAIRS)?).map_err(map_err(maps::BLOCKED_PAIRS))?;
-        let clients = HashMap::try_from(take(maps::BLOCKED_CLIENTS)?)
-            .map_err(map_err(maps::BLOCKED_CLIENTS))?;
-        let flagged =
-            HashMap::try_from(take(maps::FLAGGED_FLOWS)?).map_err(map_err(maps::FLAGGED_FLOWS))?;
-        Ok(KernelEnforcer::new(flows, pairs, clients, flagged))
+        Ok(KernelEnforcer::new(
+            self.take_map(maps::BLOCKED_FLOWS)?,
+            self.take_map(maps::BLOCKED_PAIRS)?,
+            self.take_map(maps::BLOCKED_CLIENTS)?,
+            self.take_map(maps::FLAGGED_FLOWS)?,
+        ))
     }
 
     /// The kernel's hold map and guard list, for the capture loop.
     pub fn take_holds(&mut self) -> Result<KernelHolds, LiveError> {
-        let holds = self
-            ._ebpf
-            .take_map(maps::HOLDS)
-            .ok_or(LiveError::Missing(maps::HOLDS))?;
-        let holds = HashMap::try_from(holds).map_err(|source| LiveError::Map {
-            name: maps::HOLDS,
-            source,
-        })?;
-        let guards = self
-            ._ebpf
-            .take_map(maps::GUARDS)
-            .ok_or(LiveError::Missing(maps::GUARDS))?;
-        let guards = Array::try_from(guards).map_err(|source| LiveError::Map {
-            name: maps::GUARDS,
-            source,
-        })?;
-        let config = self
-            ._ebpf
-            .take_map(maps::CONFIG)
-            .ok_or(LiveError::Missing(maps::CONFIG))?;
-        let config = Array::try_from(config).map_err(|source| LiveError::Map {
-            name: maps::CONFIG,
-            source,
-        })?;
         Ok(KernelHolds {
-            holds,
-            guards,
-            config,
+            holds: self.take_map(maps::HOLDS)?,
+            guards: self.take_map(maps::GUARDS)?,
+            config: self.take_map(maps::CONFIG)?,
             installed: Vec::new(),
         })
     }

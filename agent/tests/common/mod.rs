@@ -283,3 +283,35 @@ pub fn live_report(pair: &NetPair, agent: &Agent) -> Option<Report> {
         .success()
         .then(|| serde_json::from_slice(&out.stdout).expect("report JSON"))
 }
+
+/// One keep-alive connection from the client namespace to `host`:80 with one extra
+/// header line (tests/fixtures/session_client.py, `env` settings before it); the
+/// outcome of each request (status, reset, closed or timeout) and the milliseconds it
+/// took.
+pub fn session_client(
+    pair: &NetPair,
+    env: &[&str],
+    host: &str,
+    header: &str,
+    steps: &[&str],
+) -> Vec<(String, f64)> {
+    let client = fixture("session_client.py");
+    let mut args = vec!["env", "TIMING=1"];
+    args.extend_from_slice(env);
+    args.extend(["python3", client.to_str().unwrap(), host, "80", header]);
+    args.extend_from_slice(steps);
+    let out = pair.in_client(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (outcome, ms) = l.split_once(' ').unwrap_or((l, "0"));
+            (outcome.to_string(), ms.parse().unwrap_or(0.0))
+        })
+        .collect()
+}
