@@ -353,12 +353,14 @@ async fn metrics_text(State(state): State<Arc<AgentState>>) -> Response {
     let pipeline = state.pipeline();
     let stats = pipeline.stats();
     let (live_sessions, tracked_sequences) = pipeline.table_sizes();
+    let buffered_bytes = pipeline.buffered_bytes();
     let violations = pipeline.violations();
     drop(pipeline);
     let text = metrics::render(&metrics::Snapshot {
         stats: &stats,
         live_sessions,
         tracked_sequences,
+        buffered_bytes,
         violations: &violations,
         kernel,
         request_seconds: &state.request_seconds,

@@ -64,6 +64,10 @@ pub struct CaptureConfig {
     /// connections open indefinitely; the flow table's cap bounds memory either way.
     #[serde(deserialize_with = "human_duration")]
     pub flow_idle_timeout: Duration,
+    /// Bytes buffered across all connections while waiting for more: segments queued
+    /// behind a reassembly hole and unfinished request heads (each also capped per
+    /// connection). Beyond it the newest are dropped and counted.
+    pub max_buffer_bytes: usize,
 }
 
 impl Default for CaptureConfig {
@@ -73,6 +77,7 @@ impl Default for CaptureConfig {
             ports: vec![80, 8080],
             snaplen: 4096,
             flow_idle_timeout: Duration::from_secs(2 * 3600),
+            max_buffer_bytes: crate::budget::DEFAULT_MAX_BUFFER_BYTES,
         }
     }
 }
@@ -385,6 +390,8 @@ impl Default for StateConfig {
 pub const MAX_IDENTIFIERS: usize = 10;
 /// Longest rule title (SPEC §4).
 pub const MAX_TITLE_CHARS: usize = 50;
+/// Smallest `[capture] max_buffer_bytes`.
+pub const MIN_BUFFER_BYTES: usize = 1 << 20;
 
 impl Config {
     /// Reads and validates a config file. Checks that need the operation catalog (rule
@@ -525,6 +532,15 @@ impl Config {
         }
         if self.capture.snaplen == 0 {
             err("capture.snaplen", "must be at least 1".into());
+        }
+        if self.capture.max_buffer_bytes < MIN_BUFFER_BYTES {
+            err(
+                "capture.max_buffer_bytes",
+                format!(
+                    "must be at least {MIN_BUFFER_BYTES} (1 MiB): one connection alone may \
+                     buffer 256 KiB out of order and a 32 KiB head"
+                ),
+            );
         }
         for ep in &self.endpoints {
             let i = ep.position;

@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
+use crate::budget::BufferBudget;
 use crate::evict::EvictionQueue;
 use crate::packet::{Checksum, Direction, FlowKey, MAX_WSCALE, Segment};
 use crate::{NANOS_PER_SEC, Nanos};
@@ -41,8 +42,6 @@ pub const MAX_FLOWS: usize = 65_536;
 /// [`SEGMENT_OVERHEAD`]). Beyond it the farthest segments are dropped, as Linux's
 /// `tcp_prune_ofo_queue` does when a socket's receive buffer is full.
 pub const MAX_PENDING_BYTES: usize = 256 * 1024;
-/// Out-of-order bytes held across all connections.
-pub const MAX_PENDING_TOTAL: usize = 64 << 20;
 /// What one waiting segment costs besides its bytes (so 1-byte segments are bounded).
 const SEGMENT_OVERHEAD: usize = 64;
 /// Fallback when the server's acknowledgments cannot tell (no server facts for the
@@ -202,8 +201,9 @@ pub struct FlowTable<S> {
     eviction: EvictionQueue<FlowKey>,
     limits: FlowLimits,
     last_sweep: Nanos,
-    /// Out-of-order bytes held across connections.
-    pending_total: usize,
+    /// Out-of-order bytes held across connections count here, with the HTTP stage's
+    /// unfinished heads.
+    budget: BufferBudget,
     /// Events the capture lost so far: a hole that opened before a loss may never be
     /// acknowledged where the agent can see it.
     capture_loss: u64,
@@ -212,7 +212,7 @@ pub struct FlowTable<S> {
 
 impl<S: Default> Default for FlowTable<S> {
     fn default() -> Self {
-        Self::new(FlowLimits::default())
+        Self::new(FlowLimits::default(), BufferBudget::default())
     }
 }
 
@@ -220,12 +220,14 @@ impl<S: Default> Default for FlowTable<S> {
 struct Ctx<'a, D> {
     key: &'a FlowKey,
     stats: &'a mut FlowStats,
-    pending_total: &'a mut usize,
+    budget: &'a BufferBudget,
     deliver: &'a mut D,
 }
 
 impl<S: Default> FlowTable<S> {
-    pub fn new(limits: FlowLimits) -> Self {
+    /// A table whose out-of-order bytes count against `budget` (shared with the
+    /// consumers' own buffers).
+    pub fn new(limits: FlowLimits, budget: BufferBudget) -> Self {
         Self {
             flows: HashMap::default(),
             eviction: EvictionQueue::default(),
@@ -234,7 +236,7 @@ impl<S: Default> FlowTable<S> {
                 ..limits
             },
             last_sweep: 0,
-            pending_total: 0,
+            budget,
             capture_loss: 0,
             stats: FlowStats::default(),
         }
@@ -304,7 +306,7 @@ impl<S: Default> FlowTable<S> {
             && !self.flows.contains_key(&seg.flow)
             && let Some(gone) = evict_one(&mut self.flows, &mut self.eviction, seg.ts)
         {
-            self.pending_total -= gone.pending_bytes;
+            self.budget.give_back(gone.pending_bytes);
             self.stats.flows_evicted += 1;
             if gone.server.is_none() && !gone.closed {
                 self.stats.one_sided_flows += 1;
@@ -314,7 +316,7 @@ impl<S: Default> FlowTable<S> {
         let mut ctx = Ctx {
             key: &seg.flow,
             stats: &mut self.stats,
-            pending_total: &mut self.pending_total,
+            budget: &self.budget,
             deliver,
         };
         match self.flows.entry(seg.flow) {
@@ -372,7 +374,7 @@ impl<S: Default> FlowTable<S> {
         let mut ctx = Ctx {
             key: &seg.flow,
             stats: &mut self.stats,
-            pending_total: &mut self.pending_total,
+            budget: &self.budget,
             deliver,
         };
         flow.server_facts(seg, &mut ctx);
@@ -391,7 +393,7 @@ impl<S: Default> FlowTable<S> {
         let loss = self.capture_loss;
         let idle_timeout = self.limits.idle_timeout;
         let stats = &mut self.stats;
-        let pending_total = &mut self.pending_total;
+        let budget = &self.budget;
         self.flows.retain(|key, flow| {
             let idle = now.saturating_sub(flow.last_seen);
             if flow.closed {
@@ -400,14 +402,14 @@ impl<S: Default> FlowTable<S> {
             let mut ctx = Ctx {
                 key,
                 stats,
-                pending_total,
+                budget,
                 deliver,
             };
             flow.hole_timer(now, loss, &mut ctx);
             let keep = idle <= idle_timeout;
             if !keep {
                 ctx.stats.flows_expired += 1;
-                *ctx.pending_total -= flow.pending_bytes;
+                ctx.budget.give_back(flow.pending_bytes);
                 if flow.server.is_none() {
                     ctx.stats.one_sided_flows += 1;
                 }
@@ -520,7 +522,7 @@ impl<S: Default> Flow<S> {
         if self.server.is_none() {
             ctx.stats.one_sided_flows += 1;
         }
-        *ctx.pending_total -= self.pending_bytes;
+        ctx.budget.give_back(self.pending_bytes);
         self.pending = Vec::new();
         self.pending_bytes = 0;
         self.app = S::default();
@@ -539,7 +541,7 @@ impl<S: Default> Flow<S> {
             ctx.stats.flows_closed += 1;
             ctx.stats.one_sided_flows += 1;
             ctx.stats.flows_opened += 1;
-            *ctx.pending_total -= self.pending_bytes;
+            ctx.budget.give_back(self.pending_bytes);
             *self = Flow::new(seg);
             return;
         }
@@ -696,7 +698,7 @@ impl<S: Default> Flow<S> {
             self.gap_loss = loss;
         }
         self.queue(seg, ctx);
-        if self.pending_bytes > MAX_PENDING_BYTES || *ctx.pending_total > MAX_PENDING_TOTAL {
+        if self.pending_bytes > MAX_PENDING_BYTES || ctx.budget.over() {
             if self.server.is_some() {
                 self.prune(ctx);
             } else {
@@ -731,7 +733,7 @@ impl<S: Default> Flow<S> {
                 at -= 1;
                 let gone = self.pending.remove(at);
                 self.pending_bytes -= gone.cost();
-                *ctx.pending_total -= gone.cost();
+                ctx.budget.give_back(gone.cost());
             }
         }
         let new = Pending {
@@ -740,7 +742,7 @@ impl<S: Default> Flow<S> {
             data: seg.payload.to_vec(),
         };
         self.pending_bytes += new.cost();
-        *ctx.pending_total += new.cost();
+        ctx.budget.take(new.cost());
         self.pending.insert(at, new);
         // Remove what the new segment wholly covers.
         while let Some(next) = self.pending.get(at + 1) {
@@ -749,18 +751,18 @@ impl<S: Default> Flow<S> {
             }
             let gone = self.pending.remove(at + 1);
             self.pending_bytes -= gone.cost();
-            *ctx.pending_total -= gone.cost();
+            ctx.budget.give_back(gone.cost());
         }
     }
 
     /// Drops the farthest waiting segments until the bounds hold again.
     fn prune<D>(&mut self, ctx: &mut Ctx<'_, D>) {
-        while self.pending_bytes > MAX_PENDING_BYTES || *ctx.pending_total > MAX_PENDING_TOTAL {
+        while self.pending_bytes > MAX_PENDING_BYTES || ctx.budget.over() {
             let Some(gone) = self.pending.pop() else {
                 break;
             };
             self.pending_bytes -= gone.cost();
-            *ctx.pending_total -= gone.cost();
+            ctx.budget.give_back(gone.cost());
             ctx.stats.pruned_segments += 1;
         }
     }
@@ -785,7 +787,7 @@ impl<S: Default> Flow<S> {
                 // The server took the SYN the old connection ignored: a new connection.
                 ctx.stats.flows_closed += 1;
                 ctx.stats.flows_opened += 1;
-                *ctx.pending_total -= self.pending_bytes;
+                ctx.budget.give_back(self.pending_bytes);
                 *self = Flow::opened_by(syn, seg.ts);
             }
             if self.server.is_none() || self.isn.is_some_and(|i| seg.ack == i.wrapping_add(1)) {
@@ -864,7 +866,7 @@ impl<S: Default> Flow<S> {
                 Some(s) if !after(s, self.next_seq) => {
                     let p = self.pending.remove(0);
                     self.pending_bytes -= p.cost();
-                    *ctx.pending_total -= p.cost();
+                    ctx.budget.give_back(p.cost());
                     self.deliver_from(p.seq, &p.data, p.wire_len, ctx);
                 }
                 _ => {
@@ -943,7 +945,7 @@ impl<S: Default> Flow<S> {
             }
             let p = self.pending.remove(0);
             self.pending_bytes -= p.cost();
-            *ctx.pending_total -= p.cost();
+            ctx.budget.give_back(p.cost());
             self.deliver_from(p.seq, &p.data, p.wire_len, ctx);
         }
     }

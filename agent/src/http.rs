@@ -9,6 +9,7 @@
 
 use std::mem::MaybeUninit;
 
+use crate::budget::{BufferBudget, Lease};
 use crate::flow::Piece;
 
 mod lenient;
@@ -65,6 +66,9 @@ pub struct HttpStats {
     /// Requests with both `Content-Length` and `Transfer-Encoding` (the latter wins,
     /// RFC 9112 §6.3), or a repeated `Content-Length` list.
     pub ambiguous_framing: u64,
+    /// Unfinished heads dropped because `[capture] max_buffer_bytes` was reached (the
+    /// requests they began are missed).
+    pub heads_over_budget: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +104,8 @@ pub struct HttpStream {
     /// (which would scan it quadratically).
     scanned: usize,
     state: State,
+    /// `carry`'s share of the buffer budget.
+    lease: Lease,
     /// Parser runs over carried heads (tests check the quadratic case is gone).
     carried_parses: u32,
 }
@@ -110,6 +116,7 @@ impl Default for HttpStream {
             carry: Vec::new(),
             scanned: 0,
             state: State::Head,
+            lease: Lease::default(),
             carried_parses: 0,
         }
     }
@@ -117,8 +124,30 @@ impl Default for HttpStream {
 
 impl HttpStream {
     /// Takes the next piece of the connection; calls `on_request` for each complete
-    /// request head, in order.
+    /// request head, in order. What is left carried over counts against `budget`.
     pub fn feed(
+        &mut self,
+        piece: Piece<'_>,
+        budget: &BufferBudget,
+        stats: &mut HttpStats,
+        on_request: &mut impl FnMut(&RequestHead<'_>),
+    ) {
+        self.take_piece(piece, stats, on_request);
+        if self.lease.set(budget, self.carry.capacity()) {
+            return;
+        }
+        // The budget is spent: an unfinished head (or framing line) is given up as if
+        // its bytes were lost; an empty buffer is just freed.
+        if !self.carry.is_empty() {
+            stats.heads_over_budget += 1;
+            self.state = State::Resync;
+            self.scanned = 0;
+        }
+        self.carry = Vec::new();
+        self.lease.set(budget, 0);
+    }
+
+    fn take_piece(
         &mut self,
         piece: Piece<'_>,
         stats: &mut HttpStats,
@@ -489,9 +518,14 @@ mod tests {
         let mut stats = HttpStats::default();
         let mut seen = Vec::new();
         for p in pieces {
-            stream.feed(*p, &mut stats, &mut |r: &RequestHead<'_>| {
-                seen.push(format!("{} {}", r.method, r.target));
-            });
+            stream.feed(
+                *p,
+                &BufferBudget::default(),
+                &mut stats,
+                &mut |r: &RequestHead<'_>| {
+                    seen.push(format!("{} {}", r.method, r.target));
+                },
+            );
         }
         (seen, stats)
     }
@@ -571,18 +605,57 @@ mod tests {
     }
 
     #[test]
+    fn heads_beyond_the_shared_budget_are_dropped_and_counted() {
+        let budget = BufferBudget::new(1000);
+        let mut stats = HttpStats::default();
+        let mut seen = Vec::new();
+        let mut feed = |stream: &mut HttpStream, bytes: &str, stats: &mut HttpStats| {
+            stream.feed(data(bytes), &budget, stats, &mut |r: &RequestHead<'_>| {
+                seen.push(r.target.to_string())
+            })
+        };
+        let mut a = HttpStream::default();
+        let mut b = HttpStream::default();
+        let filler = format!("GET /a HTTP/1.1\r\nX: {}\r\n", "a".repeat(880));
+        feed(&mut a, &filler, &mut stats);
+        // B's unfinished head does not fit next to A's: dropped, counted.
+        let long = format!("GET /b HTTP/1.1\r\nX: {}\r\n", "b".repeat(200));
+        feed(&mut b, &long, &mut stats);
+        assert_eq!(stats.heads_over_budget, 1);
+        // Its end is skipped; a whole request after it needs no buffer and is read.
+        feed(&mut b, "\r\nGET /c HTTP/1.1\r\n\r\n", &mut stats);
+        // A finishes its head: read, and its grown buffer freed rather than kept over
+        // the budget (not counted: nothing was lost).
+        feed(&mut a, "\r\n", &mut stats);
+        assert_eq!(stats.heads_over_budget, 1);
+        // A connection dropped with a head in its buffer gives it back.
+        feed(&mut a, "GET /d HTTP/1.1\r\n", &mut stats);
+        feed(&mut a, "X: d\r\n", &mut stats);
+        assert!(budget.used() > 0);
+        drop(a);
+        assert_eq!(budget.used(), 0);
+        assert_eq!(seen, ["/c", "/a"]);
+    }
+
+    #[test]
     fn endless_header_lines_are_bounded() {
         let mut stream = HttpStream::default();
         let mut stats = HttpStats::default();
         stream.feed(
             data("GET / HTTP/1.1\r\n"),
+            &BufferBudget::default(),
             &mut stats,
             &mut |_: &RequestHead<'_>| {},
         );
         let line =
             "X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
         for _ in 0..10_000 {
-            stream.feed(data(line), &mut stats, &mut |_: &RequestHead<'_>| {});
+            stream.feed(
+                data(line),
+                &BufferBudget::default(),
+                &mut stats,
+                &mut |_: &RequestHead<'_>| {},
+            );
             assert!(stream.carry.len() <= MAX_HEAD_BYTES + line.len());
         }
         assert!(stats.parse_errors >= 1);
@@ -705,9 +778,12 @@ mod tests {
         assert!(head.len() > 20_000 && head.len() < MAX_HEAD_BYTES);
         let mut seen = 0;
         for b in head.as_bytes().chunks(1) {
-            stream.feed(Piece::Data(b), &mut stats, &mut |_: &RequestHead<'_>| {
-                seen += 1
-            });
+            stream.feed(
+                Piece::Data(b),
+                &BufferBudget::default(),
+                &mut stats,
+                &mut |_: &RequestHead<'_>| seen += 1,
+            );
         }
         assert_eq!(seen, 1);
         // Parsed when the empty line arrived, not once per byte.
@@ -761,7 +837,7 @@ mod tests {
             let mut stream = HttpStream::default();
             let mut stats = HttpStats::default();
             for c in &chunks {
-                stream.feed(Piece::Data(c), &mut stats, &mut |_: &RequestHead<'_>| {});
+                stream.feed(Piece::Data(c), &BufferBudget::default(), &mut stats, &mut |_: &RequestHead<'_>| {});
                 prop_assert!(stream.carry.len() <= MAX_HEAD_BYTES + 300);
             }
         }

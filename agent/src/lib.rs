@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod alerts;
 pub mod analytics;
+pub mod budget;
 pub mod config;
 pub mod daemon;
 pub mod defrag;

@@ -36,6 +36,8 @@ pub struct Snapshot<'a> {
     pub stats: &'a Stats,
     pub live_sessions: usize,
     pub tracked_sequences: usize,
+    /// Bytes buffered now for reassembly and unfinished heads, and the limit.
+    pub buffered_bytes: (usize, usize),
     /// (rule id, rule title, action, count)
     pub violations: &'a [(String, String, &'static str, u64)],
     pub kernel: KernelView,
@@ -213,6 +215,24 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "tracked_sequences",
         "Distinct sequences in the sequence table",
         s.tracked_sequences as u64,
+    );
+    gauge(
+        &mut registry,
+        "buffered_bytes",
+        "Bytes waiting for more: segments behind reassembly holes and unfinished heads",
+        s.buffered_bytes.0 as u64,
+    );
+    gauge(
+        &mut registry,
+        "buffer_limit_bytes",
+        "[capture] max_buffer_bytes",
+        s.buffered_bytes.1 as u64,
+    );
+    counter(
+        &mut registry,
+        "heads_over_budget",
+        "Unfinished request heads dropped because max_buffer_bytes was reached",
+        s.stats.heads_over_budget,
     );
     labelled(
         &mut registry,

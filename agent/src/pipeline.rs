@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::alerts::{Alert, AlertAction, OutcomeSink, SEQUENCE_VIOLATION, rfc3339};
 use crate::analytics::{Analytics, AnalyticsState};
+use crate::budget::BufferBudget;
 use crate::config::{Config, ConfigError, EnforceMode, RuleAction};
 use crate::defrag::{Defrag, FragStats};
 use crate::enforce::Blocks;
@@ -106,6 +107,8 @@ pub struct Pipeline {
     /// The analysed server ports (for segments put back together from fragments).
     ports: Vec<u16>,
     flows: FlowTable<Connection>,
+    /// `[capture] max_buffer_bytes`: out-of-order segments and unfinished heads.
+    buffers: BufferBudget,
     http: HttpStats,
     analysis: Analysis,
     packets: u64,
@@ -124,13 +127,18 @@ impl Pipeline {
         let rules = RuleSet::compile(&config.rules, &mut catalog, &config.source)?;
         let seq = &config.sequence;
         let window = duration_nanos(seq.window);
+        let buffers = BufferBudget::new(config.capture.max_buffer_bytes);
         Ok(Self {
             defrag: Defrag::default(),
             ports: config.capture.ports.clone(),
-            flows: FlowTable::new(FlowLimits {
-                max_flows: MAX_FLOWS,
-                idle_timeout: duration_nanos(config.capture.flow_idle_timeout),
-            }),
+            flows: FlowTable::new(
+                FlowLimits {
+                    max_flows: MAX_FLOWS,
+                    idle_timeout: duration_nanos(config.capture.flow_idle_timeout),
+                },
+                buffers.clone(),
+            ),
+            buffers,
             http: HttpStats::default(),
             analysis: Analysis {
                 catalog,
@@ -169,12 +177,14 @@ impl Pipeline {
         self.newest = self.newest.max(seg.ts);
         let Self {
             flows,
+            buffers,
             http,
             analysis,
             ..
         } = self;
         let mut deliver = Deliver {
             ts: seg.ts,
+            buffers,
             http,
             analysis,
             alerts,
@@ -263,12 +273,14 @@ impl Pipeline {
     pub fn tick(&mut self, now: Nanos, alerts: &mut dyn OutcomeSink) {
         let Self {
             flows,
+            buffers,
             http,
             analysis,
             ..
         } = self;
         let mut deliver = Deliver {
             ts: now,
+            buffers,
             http,
             analysis,
             alerts,
@@ -288,6 +300,11 @@ impl Pipeline {
         for_each_packet(capture, ports, |packet| {
             self.process_captured(&packet, alerts)
         })
+    }
+
+    /// Bytes buffered now (out-of-order segments and unfinished heads) and the limit.
+    pub fn buffered_bytes(&self) -> (usize, usize) {
+        (self.buffers.used(), self.buffers.limit())
     }
 
     /// Events the live source lost before they reached the pipeline: the kernel's
@@ -332,6 +349,7 @@ impl Pipeline {
             truncated_requests: self.http.truncated_requests,
             lenient_requests: self.http.lenient_requests,
             ambiguous_framing: self.http.ambiguous_framing,
+            heads_over_budget: self.http.heads_over_budget,
             unmatched_requests: c.unmatched,
             other_requests: c.other,
             alerts: c.alerts,
@@ -536,6 +554,7 @@ impl ReportInputs {
 /// completes to the analysis: the one delivery path of `process` and `tick`.
 struct Deliver<'a> {
     ts: Nanos,
+    buffers: &'a BufferBudget,
     http: &'a mut HttpStats,
     analysis: &'a mut Analysis,
     alerts: &'a mut dyn OutcomeSink,
@@ -555,11 +574,12 @@ impl Deliver<'_> {
         let confirmed = *confirmed;
         let Self {
             ts,
+            buffers,
             http,
             analysis,
             alerts,
         } = self;
-        stream.feed(piece, http, &mut |head: &RequestHead<'_>| {
+        stream.feed(piece, buffers, http, &mut |head: &RequestHead<'_>| {
             analysis.on_request(*ts, key, confirmed, head, session, *alerts)
         });
     }

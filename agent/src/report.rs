@@ -69,6 +69,9 @@ pub struct Stats {
     /// Requests framed by both Content-Length and Transfer-Encoding, or by a repeated
     /// Content-Length (RFC 9112 §6.3).
     pub ambiguous_framing: u64,
+    /// Unfinished request heads dropped because `[capture] max_buffer_bytes` was
+    /// reached (their requests are missed).
+    pub heads_over_budget: u64,
     /// Requests matching no endpoint with discovery off.
     pub unmatched_requests: u64,
     /// Requests beyond `max_operations` discovered operations.

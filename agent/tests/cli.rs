@@ -435,6 +435,7 @@ fn check_config_reports_every_mistake_at_once() {
     for (key, reason) in [
         ("capture.ports", "invalid type"),
         ("capture.snaplen", "at least 1"),
+        ("capture.max_buffer_bytes", "at least 1048576"),
         ("nonsense", "unknown section"),
         ("sequence.min_suport", "unknown field"),
         ("sequence.window", "invalid duration"),
@@ -452,7 +453,7 @@ fn check_config_reports_every_mistake_at_once() {
             "{key}: {reason}\n{stderr}"
         );
     }
-    assert!(stderr.contains("10 error(s)"), "{stderr}");
+    assert!(stderr.contains("11 error(s)"), "{stderr}");
 }
 
 #[test]

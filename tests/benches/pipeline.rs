@@ -78,6 +78,51 @@ fn benches(c: &mut Criterion) {
         })
     });
     group.finish();
+    slow_head(c, &config);
+}
+
+/// Bytes of the head an attacker trickles in one byte per segment (under the 32 KiB a
+/// connection may buffer).
+const SLOW_HEAD_BYTES: usize = 30 * 1024;
+
+/// One large request head arriving one byte per TCP segment, against the same head in
+/// one segment: the cost per segment must stay flat (no re-parse of what was carried).
+fn slow_head(c: &mut Criterion, config: &Config) {
+    let head = format!(
+        "GET /api/v1/accounts/1/balance HTTP/1.1\r\nHost: bank.test\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(SLOW_HEAD_BYTES - 80)
+    );
+    let capture = |cuts: &[usize]| {
+        let mut cap = seqshield_tests::capture::Capture::new();
+        let mut conn = cap.open(1_700_000_000_000_000_000, "10.1.0.1:40000", "10.0.0.1:80");
+        cap.send_split(1_700_000_000_001_000_000, &mut conn, head.as_bytes(), cuts);
+        cap.to_pcap(Link::Ethernet)
+    };
+    let every_byte: Vec<usize> = (1..head.len()).collect();
+    let trickled = capture(&every_byte);
+    let whole = capture(&[]);
+    let mut group = c.benchmark_group("slow_head");
+    group.throughput(Throughput::Bytes(head.len() as u64));
+    group.sample_size(20);
+    for (name, pcap) in [("one_byte_segments", &trickled), ("one_segment", &whole)] {
+        let mut p = Pipeline::new(config, &[7; 32]).unwrap();
+        p.replay_pcap(pcap, &[80], &mut CountingSink::default())
+            .unwrap();
+        assert_eq!(p.stats().requests, 1, "{name}");
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || Pipeline::new(config, &[7; 32]).unwrap(),
+                |mut pipeline| {
+                    pipeline
+                        .replay_pcap(pcap, &[80], &mut CountingSink::default())
+                        .unwrap();
+                    pipeline
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    group.finish();
 }
 
 criterion_group!(pipeline, benches);

@@ -434,8 +434,9 @@ fn bench(root: &Path) -> Result<()> {
             "--locked",
         ],
     )?;
-    let dir = root.join("target/criterion/requests");
+    let criterion = root.join("target/criterion");
     let read = |name: &str| -> Result<(f64, f64)> {
+        let dir = criterion.join(if name.contains('/') { "" } else { "requests" });
         let bench: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
             dir.join(name).join("new/benchmark.json"),
         )?)?;
@@ -444,6 +445,7 @@ fn bench(root: &Path) -> Result<()> {
         )?)?;
         let elements = bench["throughput"]["Elements"]
             .as_f64()
+            .or_else(|| bench["throughput"]["Bytes"].as_f64())
             .context("throughput in benchmark.json")?;
         let mean_ns = estimates["mean"]["point_estimate"]
             .as_f64()
@@ -464,6 +466,16 @@ fn bench(root: &Path) -> Result<()> {
         httparse_ns / requests
     );
     println!("pipeline / httparse: {:.2}x", pipeline_ns / httparse_ns);
+    let (bytes, trickled_ns) = read("slow_head/one_byte_segments")?;
+    let (_, whole_ns) = read("slow_head/one_segment")?;
+    println!(
+        "\n== a {bytes} B head one byte per segment ==\n{:.0} ns per segment; {:.2} ms in all, \
+         {:.0}x the same head in one segment ({:.1} µs)",
+        trickled_ns / bytes,
+        trickled_ns / 1e6,
+        trickled_ns / whole_ns,
+        whole_ns / 1e3
+    );
     Ok(())
 }
 

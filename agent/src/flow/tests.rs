@@ -519,11 +519,41 @@ fn pending_buffer_is_bounded() {
 }
 
 #[test]
+fn out_of_order_bytes_share_the_buffer_budget() {
+    let budget = BufferBudget::new(100_000);
+    // What the HTTP stage holds in unfinished heads counts against the same budget.
+    let mut heads = crate::budget::Lease::default();
+    assert!(heads.set(&budget, 60_000));
+    let mut table: FlowTable<Seen> = FlowTable::new(FlowLimits::default(), budget.clone());
+    let mut sink = |_: &mut Seen, _: &FlowKey, _: Piece<'_>| {};
+    let mut syn = seg(0, ISN, SYN, b"");
+    syn.wscale = Some(14);
+    table.push(&syn, &mut sink);
+    let mut synack = srv(0, ISN + 1, 65_535, SYN_ACK);
+    synack.seq = SERVER_ISN;
+    synack.wscale = Some(14);
+    table.push(&synack, &mut sink);
+    table.push(&srv(0, ISN + 1, 65_535, ACK), &mut sink);
+    let big = vec![b'x'; 1000];
+    for i in 0..100u32 {
+        table.push(&seg(1, 101 + i * 1000, ACK, &big), &mut sink);
+        assert!(budget.used() <= budget.limit());
+    }
+    assert!(table.stats().pruned_segments > 50);
+    // Filling the hole hands the queue on and gives its bytes back.
+    table.push(&seg(2, ISN + 1, ACK, &[b'y'; 100]), &mut sink);
+    assert_eq!(budget.used(), 60_000);
+}
+
+#[test]
 fn flow_table_is_bounded() {
-    let mut table: FlowTable<Seen> = FlowTable::new(FlowLimits {
-        max_flows: 4,
-        ..FlowLimits::default()
-    });
+    let mut table: FlowTable<Seen> = FlowTable::new(
+        FlowLimits {
+            max_flows: 4,
+            ..FlowLimits::default()
+        },
+        BufferBudget::default(),
+    );
     for port in 0..100u16 {
         let mut s = seg(u64::from(port), 1, ACK, b"x");
         s.flow.client.set_port(port);
@@ -535,10 +565,13 @@ fn flow_table_is_bounded() {
 
 #[test]
 fn an_active_connection_survives_a_flood_of_new_ones() {
-    let mut table: FlowTable<Seen> = FlowTable::new(FlowLimits {
-        max_flows: 100,
-        ..FlowLimits::default()
-    });
+    let mut table: FlowTable<Seen> = FlowTable::new(
+        FlowLimits {
+            max_flows: 100,
+            ..FlowLimits::default()
+        },
+        BufferBudget::default(),
+    );
     let mut sink = |app: &mut Seen, _: &FlowKey, piece: Piece<'_>| {
         if let Piece::Data(d) = piece {
             app.0.push_str(&String::from_utf8_lossy(d));
@@ -572,10 +605,13 @@ fn a_long_keep_alive_silence_keeps_the_connection() {
         seg(later + 1, 105, ACK, b"f"),
     ]));
     assert_eq!(r.out, "abcdef");
-    let short = FlowTable::new(FlowLimits {
-        idle_timeout: 300 * NANOS_PER_SEC,
-        ..FlowLimits::default()
-    });
+    let short = FlowTable::new(
+        FlowLimits {
+            idle_timeout: 300 * NANOS_PER_SEC,
+            ..FlowLimits::default()
+        },
+        BufferBudget::default(),
+    );
     let r = run_with(
         short,
         &with_handshake(vec![seg(1, 100, ACK, b"abc"), seg(later, 103, ACK, b"de")]),
