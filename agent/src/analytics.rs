@@ -181,6 +181,27 @@ impl SeqKey {
         Self(out)
     }
 
+    /// A sort key ordering keys by their final operation, then the one before, ...
+    fn most_recent_first(&self) -> [u64; 3] {
+        // Position 0 sits in a word's low 16 bits: reverse the 16-bit lanes so that it
+        // is the most significant.
+        self.0.map(|w| {
+            let w = w.rotate_left(32);
+            ((w & 0xffff_0000_ffff_0000) >> 16) | ((w & 0x0000_ffff_0000_ffff) << 16)
+        })
+    }
+
+    /// How many of their most recent operations two keys share.
+    fn shared_recent(&self, other: &Self) -> usize {
+        for (i, (a, b)) in self.0.iter().zip(&other.0).enumerate() {
+            let diff = a ^ b;
+            if diff != 0 {
+                return (i * 4 + diff.trailing_zeros() as usize / 16).min(MAX_SEQUENCE_OPS);
+            }
+        }
+        MAX_SEQUENCE_OPS
+    }
+
     /// From operations in chronological order.
     pub fn from_ops(ops: &[OpId]) -> Self {
         ops.iter()
@@ -434,32 +455,58 @@ pub struct ScoreInputs {
 
 impl ScoreInputs {
     /// The scores [`Analytics::scores`] gives.
-    pub fn scores(self, min_support: u64) -> Vec<SequenceScore> {
+    pub fn scores(mut self, min_support: u64) -> Vec<SequenceScore> {
         // N(s): every window counts for each of its suffixes of 2 or more operations.
-        let mut counts: HashMap<SeqKey, u64, foldhash::fast::RandomState> = HashMap::default();
-        for (window, n) in &self.windows {
-            for k in 2..=window.len() {
-                *counts.entry(window.suffix(k)).or_default() += n;
+        // Sorted by their operations from the final one back, windows that share their
+        // last k operations are neighbours, so each suffix's count is one run of a
+        // single pass (no table of every suffix of every window).
+        self.windows
+            .sort_unstable_by_key(|(window, _)| window.most_recent_first());
+        let mut out = Vec::new();
+        let mut emit = |suffix: SeqKey, count: u64| {
+            if count < min_support.max(1) {
+                return;
+            }
+            let ops = suffix.ops();
+            let Some(&last) = ops.last() else { return };
+            let last_op_count = self
+                .occurrences
+                .get(usize::from(last))
+                .copied()
+                .unwrap_or(0)
+                .max(count);
+            out.push(SequenceScore {
+                score: count as f64 / last_op_count as f64,
+                score_lower: wilson_lower(count, last_op_count),
+                ops,
+                count,
+                last_op_count,
+            });
+        };
+        // runs[k]: the count of the current run of windows sharing their last k ops.
+        let mut runs = [0u64; MAX_SEQUENCE_OPS + 1];
+        let mut previous: Option<SeqKey> = None;
+        for &(window, n) in &self.windows {
+            let shared = previous.map_or(0, |p| p.shared_recent(&window));
+            if let Some(p) = previous {
+                for k in (shared + 1).max(2)..=MAX_SEQUENCE_OPS {
+                    if runs[k] > 0 {
+                        emit(p.suffix(k), std::mem::take(&mut runs[k]));
+                    }
+                }
+            }
+            for run in &mut runs[2..=window.len()] {
+                *run += n;
+            }
+            previous = Some(window);
+        }
+        if let Some(p) = previous {
+            for k in 2..=MAX_SEQUENCE_OPS {
+                if runs[k] > 0 {
+                    emit(p.suffix(k), runs[k]);
+                }
             }
         }
-        let mut out: Vec<SequenceScore> = counts
-            .into_iter()
-            .filter_map(|(key, count)| {
-                if count < min_support.max(1) {
-                    return None;
-                }
-                let ops = key.ops();
-                let last = usize::from(*ops.last()?);
-                let last_op_count = self.occurrences.get(last).copied().unwrap_or(0).max(count);
-                Some(SequenceScore {
-                    score: count as f64 / last_op_count as f64,
-                    score_lower: wilson_lower(count, last_op_count),
-                    ops,
-                    count,
-                    last_op_count,
-                })
-            })
-            .collect();
         out.sort_by(|a, b| {
             b.score
                 .total_cmp(&a.score)
@@ -622,6 +669,45 @@ mod tests {
             a.scores(0, 50).iter().any(|s| s.ops == [1, 2]),
             "the well-supported sequence stays"
         );
+    }
+
+    proptest::proptest! {
+        /// The single sorted pass counts every suffix as a table of all suffixes does.
+        #[test]
+        fn suffix_counts_match_a_table_of_every_suffix(
+            windows in proptest::collection::hash_map(
+                proptest::collection::vec(0u16..4, 2..=MAX_SEQUENCE_OPS),
+                1u64..5,
+                0..60,
+            ),
+            occurrences in proptest::collection::vec(0u64..400, 4),
+            min_support in 1u64..4,
+        ) {
+            let windows: Vec<(SeqKey, u64)> = windows
+                .iter()
+                .map(|(ops, &n)| (SeqKey::from_ops(ops), n))
+                .collect();
+            let mut table: HashMap<Vec<OpId>, u64> = HashMap::new();
+            for (window, n) in &windows {
+                for k in 2..=window.len() {
+                    *table.entry(window.suffix(k).ops()).or_default() += n;
+                }
+            }
+            let got = ScoreInputs { windows, occurrences: occurrences.clone() }.scores(min_support);
+            let got: HashMap<Vec<OpId>, (u64, u64)> = got
+                .into_iter()
+                .map(|s| (s.ops, (s.count, s.last_op_count)))
+                .collect();
+            let want: HashMap<Vec<OpId>, (u64, u64)> = table
+                .into_iter()
+                .filter(|&(_, count)| count >= min_support)
+                .map(|(ops, count)| {
+                    let last = occurrences[usize::from(*ops.last().unwrap())].max(count);
+                    (ops, (count, last))
+                })
+                .collect();
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 
     #[test]

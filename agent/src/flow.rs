@@ -53,8 +53,12 @@ pub const DEFAULT_FLOW_IDLE_TIMEOUT: Nanos = 2 * 3600 * NANOS_PER_SEC;
 /// A closed connection is remembered this long, so late retransmissions are not taken
 /// for a connection picked up mid-stream (Linux's TIME_WAIT length, `TCP_TIMEWAIT_LEN`).
 pub const CLOSED_LINGER: Nanos = 60 * NANOS_PER_SEC;
-/// How often (in capture time) idle connections and stale holes are looked for.
-const SWEEP_INTERVAL: Nanos = NANOS_PER_SEC;
+/// How often (in capture time) holes are checked against [`GAP_TIMEOUT`].
+const HOLE_CHECK_INTERVAL: Nanos = NANOS_PER_SEC;
+/// How often (in capture time) the table is walked for idle and closed connections:
+/// their timeouts are a minute and more, and a walk costs the whole table (a replay of
+/// hours of traffic walks it thousands of times).
+const IDLE_SWEEP_INTERVAL: Nanos = 10 * NANOS_PER_SEC;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
@@ -191,6 +195,8 @@ struct Flow<S> {
     gap_since: Nanos,
     gap_loss: u64,
     last_seen: Nanos,
+    /// On the table's list of connections with a hole (see `FlowTable::holes`).
+    hole_watched: bool,
     app: S,
 }
 
@@ -200,6 +206,10 @@ pub struct FlowTable<S> {
     /// Which connection to evict when the table is full (closed ones first).
     eviction: EvictionQueue<FlowKey>,
     limits: FlowLimits,
+    /// Connections that had bytes waiting behind a hole when last looked at: only
+    /// these need the hole timer.
+    holes: Vec<FlowKey>,
+    last_hole_check: Nanos,
     last_sweep: Nanos,
     /// Out-of-order bytes held across connections count here, with the HTTP stage's
     /// unfinished heads.
@@ -219,6 +229,8 @@ impl<S: Default> Default for FlowTable<S> {
 /// What the table lends a connection while it handles a segment.
 struct Ctx<'a, D> {
     key: &'a FlowKey,
+    /// Where a connection that opens a hole puts its key.
+    holes: &'a mut Vec<FlowKey>,
     stats: &'a mut FlowStats,
     budget: &'a BufferBudget,
     deliver: &'a mut D,
@@ -235,6 +247,8 @@ impl<S: Default> FlowTable<S> {
                 max_flows: limits.max_flows.max(1),
                 ..limits
             },
+            holes: Vec::new(),
+            last_hole_check: 0,
             last_sweep: 0,
             budget,
             capture_loss: 0,
@@ -315,6 +329,7 @@ impl<S: Default> FlowTable<S> {
         let loss = self.capture_loss;
         let mut ctx = Ctx {
             key: &seg.flow,
+            holes: &mut self.holes,
             stats: &mut self.stats,
             budget: &self.budget,
             deliver,
@@ -373,6 +388,7 @@ impl<S: Default> FlowTable<S> {
         flow.last_seen = seg.ts;
         let mut ctx = Ctx {
             key: &seg.flow,
+            holes: &mut self.holes,
             stats: &mut self.stats,
             budget: &self.budget,
             deliver,
@@ -386,32 +402,29 @@ impl<S: Default> FlowTable<S> {
     where
         D: FnMut(&mut S, &FlowKey, Piece<'_>),
     {
-        if now.saturating_sub(self.last_sweep) < SWEEP_INTERVAL {
+        if !self.holes.is_empty() && now.saturating_sub(self.last_hole_check) >= HOLE_CHECK_INTERVAL
+        {
+            self.last_hole_check = now;
+            self.check_holes(now, deliver);
+        }
+        if now.saturating_sub(self.last_sweep) < IDLE_SWEEP_INTERVAL {
             return;
         }
         self.last_sweep = now;
-        let loss = self.capture_loss;
         let idle_timeout = self.limits.idle_timeout;
         let stats = &mut self.stats;
         let budget = &self.budget;
-        self.flows.retain(|key, flow| {
+        self.flows.retain(|_, flow| {
             let idle = now.saturating_sub(flow.last_seen);
             if flow.closed {
                 return idle <= CLOSED_LINGER;
             }
-            let mut ctx = Ctx {
-                key,
-                stats,
-                budget,
-                deliver,
-            };
-            flow.hole_timer(now, loss, &mut ctx);
             let keep = idle <= idle_timeout;
             if !keep {
-                ctx.stats.flows_expired += 1;
-                ctx.budget.give_back(flow.pending_bytes);
+                stats.flows_expired += 1;
+                budget.give_back(flow.pending_bytes);
                 if flow.server.is_none() {
-                    ctx.stats.one_sided_flows += 1;
+                    stats.one_sided_flows += 1;
                 }
             }
             keep
@@ -419,6 +432,35 @@ impl<S: Default> FlowTable<S> {
         let flows = &self.flows;
         self.eviction
             .compact(flows.len(), |k| flows.contains_key(k));
+    }
+
+    /// The fallback hole timer, on the connections that have a hole (not the table).
+    fn check_holes<D>(&mut self, now: Nanos, deliver: &mut D)
+    where
+        D: FnMut(&mut S, &FlowKey, Piece<'_>),
+    {
+        let loss = self.capture_loss;
+        let mut watched = std::mem::take(&mut self.holes);
+        let mut opened = Vec::new();
+        watched.retain(|key| {
+            // Gone (evicted, expired): the key may come back as a new connection,
+            // which puts itself on the list when it opens a hole.
+            let Some(flow) = self.flows.get_mut(key) else {
+                return false;
+            };
+            let mut ctx = Ctx {
+                key,
+                holes: &mut opened,
+                stats: &mut self.stats,
+                budget: &self.budget,
+                deliver,
+            };
+            flow.hole_timer(now, loss, &mut ctx);
+            flow.hole_watched = !flow.closed && !flow.pending.is_empty();
+            flow.hole_watched
+        });
+        watched.append(&mut opened);
+        self.holes = watched;
     }
 }
 
@@ -512,6 +554,7 @@ impl<S: Default> Flow<S> {
             gap_since: now,
             gap_loss: 0,
             last_seen: now,
+            hole_watched: false,
             app: S::default(),
         }
     }
@@ -696,6 +739,10 @@ impl<S: Default> Flow<S> {
         if self.pending.is_empty() {
             self.gap_since = seg.ts;
             self.gap_loss = loss;
+            if !self.hole_watched {
+                self.hole_watched = true;
+                ctx.holes.push(*ctx.key);
+            }
         }
         self.queue(seg, ctx);
         if self.pending_bytes > MAX_PENDING_BYTES || ctx.budget.over() {

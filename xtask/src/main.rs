@@ -301,6 +301,8 @@ const APT_PACKAGES: &[&str] = &[
     "nftables",
     "wrk",
     "nginx-light",
+    // bench-replay: what users run today to pull HTTP requests out of a capture.
+    "tshark",
 ];
 
 fn apt_packages() -> Result<()> {
