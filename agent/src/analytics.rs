@@ -486,14 +486,17 @@ impl ScoreInputs {
         // runs[k]: the count of the current run of windows sharing their last k ops.
         let mut runs = [0u64; MAX_SEQUENCE_OPS + 1];
         let mut previous: Option<SeqKey> = None;
-        for &(window, n) in &self.windows {
-            let shared = previous.map_or(0, |p| p.shared_recent(&window));
-            if let Some(p) = previous {
-                for k in (shared + 1).max(2)..=MAX_SEQUENCE_OPS {
-                    if runs[k] > 0 {
-                        emit(p.suffix(k), std::mem::take(&mut runs[k]));
-                    }
+        // Ends the runs of `previous`'s suffixes longer than `shared`.
+        let mut end_runs = |previous: SeqKey, shared: usize, runs: &mut [u64]| {
+            for (k, run) in runs.iter_mut().enumerate().skip((shared + 1).max(2)) {
+                if *run > 0 {
+                    emit(previous.suffix(k), std::mem::take(run));
                 }
+            }
+        };
+        for &(window, n) in &self.windows {
+            if let Some(p) = previous {
+                end_runs(p, p.shared_recent(&window), &mut runs);
             }
             for run in &mut runs[2..=window.len()] {
                 *run += n;
@@ -501,11 +504,7 @@ impl ScoreInputs {
             previous = Some(window);
         }
         if let Some(p) = previous {
-            for k in 2..=MAX_SEQUENCE_OPS {
-                if runs[k] > 0 {
-                    emit(p.suffix(k), runs[k]);
-                }
-            }
+            end_runs(p, 0, &mut runs);
         }
         out.sort_by(|a, b| {
             b.score

@@ -130,7 +130,7 @@ fn journey(rng: &mut Rng, user: u64, len: usize) -> Vec<Call> {
     calls
 }
 
-fn request_bytes(call: &Call, ident: &Ident) -> Vec<u8> {
+fn request_bytes(call: &Call, ident: &Ident, request_id: u64) -> Vec<u8> {
     let (method, target, body) = call;
     let ident_line = match ident {
         Ident::Cookie(v) => format!("Cookie: theme=dark; lang=en; sid={v}\r\n"),
@@ -141,8 +141,7 @@ fn request_bytes(call: &Call, ident: &Ident) -> Vec<u8> {
     let mut r = format!(
         "{method} {target} HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) bank-web/4.2\r\n\
          Accept: application/json\r\nAccept-Encoding: gzip, deflate, br\r\nAccept-Language: en-GB,en;q=0.9\r\n\
-         X-Request-Id: {:016x}\r\n{ident_line}",
-        target.len() as u64 * 0x9e37_79b9 ^ u64::from(method.as_bytes()[0])
+         X-Request-Id: {request_id:016x}\r\n{ident_line}"
     );
     match body {
         Some(body) => r.push_str(&format!(
@@ -231,7 +230,7 @@ pub fn capture(shape: &Shape) -> Capture {
             _ => Ident::Jwt(format!("user-{s}")),
         };
         let call = &journeys[s as usize][i as usize];
-        cap.send(ts, conn, &request_bytes(call, &ident));
+        cap.send(ts, conn, &request_bytes(call, &ident, rng.next()));
         let response = response_bytes(&mut rng);
         cap.respond(ts + MS, conn, &response);
         if last_event[c] == k {
