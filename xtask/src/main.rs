@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod bench_enforce;
 mod bench_live;
+mod bench_replay;
 mod demo;
 mod fuzz;
 mod lab;
@@ -52,6 +53,19 @@ enum Task {
     },
     /// Runs the criterion benchmarks and prints the pipeline / httparse ratio.
     Bench,
+    /// `seqshield replay` as a process on a realistic capture, one core, against the
+    /// read floor (tcpdump) and tshark in the same run.
+    BenchReplay {
+        /// Rounds of read floor and replay (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Requests in the capture (sessions and connections scale with it).
+        #[arg(long, default_value_t = 300_000)]
+        requests: usize,
+        /// Leave tshark out (it takes about a minute).
+        #[arg(long)]
+        skip_tshark: bool,
+    },
     /// Runs the fuzz targets (cargo-fuzz, libFuzzer) for a while each; installs
     /// cargo-fuzz when missing.
     Fuzz {
@@ -147,6 +161,18 @@ fn main() -> Result<()> {
                 .args(args))
         }
         Task::Bench => bench(&root),
+        Task::BenchReplay {
+            runs,
+            requests,
+            skip_tshark,
+        } => bench_replay::run(
+            &root,
+            &bench_replay::Options {
+                runs: runs.max(1),
+                requests,
+                tshark: !skip_tshark,
+            },
+        ),
     }
 }
 

@@ -1,0 +1,232 @@
+//! `cargo xtask bench-replay`: `seqshield replay` as a user runs it — a process, pinned
+//! to one core, on a realistic capture (`seqshield_tests::realistic`) — side by side in
+//! one run with the read floor (`tcpdump -r F -w /dev/null`: reading the file and
+//! nothing else) and with tshark pulling the same HTTP requests out of the capture (what
+//! people use for the job today).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// The core every measured process is pinned to (core 0 keeps the sampler and the rest
+/// of the machine).
+const CORE: &str = "1";
+/// How long tshark may take before it is stopped (it takes about a minute here).
+const TSHARK_LIMIT: Duration = Duration::from_secs(900);
+
+pub struct Options {
+    pub runs: usize,
+    pub requests: usize,
+    pub tshark: bool,
+}
+
+/// One measured process: wall time and the peak of its resident memory, sampled.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    seconds: f64,
+    peak_anon_mib: f64,
+    peak_rss_mib: f64,
+}
+
+pub fn run(root: &Path, options: &Options) -> Result<()> {
+    for tool in ["tcpdump", "taskset"]
+        .into_iter()
+        .chain(options.tshark.then_some("tshark"))
+    {
+        if !Command::new("which")
+            .arg(tool)
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            bail!("{tool} is missing: run `cargo xtask setup` (as root) first");
+        }
+    }
+    crate::cargo(
+        root,
+        &[
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "seqshield",
+            "-p",
+            "seqshield-tests",
+            "--example",
+            "realistic_capture",
+        ],
+    )?;
+    let dir = root.join("target/bench-replay");
+    std::fs::create_dir_all(&dir)?;
+    let pcap = dir.join("realistic.pcap");
+    let config = dir.join("config.toml");
+    let report = dir.join("report.json");
+    crate::run(
+        Command::new(root.join("target/release/examples/realistic_capture"))
+            .arg(&pcap)
+            .arg(&config)
+            .arg(dir.join("state"))
+            .arg(options.requests.to_string()),
+    )?;
+    let size_mb = std::fs::metadata(&pcap)?.len() as f64 / 1e6;
+    // Warm the page cache: every tool reads the file from memory.
+    std::fs::read(&pcap)?;
+    let seqshield = root.join("target/release/seqshield");
+    let floor_cmd = || {
+        let mut c = Command::new("tcpdump");
+        c.arg("-r").arg(&pcap).args(["-w", "/dev/null"]);
+        c
+    };
+    let replay_cmd = || {
+        let mut c = Command::new(&seqshield);
+        c.arg("replay")
+            .arg("--config")
+            .arg(&config)
+            .arg("--pcap")
+            .arg(&pcap)
+            .arg("--report-out")
+            .arg(&report);
+        c
+    };
+
+    let mut floor = Vec::new();
+    let mut replay = Vec::new();
+    for round in 0..options.runs {
+        floor.push(measure(floor_cmd())?);
+        replay.push(measure(replay_cmd())?);
+        println!(
+            "round {}: read floor {:.3} s, seqshield replay {:.3} s",
+            round + 1,
+            floor[round].seconds,
+            replay[round].seconds
+        );
+    }
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report)?)?;
+    let requests = summary["stats"]["requests"]
+        .as_f64()
+        .context("stats.requests")?;
+    let alerts = summary["stats"]["alerts"].as_u64().unwrap_or(0);
+    let sequences = summary["sequences"].as_array().map_or(0, Vec::len);
+
+    let tshark = if options.tshark {
+        let mut c = Command::new("tshark");
+        c.arg("-r").arg(&pcap).args([
+            "-n",
+            "-Y",
+            "http.request",
+            "-T",
+            "fields",
+            "-e",
+            "frame.time_epoch",
+            "-e",
+            "ip.src",
+            "-e",
+            "tcp.srcport",
+            "-e",
+            "http.request.method",
+            "-e",
+            "http.host",
+            "-e",
+            "http.request.uri",
+            "-e",
+            "http.cookie",
+            "-e",
+            "http.authorization",
+        ]);
+        let t = measure_limited(c, TSHARK_LIMIT)?;
+        println!("tshark: {:.1} s", t.seconds);
+        Some(t)
+    } else {
+        None
+    };
+
+    let floor = median(&floor);
+    let replay = median(&replay);
+    println!(
+        "\n== {size_mb:.0} MB capture, {requests:.0} requests, {sequences} sequences reported, \
+         {alerts} alerts; one core ({CORE}), median of {} runs ==",
+        options.runs
+    );
+    println!(
+        "read floor (tcpdump -r F -w /dev/null): {:.3} s",
+        floor.seconds
+    );
+    println!(
+        "seqshield replay:                       {:.3} s  {:.2} M requests/s  \
+         peak RSS {:.0} MiB ({:.0} MiB anonymous, the rest the mapped capture)",
+        replay.seconds,
+        requests / replay.seconds / 1e6,
+        replay.peak_rss_mib,
+        replay.peak_anon_mib
+    );
+    println!(
+        "seqshield / read floor:                 {:.2}x",
+        replay.seconds / floor.seconds
+    );
+    if let Some(t) = tshark {
+        println!(
+            "tshark (-Y http.request -T fields):     {:.1} s  ({:.0}x seqshield's time)",
+            t.seconds,
+            t.seconds / replay.seconds
+        );
+    }
+    Ok(())
+}
+
+fn median(runs: &[Run]) -> Run {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    sorted[sorted.len() / 2]
+}
+
+fn measure(cmd: Command) -> Result<Run> {
+    measure_limited(cmd, Duration::from_secs(300))
+}
+
+/// Runs `cmd` pinned to [`CORE`], output discarded, sampling its memory every 2 ms.
+fn measure_limited(cmd: Command, limit: Duration) -> Result<Run> {
+    let mut pinned = Command::new("taskset");
+    pinned
+        .args(["-c", CORE])
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let start = Instant::now();
+    let mut child = pinned.spawn().context("starting the measured command")?;
+    let status_file = format!("/proc/{}/status", child.id());
+    let (mut anon, mut rss) = (0f64, 0f64);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if start.elapsed() > limit {
+            child.kill().ok();
+            child.wait().ok();
+            bail!("{:?} took longer than {limit:?}", cmd.get_program());
+        }
+        if let Ok(text) = std::fs::read_to_string(&status_file) {
+            anon = anon.max(status_kib(&text, "RssAnon:") / 1024.0);
+            rss = rss.max(status_kib(&text, "VmRSS:") / 1024.0);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("{:?} failed: {status}", cmd.get_program());
+    }
+    Ok(Run {
+        seconds,
+        peak_anon_mib: anon,
+        peak_rss_mib: rss,
+    })
+}
+
+fn status_kib(status: &str, key: &str) -> f64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0)
+}
