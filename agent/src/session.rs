@@ -5,8 +5,8 @@
 //! hash of its value, with one key per configured identifier derived from the install's
 //! secret, so cookie `sid=X` and JWT `sub=X` are different sessions.
 
-use std::collections::HashMap;
 use std::fmt;
+use std::hash::BuildHasher;
 
 use base64::Engine as _;
 
@@ -267,8 +267,11 @@ impl SessionCache {
     }
 }
 
-/// One remembered request to an operation.
+/// One remembered request to an operation. Packed to 10 bytes (an operation id and a
+/// time, no padding): a session's history is most of what a live session costs, and a
+/// flood of a million sessions is a million histories.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C, packed(2))]
 pub struct Entry {
     pub op: OpId,
     /// Time of the latest request to this operation at this position.
@@ -311,6 +314,8 @@ impl History {
 
 #[derive(Debug, Clone, Default)]
 pub struct Session {
+    /// Kept here rather than in the table's index (which holds 4-byte slots).
+    pub id: SessionId,
     pub history: History,
     pub last_seen: Nanos,
 }
@@ -333,9 +338,131 @@ pub struct SessionState {
     pub history: Vec<(OpId, Nanos)>,
 }
 
+/// Sessions kept in fixed-size chunks, found through an index of 4-byte slots: the
+/// table grows a chunk at a time. (A hash map of whole sessions doubles, and while it
+/// rehashes holds both copies: at a million sessions that was 555 MB of a 659 MB peak;
+/// an index of (id, slot) pairs cost 34 bytes a session, this one 10.)
+struct SessionTable {
+    index: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
+    chunks: Vec<Box<[Session]>>,
+    /// Slots of removed sessions, reused first.
+    free: Vec<u32>,
+}
+
+/// Sessions per chunk (a chunk is about 480 KB).
+const CHUNK_SESSIONS: usize = 4096;
+
+fn in_chunks(chunks: &[Box<[Session]>], slot: u32) -> &Session {
+    let slot = slot as usize;
+    &chunks[slot / CHUNK_SESSIONS][slot % CHUNK_SESSIONS]
+}
+
+impl SessionTable {
+    fn new() -> Self {
+        Self {
+            index: hashbrown::HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
+            chunks: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    fn slot_mut(&mut self, slot: u32) -> &mut Session {
+        let slot = slot as usize;
+        &mut self.chunks[slot / CHUNK_SESSIONS][slot % CHUNK_SESSIONS]
+    }
+
+    fn get(&self, id: &SessionId) -> Option<&Session> {
+        let hash = self.hasher.hash_one(id);
+        let chunks = &self.chunks;
+        self.index
+            .find(hash, |&slot| in_chunks(chunks, slot).id == *id)
+            .map(|&slot| in_chunks(chunks, slot))
+    }
+
+    fn contains(&self, id: &SessionId) -> bool {
+        self.get(id).is_some()
+    }
+
+    /// The session, and whether it was just created (empty).
+    fn get_or_insert(&mut self, id: SessionId) -> (&mut Session, bool) {
+        let hash = self.hasher.hash_one(id);
+        let chunks = &self.chunks;
+        if let Some(&slot) = self
+            .index
+            .find(hash, |&slot| in_chunks(chunks, slot).id == id)
+        {
+            return (self.slot_mut(slot), false);
+        }
+        let slot = self.free.pop().unwrap_or_else(|| {
+            // No free slot: every slot below the count of sessions is in use.
+            let slot = self.index.len();
+            if slot == self.chunks.len() * CHUNK_SESSIONS {
+                self.chunks
+                    .push(vec![Session::default(); CHUNK_SESSIONS].into_boxed_slice());
+            }
+            slot as u32
+        });
+        *self.slot_mut(slot) = Session {
+            id,
+            ..Session::default()
+        };
+        let Self {
+            index,
+            hasher,
+            chunks,
+            ..
+        } = self;
+        index.insert_unique(hash, slot, |&s| hasher.hash_one(in_chunks(chunks, s).id));
+        (self.slot_mut(slot), true)
+    }
+
+    fn insert(&mut self, session: Session) {
+        let id = session.id;
+        *self.get_or_insert(id).0 = session;
+    }
+
+    fn remove(&mut self, id: &SessionId) {
+        let hash = self.hasher.hash_one(id);
+        let chunks = &self.chunks;
+        if let Ok(entry) = self
+            .index
+            .find_entry(hash, |&slot| in_chunks(chunks, slot).id == *id)
+        {
+            let (slot, _) = entry.remove();
+            self.free.push(slot);
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Session) -> bool) {
+        let Self {
+            index,
+            chunks,
+            free,
+            ..
+        } = self;
+        index.retain(|&mut slot| {
+            let kept = keep(in_chunks(chunks, slot));
+            if !kept {
+                free.push(slot);
+            }
+            kept
+        });
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Session> {
+        self.index.iter().map(|&slot| in_chunks(&self.chunks, slot))
+    }
+}
+
 /// Live sessions, bounded by `max_sessions`.
 pub struct Sessions {
-    map: HashMap<SessionId, Session, foldhash::fast::RandomState>,
+    map: SessionTable,
     /// Which session to evict when `max_sessions` is reached.
     eviction: EvictionQueue<SessionId>,
     max_sessions: usize,
@@ -347,7 +474,7 @@ pub struct Sessions {
 impl Sessions {
     pub fn new(max_sessions: usize, idle_timeout: Nanos) -> Self {
         Self {
-            map: HashMap::default(),
+            map: SessionTable::new(),
             eviction: EvictionQueue::default(),
             max_sessions: max_sessions.max(1),
             idle_timeout,
@@ -361,7 +488,7 @@ impl Sessions {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.len() == 0
     }
 
     pub fn stats(&self) -> SessionStats {
@@ -371,8 +498,8 @@ impl Sessions {
     pub fn export(&self) -> Vec<SessionState> {
         self.map
             .iter()
-            .map(|(id, s)| SessionState {
-                id: id.0,
+            .map(|s| SessionState {
+                id: s.id.0,
                 last_seen: s.last_seen,
                 history: s.history.entries().iter().map(|e| (e.op, e.at)).collect(),
             })
@@ -397,13 +524,11 @@ impl Sessions {
                     history.record(op, *at);
                 }
             }
-            self.map.insert(
-                SessionId(saved.id),
-                Session {
-                    history,
-                    last_seen: saved.last_seen,
-                },
-            );
+            self.map.insert(Session {
+                id: SessionId(saved.id),
+                history,
+                last_seen: saved.last_seen,
+            });
             self.eviction.push(SessionId(saved.id), saved.last_seen);
         }
         self.stats = stats;
@@ -417,17 +542,14 @@ impl Sessions {
     /// when its previous request was more than `idle_timeout` ago.
     pub fn touch(&mut self, id: SessionId, now: Nanos) -> &mut Session {
         self.expire_idle(now);
-        if self.map.len() >= self.max_sessions && !self.map.contains_key(&id) {
+        if self.map.len() >= self.max_sessions && !self.map.contains(&id) {
             self.evict_one(now);
         }
         let idle_timeout = self.idle_timeout;
-        let session = match self.map.entry(id) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                self.eviction.push(id, now);
-                v.insert(Session::default())
-            }
-        };
+        let (session, new) = self.map.get_or_insert(id);
+        if new {
+            self.eviction.push(id, now);
+        }
         if session.history.len > 0 && now.saturating_sub(session.last_seen) > idle_timeout {
             session.history.clear();
         }
@@ -444,10 +566,10 @@ impl Sessions {
         let before = self.map.len();
         let idle_timeout = self.idle_timeout;
         self.map
-            .retain(|_, s| now.saturating_sub(s.last_seen) <= idle_timeout);
+            .retain(|s| now.saturating_sub(s.last_seen) <= idle_timeout);
         self.stats.sessions_expired += (before - self.map.len()) as u64;
         let map = &self.map;
-        self.eviction.compact(map.len(), |id| map.contains_key(id));
+        self.eviction.compact(map.len(), |id| map.contains(id));
     }
 
     /// Evicts a session not seen for a while (second chance, `evict.rs`): O(1)
@@ -462,13 +584,40 @@ impl Sessions {
             self.stats.sessions_evicted += 1;
         }
         let map = &self.map;
-        self.eviction.compact(map.len(), |id| map.contains_key(id));
+        self.eviction.compact(map.len(), |id| map.contains(id));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_live_session_costs_120_bytes_and_freed_slots_are_reused() {
+        assert_eq!(std::mem::size_of::<Entry>(), 10);
+        assert_eq!(std::mem::size_of::<Session>(), 120);
+        let mut table = SessionTable::new();
+        for i in 0..5_000u64 {
+            let (s, new) = table.get_or_insert(SessionId(i));
+            assert!(new && s.history.entries().is_empty());
+            s.history.record(1, i);
+        }
+        assert_eq!(table.chunks.len(), 2);
+        table.retain(|s| s.history.entries()[0].at % 2 == 0);
+        table.remove(&SessionId(4));
+        assert_eq!(table.len(), 2_499);
+        for i in 10_000..12_501u64 {
+            let (s, new) = table.get_or_insert(SessionId(i));
+            assert!(
+                new && s.history.entries().is_empty(),
+                "a reused slot starts empty"
+            );
+        }
+        assert_eq!(table.chunks.len(), 2, "freed slots were reused");
+        let at = |id| table.get(&SessionId(id)).map(|s| s.history.entries()[0].at);
+        assert_eq!((at(6), at(4), at(7)), (Some(6), None, None));
+        assert_eq!(table.iter().count(), 5_000);
+    }
 
     fn head_with<'a>(headers: &'a [httparse::Header<'a>]) -> RequestHead<'a> {
         RequestHead {

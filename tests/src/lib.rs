@@ -4,6 +4,7 @@
 
 pub mod bank;
 pub mod capture;
+pub mod flood;
 pub mod realistic;
 
 use std::path::Path;

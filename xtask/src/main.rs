@@ -66,6 +66,12 @@ enum Task {
         #[arg(long)]
         skip_tshark: bool,
     },
+    /// Peak anonymous memory of `seqshield replay` on a session flood (one-request
+    /// sessions next to slow legit users, whose histories must survive).
+    BenchFlood {
+        #[arg(long, default_value_t = 1_000_000)]
+        sessions: usize,
+    },
     /// Runs the fuzz targets (cargo-fuzz, libFuzzer) for a while each; installs
     /// cargo-fuzz when missing.
     Fuzz {
@@ -161,6 +167,7 @@ fn main() -> Result<()> {
                 .args(args))
         }
         Task::Bench => bench(&root),
+        Task::BenchFlood { sessions } => bench_replay::flood(&root, sessions),
         Task::BenchReplay {
             runs,
             requests,
