@@ -123,6 +123,19 @@ fn xdp_read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
     Some(unsafe { core::ptr::read_unaligned(at as *const T) })
 }
 
+/// Reads `T` at `offset` of the packet: straight from the packet's linear data when it
+/// holds those bytes (headers nearly always are), else through `bpf_skb_load_bytes`.
+/// A helper call per header cost more than the bytes it copies.
+#[inline(always)]
+fn tc_read<T: Copy>(ctx: &TcContext, offset: usize) -> Result<T, i64> {
+    let at = ctx.data() + offset;
+    if at + core::mem::size_of::<T>() <= ctx.data_end() {
+        // SAFETY: inside [data, data_end) as checked above; unaligned read of plain bytes.
+        return Ok(unsafe { core::ptr::read_unaligned(at as *const T) });
+    }
+    ctx.load::<T>(offset)
+}
+
 fn blocked_at_driver(ctx: &XdpContext) -> Option<bool> {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -185,7 +198,7 @@ struct L3 {
 /// Reads the IP layer into `out` (written in place: a returned `L3` would be copied
 /// through this function's stack, and the verifier's 512 bytes are per call chain).
 fn l3(ctx: &TcContext, out: &mut L3) -> Result<(), i64> {
-    match u16::from_be(ctx.load::<u16>(12)?) {
+    match u16::from_be(tc_read::<u16>(ctx, 12)?) {
         ETH_P_IP => ipv4(ctx, out),
         ETH_P_IPV6 => ipv6(ctx, out),
         _ => Err(0),
@@ -198,7 +211,7 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, i64> {
     if l3.fragment != 0 || l3.raw != 0 {
         return ingress_fragment(ctx, &l3);
     }
-    let tcp = ctx.load::<[u8; 20]>(l3.l4)?;
+    let tcp = tc_read::<[u8; 20]>(ctx, l3.l4)?;
     let server_port = u16::from_be_bytes([tcp[2], tcp[3]]);
     // SAFETY: a map lookup by value; the returned reference is not kept.
     if unsafe { PORTS.get(server_port) }.is_none() {
@@ -495,7 +508,7 @@ fn try_egress(ctx: &TcContext) -> Result<i32, i64> {
     if l3.fragment != 0 || l3.raw != 0 {
         return Ok(TC_ACT_UNSPEC); // The server's own fragments carry nothing we need.
     }
-    let tcp = ctx.load::<[u8; 20]>(l3.l4)?;
+    let tcp = tc_read::<[u8; 20]>(ctx, l3.l4)?;
     let server_port = u16::from_be_bytes([tcp[0], tcp[1]]);
     // SAFETY: a map lookup by value; the returned reference is not kept.
     if unsafe { PORTS.get(server_port) }.is_none() {
@@ -710,7 +723,7 @@ fn capture_into<const N: usize>(
 
 fn ipv4(ctx: &TcContext, out: &mut L3) -> Result<(), i64> {
     // The fixed header in one helper call (each call costs more than the bytes).
-    let h = ctx.load::<[u8; 20]>(ETH_HLEN)?;
+    let h = tc_read::<[u8; 20]>(ctx, ETH_HLEN)?;
     let header_len = usize::from(h[0] & 0x0f) * 4;
     if h[9] != IPPROTO_TCP {
         return Err(0);
@@ -732,7 +745,7 @@ fn ipv4(ctx: &TcContext, out: &mut L3) -> Result<(), i64> {
 
 fn ipv6(ctx: &TcContext, out: &mut L3) -> Result<(), i64> {
     // The first 8 bytes, then the addresses straight into `out`.
-    let h = ctx.load::<[u8; 8]>(ETH_HLEN)?;
+    let h = tc_read::<[u8; 8]>(ctx, ETH_HLEN)?;
     let payload_len = usize::from(u16::from_be_bytes([h[4], h[5]]));
     let mut next_header = h[6];
     let mut l4 = ETH_HLEN + IPV6_HLEN;

@@ -91,7 +91,11 @@ pub fn run(root: &Path, seqshield: &Path) -> Result<()> {
     })?;
     let report_before = agent_report(&lab, bin)?;
     let cpu_before = cpu_seconds(agent)?;
+    let stats_were = BpfStats::enable()?;
+    let kernel_before = kernel_program_stats()?;
     let with = wrk("with the agent")?;
+    let kernel = kernel_program_stats()?;
+    stats_were.restore();
     let cpu = cpu_seconds(agent)? - cpu_before;
     std::thread::sleep(Duration::from_millis(1500)); // let the agent drain its ring
     let report_after = agent_report(&lab, bin)?;
@@ -119,9 +123,57 @@ pub fn run(root: &Path, seqshield: &Path) -> Result<()> {
         with.per_sec,
         cpu_share * 100.0 / (with.per_sec / 10_000.0),
     );
+    let mut summary = summary;
+    for (name, (ns, runs)) in &kernel {
+        let (ns0, runs0) = kernel_before.get(name).copied().unwrap_or_default();
+        let (ns, runs) = (ns - ns0, runs - runs0);
+        if runs > 0 {
+            summary.push_str(&format!(
+                "kernel program {name}: {} packets, {:.0} ns per packet (bpf_stats)\n",
+                runs,
+                ns as f64 / runs as f64
+            ));
+        }
+    }
     println!("\n== bench-live ==\n{summary}");
     std::fs::write(dir.join("result.txt"), &summary)?;
     Ok(())
+}
+
+/// `kernel.bpf_stats_enabled` on for the measured run, put back as it was after.
+struct BpfStats(String);
+
+impl BpfStats {
+    const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn enable() -> Result<Self> {
+        let was = std::fs::read_to_string(Self::SYSCTL)?.trim().to_string();
+        std::fs::write(Self::SYSCTL, "1")?;
+        Ok(Self(was))
+    }
+
+    fn restore(self) {
+        std::fs::write(Self::SYSCTL, &self.0).ok();
+    }
+}
+
+/// Run time (ns) and run count of each loaded seqshield kernel program, by name.
+fn kernel_program_stats() -> Result<std::collections::BTreeMap<String, (u64, u64)>> {
+    let out = std::process::Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .context("bpftool prog show")?;
+    let progs: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let mut stats = std::collections::BTreeMap::new();
+    for p in progs.as_array().into_iter().flatten() {
+        let name = p["name"].as_str().unwrap_or_default();
+        if name.starts_with("seqshield") {
+            let entry = stats.entry(name.to_string()).or_insert((0, 0));
+            entry.0 += p["run_time_ns"].as_u64().unwrap_or(0);
+            entry.1 += p["run_cnt"].as_u64().unwrap_or(0);
+        }
+    }
+    Ok(stats)
 }
 
 fn agent_report(lab: &Lab, bin: &str) -> Result<serde_json::Value> {
