@@ -14,6 +14,8 @@ use crate::lab::{Lab, bank_agent_config, path, wait_until};
 const ADMIN: &str = "127.0.0.1:9465";
 const DURATION_SECS: u32 = 10;
 const CONNECTIONS: u32 = 16;
+/// The fixed-rate mode's load: well under what this machine serves at most.
+const PACED_RATE: u32 = 20_000;
 
 /// wrk script: each connection's requests walk login → accounts → balance → transfer,
 /// a new session (cookie) every four requests.
@@ -35,6 +37,26 @@ request = function()
 end
 "#;
 
+struct PacedRun {
+    requests: u64,
+    p50_us: u64,
+    p99_us: u64,
+    /// nginx worker CPU seconds during the run.
+    nginx_cpu: f64,
+}
+
+/// nginx's one worker process (the master forks it).
+fn nginx_worker(master: u32) -> Result<u32> {
+    for _ in 0..50 {
+        let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))?;
+        if let Some(pid) = children.split_whitespace().next() {
+            return Ok(pid.parse()?);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("nginx ({master}) started no worker")
+}
+
 struct WrkRun {
     requests: u64,
     per_sec: f64,
@@ -54,15 +76,6 @@ pub fn run(root: &Path, seqshield: &Path) -> Result<()> {
         bank_agent_config(root, &lab.server_if, ADMIN, &dir.join("state"), "")?,
     )?;
 
-    lab.spawn_server_side(
-        &["nginx", "-c", path(&nginx_conf)?, "-p", path(&dir)?],
-        None,
-    )?;
-    let url = format!("http://{}/api/v1/login", lab.server_ip);
-    wait_until("nginx", || {
-        lab.ok_in(&lab.client_ns, &["curl", "-s", "-o", "/dev/null", &url])
-    })?;
-
     let wrk = |label: &str| -> Result<WrkRun> {
         println!("== wrk, {label}: {DURATION_SECS} s, {CONNECTIONS} connections ==");
         let out = lab.output_in(
@@ -80,7 +93,44 @@ pub fn run(root: &Path, seqshield: &Path) -> Result<()> {
         parse_wrk(&out)
     };
 
+    let nginx_master = lab.spawn_server_side(
+        &["nginx", "-c", path(&nginx_conf)?, "-p", path(&dir)?],
+        None,
+    )?;
+    let url = format!("http://{}/api/v1/login", lab.server_ip);
+    wait_until("nginx", || {
+        lab.ok_in(&lab.client_ns, &["curl", "-s", "-o", "/dev/null", &url])
+    })?;
+    let nginx = nginx_worker(nginx_master)?;
+    let paced = |label: &str| -> Result<PacedRun> {
+        println!("== fixed rate, {label}: {PACED_RATE} requests/s for {DURATION_SECS} s ==");
+        let cpu_before = cpu_seconds(nginx)?;
+        let out = lab.output_in(
+            &lab.client_ns,
+            &[
+                path(&std::env::current_exe()?)?,
+                "paced-client",
+                "--addr",
+                &format!("{}:80", lab.server_ip),
+                "--rate",
+                &PACED_RATE.to_string(),
+                "--seconds",
+                &DURATION_SECS.to_string(),
+                "--connections",
+                &CONNECTIONS.to_string(),
+            ],
+        )?;
+        let v: serde_json::Value = serde_json::from_str(out.trim()).context("paced client")?;
+        Ok(PacedRun {
+            requests: v["requests"].as_u64().unwrap_or(0),
+            p50_us: v["p50_us"].as_u64().unwrap_or(0),
+            p99_us: v["p99_us"].as_u64().unwrap_or(0),
+            nginx_cpu: cpu_seconds(nginx)? - cpu_before,
+        })
+    };
+
     let before = wrk("without the agent")?;
+    let paced_before = paced("without the agent")?;
     let bin = path(seqshield)?;
     let agent = lab.spawn_server_side(
         &[bin, "run", "--config", path(&config)?],
@@ -95,12 +145,20 @@ pub fn run(root: &Path, seqshield: &Path) -> Result<()> {
     let kernel_before = kernel_program_stats()?;
     let with = wrk("with the agent")?;
     let kernel = kernel_program_stats()?;
-    stats_were.restore();
     let cpu = cpu_seconds(agent)? - cpu_before;
     std::thread::sleep(Duration::from_millis(1500)); // let the agent drain its ring
     let report_after = agent_report(&lab, bin)?;
+    // Fixed rate with the agent: latency, and what the agent and the kernel program
+    // spend per request next to what nginx spends.
+    let paced_cpu_before = cpu_seconds(agent)?;
+    let paced_kernel_before = kernel_program_stats()?;
+    let paced_with = paced("with the agent")?;
+    let paced_kernel = kernel_program_stats()?;
+    let paced_agent_cpu = cpu_seconds(agent)? - paced_cpu_before;
+    stats_were.restore();
     lab.stop(agent);
     let after = wrk("without the agent, again")?;
+    let paced_after = paced("without the agent, again")?;
     lab.cleanup();
 
     let seen = report_after["stats"]["requests"].as_u64().unwrap_or(0)
@@ -135,6 +193,37 @@ pub fn run(root: &Path, seqshield: &Path) -> Result<()> {
             ));
         }
     }
+    let kernel_ns: u64 = paced_kernel
+        .iter()
+        .map(|(name, (ns, _))| ns - paced_kernel_before.get(name).map_or(0, |v| v.0))
+        .sum();
+    let per_request_us = |seconds: f64, requests: u64| seconds * 1e6 / requests.max(1) as f64;
+    let nginx_us = (per_request_us(paced_before.nginx_cpu, paced_before.requests)
+        + per_request_us(paced_after.nginx_cpu, paced_after.requests))
+        / 2.0;
+    let agent_us = per_request_us(paced_agent_cpu, paced_with.requests);
+    let kernel_us = kernel_ns as f64 / 1e3 / paced_with.requests.max(1) as f64;
+    let p50_base = (paced_before.p50_us + paced_after.p50_us) as f64 / 2.0;
+    let p99_base = (paced_before.p99_us + paced_after.p99_us) as f64 / 2.0;
+    summary.push_str(&format!(
+        "\nfixed rate, {PACED_RATE} requests/s ({} / {} / {} requests done):\n\
+         latency without the agent p50 {} / {} µs, p99 {} / {} µs; with it p50 {} µs \
+         ({:+.1}%), p99 {} µs ({:+.1}%)\n\
+         CPU per request: nginx {nginx_us:.2} µs; agent {agent_us:.2} µs + kernel programs \
+         {kernel_us:.2} µs = {:.1}% of nginx's\n",
+        paced_before.requests,
+        paced_with.requests,
+        paced_after.requests,
+        paced_before.p50_us,
+        paced_after.p50_us,
+        paced_before.p99_us,
+        paced_after.p99_us,
+        paced_with.p50_us,
+        (paced_with.p50_us as f64 / p50_base - 1.0) * 100.0,
+        paced_with.p99_us,
+        (paced_with.p99_us as f64 / p99_base - 1.0) * 100.0,
+        (agent_us + kernel_us) / nginx_us * 100.0,
+    ));
     println!("\n== bench-live ==\n{summary}");
     std::fs::write(dir.join("result.txt"), &summary)?;
     Ok(())

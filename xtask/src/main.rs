@@ -12,6 +12,7 @@ mod bench_replay;
 mod demo;
 mod fuzz;
 mod lab;
+mod paced;
 
 #[derive(Parser)]
 #[command(about = "seqshield automation")]
@@ -65,6 +66,18 @@ enum Task {
         /// Leave tshark out (it takes about a minute).
         #[arg(long)]
         skip_tshark: bool,
+    },
+    /// bench-live's fixed-rate client (run inside the client namespace).
+    #[command(hide = true)]
+    PacedClient {
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        rate: u32,
+        #[arg(long)]
+        seconds: u32,
+        #[arg(long)]
+        connections: u32,
     },
     /// Peak anonymous memory of `seqshield replay` on a session flood (one-request
     /// sessions next to slow legit users, whose histories must survive).
@@ -168,6 +181,17 @@ fn main() -> Result<()> {
         }
         Task::Bench => bench(&root),
         Task::BenchFlood { sessions } => bench_replay::flood(&root, sessions),
+        Task::PacedClient {
+            addr,
+            rate,
+            seconds,
+            connections,
+        } => paced::run(&paced::Load {
+            addr,
+            rate,
+            seconds,
+            connections,
+        }),
         Task::BenchReplay {
             runs,
             requests,
