@@ -16,8 +16,8 @@ pub const WAKEUP_BYTES: u64 = (RING_BYTES / 8) as u64;
 /// How often the agent drains the ring when the kernel does not wake it.
 pub const DRAIN_INTERVAL_MS: u64 = 2;
 
-/// Most server ports the capture filter holds.
-pub const MAX_PORTS: u32 = 64;
+/// Slots of the kernel's port filter: one per TCP port.
+pub const PORT_SLOTS: u32 = 65_536;
 
 /// Map names, as the kernel object defines them.
 pub mod maps {

@@ -13,9 +13,9 @@ use core::mem::MaybeUninit;
 use agent_common::{
     BlockEntry, CaptureConfig, CaptureEvent, Counter, DIRECTION_FRAGMENT, DIRECTION_HELD_FRAME,
     DIRECTION_RAW_IP, DIRECTION_TO_CLIENT, DIRECTION_TO_SERVER, EVENT_SIZES, EventHeader, FlowKey,
-    Guard, HOLD_IDLE, HOLD_PEEK, HOLD_PENDING, HoldEntry, MAX_BLOCK_ENTRIES, MAX_GUARDS, MAX_PORTS,
-    MAX_SNAPLEN, Peek, REINJECT_META, RING_BYTES, TCP_ACK, TCP_FIN, TCP_HEADER_ROOM, TCP_RST,
-    TCP_SYN, WAKEUP_BYTES, may_start_guarded,
+    Guard, HOLD_IDLE, HOLD_PEEK, HOLD_PENDING, HoldEntry, MAX_BLOCK_ENTRIES, MAX_GUARDS,
+    MAX_SNAPLEN, PORT_SLOTS, Peek, REINJECT_META, RING_BYTES, TCP_ACK, TCP_FIN, TCP_HEADER_ROOM,
+    TCP_RST, TCP_SYN, WAKEUP_BYTES, may_start_guarded,
 };
 use aya_ebpf::bindings::xdp_action;
 use aya_ebpf::bindings::{
@@ -31,7 +31,7 @@ use aya_ebpf::programs::{TcContext, XdpContext};
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
 #[map(name = "PORTS")]
-static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
+static PORTS: Array<u8> = Array::with_max_entries(PORT_SLOTS, 0);
 
 #[map(name = "CONFIG")]
 static CONFIG: Array<CaptureConfig> = Array::with_max_entries(1, 0);
@@ -169,8 +169,7 @@ fn blocked_at_driver(ctx: &XdpContext) -> Option<bool> {
         _ => return Some(false),
     };
     let server_port = u16::from_be(xdp_read::<u16>(ctx, l4 + 2)?);
-    // SAFETY: a map lookup by value; the returned reference is not kept.
-    if unsafe { PORTS.get(server_port) }.is_none() {
+    if !analysed(server_port) {
         return Some(false);
     }
     Some(live_entry(&BLOCKED_CLIENTS, &client, now).is_some())
@@ -237,8 +236,7 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, i64> {
     }
     let tcp = tc_read::<[u8; 20]>(ctx, l3.l4)?;
     let server_port = u16::from_be_bytes([tcp[2], tcp[3]]);
-    // SAFETY: a map lookup by value; the returned reference is not kept.
-    if unsafe { PORTS.get(server_port) }.is_none() {
+    if !analysed(server_port) {
         return Ok(TC_ACT_UNSPEC);
     }
     let client_port = u16::from_be_bytes([tcp[0], tcp[1]]);
@@ -536,8 +534,7 @@ fn try_egress(ctx: &TcContext) -> Result<i32, i64> {
     }
     let tcp = tc_read::<[u8; 20]>(ctx, l3.l4)?;
     let server_port = u16::from_be_bytes([tcp[0], tcp[1]]);
-    // SAFETY: a map lookup by value; the returned reference is not kept.
-    if unsafe { PORTS.get(server_port) }.is_none() {
+    if !analysed(server_port) {
         return Ok(TC_ACT_UNSPEC);
     }
     let enforce = server_facts(ctx, l3, &tcp);
@@ -834,6 +831,14 @@ fn load_into(ctx: &TcContext, offset: usize, dst: &mut [u8; 16]) -> Result<(), i
         )
     };
     if ret == 0 { Ok(()) } else { Err(ret) }
+}
+
+/// Whether `port` is an analysed server port: one array slot per port, a lookup the
+/// verifier turns into a bounds check and a load (a hash map lookup cost a hash per
+/// packet).
+#[inline(always)]
+fn analysed(port: u16) -> bool {
+    PORTS.get(u32::from(port)).is_some_and(|&v| v != 0)
 }
 
 fn count(counter: Counter) {

@@ -174,14 +174,14 @@ impl LiveCapture {
             let map = ebpf
                 .map_mut(maps::PORTS)
                 .ok_or(LiveError::Missing(maps::PORTS))?;
-            let mut port_map: HashMap<_, u16, u8> =
-                HashMap::try_from(map).map_err(|source| LiveError::Map {
+            let mut port_map: Array<_, u8> =
+                Array::try_from(map).map_err(|source| LiveError::Map {
                     name: maps::PORTS,
                     source,
                 })?;
             for &port in ports {
                 port_map
-                    .insert(port, 1, 0)
+                    .set(u32::from(port), 1, 0)
                     .map_err(|source| LiveError::Map {
                         name: maps::PORTS,
                         source,
