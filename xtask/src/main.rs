@@ -67,6 +67,9 @@ enum Task {
         #[arg(long)]
         skip_tshark: bool,
     },
+    /// Each kernel program's cost per packet on crafted frames (BPF_PROG_TEST_RUN, root):
+    /// steady enough to compare kernel changes, unlike timings under load.
+    BenchKernel,
     /// bench-live's fixed-rate client (run inside the client namespace).
     #[command(hide = true)]
     PacedClient {
@@ -181,6 +184,23 @@ fn main() -> Result<()> {
         }
         Task::Bench => bench(&root),
         Task::BenchFlood { sessions } => bench_replay::flood(&root, sessions),
+        Task::BenchKernel => {
+            if !is_root() {
+                bail!("bench-kernel loads kernel programs: run it as root");
+            }
+            cargo(
+                &root,
+                &[
+                    "run",
+                    "--release",
+                    "--locked",
+                    "-p",
+                    "seqshield",
+                    "--example",
+                    "kernel_cost",
+                ],
+            )
+        }
         Task::PacedClient {
             addr,
             rate,
