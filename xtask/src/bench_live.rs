@@ -155,7 +155,7 @@ pub fn run(root: &Path, seqshield: &Path) -> Result<()> {
     let paced_with = paced("with the agent")?;
     let paced_kernel = kernel_program_stats()?;
     let paced_agent_cpu = cpu_seconds(agent)? - paced_cpu_before;
-    stats_were.restore();
+    drop(stats_were);
     lab.stop(agent);
     let after = wrk("without the agent, again")?;
     let paced_after = paced("without the agent, again")?;
@@ -229,7 +229,8 @@ pub fn run(root: &Path, seqshield: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `kernel.bpf_stats_enabled` on for the measured run, put back as it was after.
+/// `kernel.bpf_stats_enabled` on for the measured runs, put back as it was when this
+/// is dropped (also when a run fails).
 struct BpfStats(String);
 
 impl BpfStats {
@@ -240,8 +241,10 @@ impl BpfStats {
         std::fs::write(Self::SYSCTL, "1")?;
         Ok(Self(was))
     }
+}
 
-    fn restore(self) {
+impl Drop for BpfStats {
+    fn drop(&mut self) {
         std::fs::write(Self::SYSCTL, &self.0).ok();
     }
 }
