@@ -4,7 +4,7 @@
 //! nothing else) and with tshark pulling the same HTTP requests out of the capture (what
 //! people use for the job today).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -44,36 +44,18 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         }
     }
     build(root, "realistic_capture")?;
-    let dir = root.join("target/bench-replay");
-    std::fs::create_dir_all(&dir)?;
-    let pcap = dir.join("realistic.pcap");
-    let config = dir.join("config.toml");
-    let report = dir.join("report.json");
-    crate::run(
-        Command::new(root.join("target/release/examples/realistic_capture"))
-            .arg(&pcap)
-            .arg(&config)
-            .arg(dir.join("state"))
-            .arg(options.requests.to_string()),
+    let work = Workload::write(
+        root,
+        "bench-replay",
+        "realistic_capture",
+        "realistic",
+        options.requests,
     )?;
-    let size_mb = std::fs::metadata(&pcap)?.len() as f64 / 1e6;
-    // Warm the page cache: every tool reads the file from memory.
-    std::fs::read(&pcap)?;
-    let seqshield = root.join("target/release/seqshield");
+    let pcap = &work.pcap;
+    let size_mb = std::fs::metadata(pcap)?.len() as f64 / 1e6;
     let floor_cmd = || {
         let mut c = Command::new("tcpdump");
-        c.arg("-r").arg(&pcap).args(["-w", "/dev/null"]);
-        c
-    };
-    let replay_cmd = || {
-        let mut c = Command::new(&seqshield);
-        c.arg("replay")
-            .arg("--config")
-            .arg(&config)
-            .arg("--pcap")
-            .arg(&pcap)
-            .arg("--report-out")
-            .arg(&report);
+        c.arg("-r").arg(pcap).args(["-w", "/dev/null"]);
         c
     };
 
@@ -81,7 +63,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     let mut replay = Vec::new();
     for round in 0..options.runs {
         floor.push(measure(floor_cmd())?);
-        replay.push(measure(replay_cmd())?);
+        replay.push(measure(work.replay(root))?);
         println!(
             "round {}: read floor {:.3} s, seqshield replay {:.3} s",
             round + 1,
@@ -89,7 +71,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
             replay[round].seconds
         );
     }
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report)?)?;
+    let summary = work.report()?;
     let requests = summary["stats"]["requests"]
         .as_f64()
         .context("stats.requests")?;
@@ -98,7 +80,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
 
     let tshark = if options.tshark {
         let mut c = Command::new("tshark");
-        c.arg("-r").arg(&pcap).args([
+        c.arg("-r").arg(pcap).args([
             "-n",
             "-Y",
             "http.request",
@@ -166,12 +148,10 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
 /// allowed: every alert is a history the flood destroyed), peak anonymous memory sampled.
 pub fn flood(root: &Path, sessions: usize) -> Result<()> {
     build(root, "flood_capture")?;
-    let dir = root.join("target/bench-flood");
-    std::fs::create_dir_all(&dir)?;
     // Half the flood, then all of it: the difference is what a live session costs,
     // without the tables that do not grow with sessions (connections, buffers).
-    let half = flood_run(root, &dir, sessions / 2)?;
-    let full = flood_run(root, &dir, sessions)?;
+    let half = flood_run(root, sessions / 2)?;
+    let full = flood_run(root, sessions)?;
     let per_session = (full.peak_anon_mib - half.peak_anon_mib) * 1024.0 * 1024.0
         / (sessions - sessions / 2) as f64;
     println!(
@@ -191,36 +171,69 @@ pub fn flood(root: &Path, sessions: usize) -> Result<()> {
     Ok(())
 }
 
-fn flood_run(root: &Path, dir: &Path, sessions: usize) -> Result<Run> {
-    let pcap = dir.join("flood.pcap");
-    let config = dir.join("config.toml");
-    let report = dir.join("report.json");
-    crate::run(
-        Command::new(root.join("target/release/examples/flood_capture"))
-            .arg(&pcap)
-            .arg(&config)
-            .arg(dir.join("state"))
-            .arg(sessions.to_string()),
-    )?;
-    std::fs::read(&pcap)?;
-    let mut replay = Command::new(root.join("target/release/seqshield"));
-    replay
-        .arg("replay")
-        .arg("--config")
-        .arg(&config)
-        .arg("--pcap")
-        .arg(&pcap)
-        .arg("--report-out")
-        .arg(&report);
-    let run = measure(replay)?;
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report)?)?;
-    let alerts = summary["stats"]["alerts"].as_u64().unwrap_or(u64::MAX);
+fn flood_run(root: &Path, sessions: usize) -> Result<Run> {
+    let work = Workload::write(root, "bench-flood", "flood_capture", "flood", sessions)?;
+    let run = measure(work.replay(root))?;
+    let alerts = work.report()?["stats"]["alerts"]
+        .as_u64()
+        .unwrap_or(u64::MAX);
     if alerts != 0 {
         bail!(
             "the flood of {sessions} sessions cost legit users their histories: {alerts} false alerts"
         );
     }
     Ok(run)
+}
+
+/// A capture written by one of the seqshield-tests examples (`EXAMPLE OUT.pcap
+/// CONFIG.toml STATE_DIR SIZE`) and the config to replay it with.
+struct Workload {
+    pcap: PathBuf,
+    config: PathBuf,
+    report: PathBuf,
+}
+
+impl Workload {
+    /// Writes it under `target/<dir>/`, then reads it once: every measured command reads
+    /// the file from the page cache.
+    fn write(root: &Path, dir: &str, example: &str, name: &str, size: usize) -> Result<Self> {
+        let dir = root.join("target").join(dir);
+        std::fs::create_dir_all(&dir)?;
+        let work = Self {
+            pcap: dir.join(format!("{name}.pcap")),
+            config: dir.join("config.toml"),
+            report: dir.join("report.json"),
+        };
+        crate::run(
+            Command::new(root.join("target/release/examples").join(example))
+                .arg(&work.pcap)
+                .arg(&work.config)
+                .arg(dir.join("state"))
+                .arg(size.to_string()),
+        )?;
+        std::fs::read(&work.pcap)?;
+        Ok(work)
+    }
+
+    /// `seqshield replay` of it, as a user runs it.
+    fn replay(&self, root: &Path) -> Command {
+        let mut c = Command::new(root.join("target/release/seqshield"));
+        c.arg("replay")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--pcap")
+            .arg(&self.pcap)
+            .arg("--report-out")
+            .arg(&self.report);
+        c
+    }
+
+    /// The report the last replay wrote.
+    fn report(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(&std::fs::read_to_string(
+            &self.report,
+        )?)?)
+    }
 }
 
 /// The release agent and the example that writes the capture (two builds: with
