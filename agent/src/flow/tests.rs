@@ -484,6 +484,20 @@ fn sequence_numbers_wrap() {
     assert_eq!(r.out, "abcd");
 }
 
+/// A handshake with window scaling on both sides, and the server's window at 65535 << 14:
+/// wide enough that out-of-order data is limited by memory bounds alone.
+fn open_wide(table: &mut FlowTable<Seen>) {
+    let mut sink = |_: &mut Seen, _: &FlowKey, _: Piece<'_>| {};
+    let mut syn = seg(0, ISN, SYN, b"");
+    syn.wscale = Some(14);
+    table.push(&syn, &mut sink);
+    let mut synack = srv(0, ISN + 1, 65_535, SYN_ACK);
+    synack.seq = SERVER_ISN;
+    synack.wscale = Some(14);
+    table.push(&synack, &mut sink);
+    table.push(&srv(0, ISN + 1, 65_535, ACK), &mut sink);
+}
+
 #[test]
 fn pending_buffer_is_bounded() {
     let big = vec![b'x'; 1000];
@@ -494,14 +508,7 @@ fn pending_buffer_is_bounded() {
     // Two-sided, with a window wide enough: the farthest segments are pruned.
     let mut table: FlowTable<Seen> = FlowTable::default();
     let mut sink = |_: &mut Seen, _: &FlowKey, _: Piece<'_>| {};
-    let mut syn = seg(0, ISN, SYN, b"");
-    syn.wscale = Some(14);
-    table.push(&syn, &mut sink);
-    let mut synack = srv(0, ISN + 1, 65_535, SYN_ACK);
-    synack.seq = SERVER_ISN;
-    synack.wscale = Some(14);
-    table.push(&synack, &mut sink);
-    table.push(&srv(0, ISN + 1, 65_535, ACK), &mut sink); // window 65535 << 14
+    open_wide(&mut table);
     for s in &far {
         table.push(s, &mut sink);
         assert!(table.flows[&key()].pending_bytes <= MAX_PENDING_BYTES);
@@ -526,14 +533,7 @@ fn out_of_order_bytes_share_the_buffer_budget() {
     assert!(heads.set(&budget, 60_000));
     let mut table: FlowTable<Seen> = FlowTable::new(FlowLimits::default(), budget.clone());
     let mut sink = |_: &mut Seen, _: &FlowKey, _: Piece<'_>| {};
-    let mut syn = seg(0, ISN, SYN, b"");
-    syn.wscale = Some(14);
-    table.push(&syn, &mut sink);
-    let mut synack = srv(0, ISN + 1, 65_535, SYN_ACK);
-    synack.seq = SERVER_ISN;
-    synack.wscale = Some(14);
-    table.push(&synack, &mut sink);
-    table.push(&srv(0, ISN + 1, 65_535, ACK), &mut sink);
+    open_wide(&mut table);
     let big = vec![b'x'; 1000];
     for i in 0..100u32 {
         table.push(&seg(1, 101 + i * 1000, ACK, &big), &mut sink);
