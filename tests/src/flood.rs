@@ -8,6 +8,17 @@ use crate::capture::Capture;
 
 const REQUESTS_PER_CONNECTION: usize = 10;
 
+/// The address of the `c`-th flood connection: distinct for millions of connections.
+pub fn flood_client(c: u32) -> String {
+    format!(
+        "10.{}.{}.{}:{}",
+        100 + c / 60_000,
+        (c / 250) % 240,
+        c % 250 + 1,
+        1024 + c % 60_000
+    )
+}
+
 pub fn session_flood(sessions: usize, legit: usize) -> Capture {
     let mut cap = Capture::new();
     let mut ts = T0;
@@ -23,14 +34,7 @@ pub fn session_flood(sessions: usize, legit: usize) -> Capture {
         .collect();
     let connections = sessions.div_ceil(REQUESTS_PER_CONNECTION);
     for c in 0..connections {
-        let client = format!(
-            "10.{}.{}.{}:{}",
-            100 + c / 60_000,
-            (c / 250) % 240,
-            c % 250 + 1,
-            1024 + c % 60_000
-        );
-        let mut conn = cap.join(&client, "10.0.0.2:80", 77 + c as u32);
+        let mut conn = cap.join(&flood_client(c as u32), "10.0.0.2:80", 77 + c as u32);
         for r in 0..REQUESTS_PER_CONNECTION.min(sessions - c * REQUESTS_PER_CONNECTION) {
             ts += MS / 100;
             let id = Ident::Cookie(format!("flood-{c}-{r}"));

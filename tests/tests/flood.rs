@@ -12,6 +12,7 @@ use seqshield::config::Config;
 use seqshield::pipeline::Pipeline;
 use seqshield_tests::bank::{self, Ident};
 use seqshield_tests::capture::{Capture, Conn, Link};
+use seqshield_tests::flood::flood_client;
 
 const MS: u64 = 1_000_000;
 const T0: u64 = 1_700_000_000_000_000_000;
@@ -43,16 +44,6 @@ fn rss_anon_mib() -> f64 {
 
 fn legit_ident(i: u32) -> Ident {
     Ident::Cookie(format!("legit-{i}"))
-}
-
-fn flood_client(c: u32) -> String {
-    format!(
-        "10.{}.{}.{}:{}",
-        100 + c / 60_000,
-        (c / 250) % 240,
-        c % 250 + 1,
-        1024 + c % 60_000
-    )
 }
 
 struct Replay {

@@ -239,29 +239,14 @@ impl Workload {
 /// The release agent and the example that writes the capture (two builds: with
 /// `--example`, cargo would build only examples of every package named).
 fn build(root: &Path, example: &str) -> Result<()> {
+    let release = ["build", "--release", "--locked", "-p"];
     crate::cargo(
         root,
-        &[
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "seqshield",
-            "--bin",
-            "seqshield",
-        ],
+        &[&release[..], &["seqshield", "--bin", "seqshield"]].concat(),
     )?;
     crate::cargo(
         root,
-        &[
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "seqshield-tests",
-            "--example",
-            example,
-        ],
+        &[&release[..], &["seqshield-tests", "--example", example]].concat(),
     )
 }
 
