@@ -343,6 +343,10 @@ pub const CAPTURE_PROGRAM: &str = "seqshield_ingress";
 /// The optional XDP program's name: drops blocked clients' packets at the driver.
 pub const XDP_PROGRAM: &str = "seqshield_xdp";
 
+/// A classifier that does nothing, never loaded by the agent: the benchmarks attach or
+/// run it to measure what the TC hook costs before a program reads a byte.
+pub const BASELINE_PROGRAM: &str = "seqshield_baseline";
+
 /// Per-CPU counters the kernel keeps; the agent sums them across CPUs.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -94,6 +94,14 @@ pub fn seqshield_egress(ctx: TcContext) -> i32 {
     try_egress(&ctx).unwrap_or(TC_ACT_UNSPEC)
 }
 
+/// Does nothing ("carry on"); never loaded by the agent. The benchmarks' baseline: what
+/// an attached classifier costs before it reads a byte (`cargo xtask bench-kernel`,
+/// `cargo xtask bench-live`).
+#[classifier]
+pub fn seqshield_baseline(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
 /// Optional (`[enforce] xdp = true`): drops TCP packets from blocked client addresses to
 /// the analysed ports at the driver, before the stack spends anything on them — also
 /// their handshakes, so such clients time out instead of being reset.

@@ -8,7 +8,7 @@
 //! same code's per-packet cost moves by ±100 ns from run to run on a shared VM, this by a
 //! few ns.
 
-use agent_common::{CAPTURE_PROGRAM, CaptureConfig, EGRESS_PROGRAM, maps};
+use agent_common::{BASELINE_PROGRAM, CAPTURE_PROGRAM, CaptureConfig, EGRESS_PROGRAM, maps};
 use aya::maps::{Array, RingBuf};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
@@ -85,7 +85,7 @@ fn main() {
         };
         config.set(0, monitor, 0).expect("config");
     }
-    for name in [CAPTURE_PROGRAM, EGRESS_PROGRAM] {
+    for name in [CAPTURE_PROGRAM, EGRESS_PROGRAM, BASELINE_PROGRAM] {
         let prog: &mut SchedClassifier = ebpf
             .program_mut(name)
             .expect("program in the object")
@@ -96,7 +96,12 @@ fn main() {
     let request = b"GET /api/v1/accounts/1007/balance HTTP/1.1\r\nHost: bank.test\r\n\
                     Cookie: sid=0123456789abcdef\r\nAccept: application/json\r\n\r\n";
     let response = vec![b'x'; 1_000];
-    let cases: [(&str, &str, Vec<u8>); 4] = [
+    let cases: [(&str, &str, Vec<u8>); 5] = [
+        (
+            "an empty program (the test run's own cost)",
+            BASELINE_PROGRAM,
+            frame(40_000, SERVER_PORT, request),
+        ),
         (
             "ingress, a request (captured)",
             CAPTURE_PROGRAM,

@@ -1,7 +1,8 @@
 //! `cargo xtask bench-live`: what the live agent costs a real server. nginx (one worker)
 //! in the server namespace, wrk (one thread) in the client namespace sending bank-API
-//! sessions; three runs of the same length and connections: without the agent, with it,
-//! and without again (the two baselines bracket machine drift). Reports throughput with
+//! sessions; runs of the same length and connections: without the agent, with an empty
+//! program attached, with the agent capturing another port, with it, and without again
+//! (the two baselines bracket machine drift). Reports throughput with
 //! and without, events lost, and the agent's CPU per 10k requests/s.
 
 use std::path::Path;
@@ -75,6 +76,31 @@ pub fn run(root: &Path, seqshield: &Path) -> Result<()> {
         &config,
         bank_agent_config(root, &lab.server_if, ADMIN, &dir.join("state"), "")?,
     )?;
+    let other_port_config = dir.join("agent-other-port.toml");
+    std::fs::write(
+        &other_port_config,
+        bank_agent_config(
+            root,
+            &lab.server_if,
+            ADMIN,
+            &dir.join("state-other-port"),
+            "",
+        )?
+        .replace("ports = [80]", "ports = [81]"),
+    )?;
+    crate::cargo(
+        root,
+        &[
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "seqshield",
+            "--example",
+            "attach_baseline",
+        ],
+    )?;
+    let baseline = root.join("target/release/examples/attach_baseline");
 
     let wrk = |label: &str| -> Result<WrkRun> {
         println!("== wrk, {label}: {DURATION_SECS} s, {CONNECTIONS} connections ==");
@@ -132,6 +158,37 @@ pub fn run(root: &Path, seqshield: &Path) -> Result<()> {
     let before = wrk("without the agent")?;
     let paced_before = paced("without the agent")?;
     let bin = path(seqshield)?;
+    // Where the cost of a program that captures nothing comes from: the hook with an
+    // empty program, then the agent with no port of this traffic (its programs still
+    // parse every packet's headers).
+    let empty = {
+        let out = dir.join("baseline.out");
+        let attached = lab.spawn_server_side(
+            &[path(&baseline)?, &lab.server_if],
+            Some((&out, &dir.join("baseline.err"))),
+        )?;
+        wait_until("the empty program", || {
+            std::fs::read_to_string(&out).is_ok_and(|s| s.contains("attached"))
+        })?;
+        let run = wrk("an empty program attached");
+        lab.stop(attached);
+        run?
+    };
+    let no_port = {
+        let attached = lab.spawn_server_side(
+            &[bin, "run", "--config", path(&other_port_config)?],
+            Some((
+                &dir.join("alerts-other-port.jsonl"),
+                &dir.join("agent-other-port.log"),
+            )),
+        )?;
+        wait_until("the agent", || {
+            lab.ok_in(&lab.server_ns, &[bin, "report", "--admin", ADMIN, "--json"])
+        })?;
+        let run = wrk("the agent, no port of this traffic");
+        lab.stop(attached);
+        run?
+    };
     let agent = lab.spawn_server_side(
         &[bin, "run", "--config", path(&config)?],
         Some((&dir.join("alerts.jsonl"), &dir.join("agent.log"))),
@@ -169,11 +226,17 @@ pub fn run(root: &Path, seqshield: &Path) -> Result<()> {
     let cpu_share = cpu / f64::from(DURATION_SECS);
     let summary = format!(
         "without agent: {:.0} req/s, {:.0} req/s (mean {baseline:.0})\n\
+         an empty program attached: {:.0} req/s = {:.1}% of without\n\
+         the agent, no port of this traffic: {:.0} req/s = {:.1}% of without\n\
          with agent:    {:.0} req/s = {:.1}% of without\n\
          agent saw {seen} of {} requests sent while attached; lost events: {lost}\n\
          agent CPU: {:.1}% of one core at {:.0} req/s = {:.1}% of a core per 10k req/s\n",
         before.per_sec,
         after.per_sec,
+        empty.per_sec,
+        empty.per_sec / baseline * 100.0,
+        no_port.per_sec,
+        no_port.per_sec / baseline * 100.0,
         with.per_sec,
         ratio * 100.0,
         with.requests,

@@ -1,8 +1,9 @@
 //! `cargo xtask bench-replay`: `seqshield replay` as a user runs it — a process, pinned
 //! to one core, on a realistic capture (`seqshield_tests::realistic`) — side by side in
 //! one run with the read floor (`tcpdump -r F -w /dev/null`: reading the file and
-//! nothing else) and with tshark pulling the same HTTP requests out of the capture (what
-//! people use for the job today).
+//! nothing else), with the parse floor (the `parse_floor` example: each frame decoded
+//! and httparse run on each client payload, nothing kept) and with tshark pulling the
+//! same HTTP requests out of the capture (what people use for the job today).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -43,7 +44,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
             bail!("{tool} is missing: run `cargo xtask setup` (as root) first");
         }
     }
-    build(root, "realistic_capture")?;
+    build(root, &["realistic_capture", "parse_floor"])?;
     let work = Workload::write(
         root,
         "bench-replay",
@@ -58,16 +59,25 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         c.arg("-r").arg(pcap).args(["-w", "/dev/null"]);
         c
     };
+    // Decoding each frame and httparse on each client payload, nothing else.
+    let parse_floor_cmd = || {
+        let mut c = Command::new(root.join("target/release/examples/parse_floor"));
+        c.arg(pcap).args(["80", "8080"]);
+        c
+    };
 
     let mut floor = Vec::new();
+    let mut parse_floor = Vec::new();
     let mut replay = Vec::new();
     for round in 0..options.runs {
         floor.push(measure(floor_cmd())?);
+        parse_floor.push(measure(parse_floor_cmd())?);
         replay.push(measure(work.replay(root))?);
         println!(
-            "round {}: read floor {:.3} s, seqshield replay {:.3} s",
+            "round {}: read floor {:.3} s, parse floor {:.3} s, seqshield replay {:.3} s",
             round + 1,
             floor[round].seconds,
+            parse_floor[round].seconds,
             replay[round].seconds
         );
     }
@@ -111,6 +121,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     };
 
     let floor = median(&floor);
+    let parse_floor = median(&parse_floor);
     let replay = median(&replay);
     println!(
         "\n== {size_mb:.0} MB capture, {requests:.0} requests, {sequences} sequences reported, \
@@ -122,6 +133,11 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         floor.seconds
     );
     println!(
+        "parse floor (decode + httparse only):   {:.3} s  {:.2} M requests/s",
+        parse_floor.seconds,
+        requests / parse_floor.seconds / 1e6,
+    );
+    println!(
         "seqshield replay:                       {:.3} s  {:.2} M requests/s  \
          peak RSS {:.0} MiB ({:.0} MiB anonymous, the rest the mapped capture)",
         replay.seconds,
@@ -130,8 +146,9 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         replay.peak_anon_mib
     );
     println!(
-        "seqshield / read floor:                 {:.2}x",
-        replay.seconds / floor.seconds
+        "seqshield / read floor:                 {:.2}x (parse floor / read floor {:.2}x)",
+        replay.seconds / floor.seconds,
+        parse_floor.seconds / floor.seconds
     );
     if let Some(t) = tshark {
         println!(
@@ -147,7 +164,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
 /// `sessions` one-request sessions next to 300 slow legit users (whose transfers are
 /// allowed: every alert is a history the flood destroyed), peak anonymous memory sampled.
 pub fn flood(root: &Path, sessions: usize) -> Result<()> {
-    build(root, "flood_capture")?;
+    build(root, &["flood_capture"])?;
     // Half the flood, then all of it: the difference is what a live session costs,
     // without the tables that do not grow with sessions (connections, buffers).
     let half = flood_run(root, sessions / 2)?;
@@ -238,16 +255,17 @@ impl Workload {
 
 /// The release agent and the example that writes the capture (two builds: with
 /// `--example`, cargo would build only examples of every package named).
-fn build(root: &Path, example: &str) -> Result<()> {
+fn build(root: &Path, examples: &[&str]) -> Result<()> {
     let release = ["build", "--release", "--locked", "-p"];
     crate::cargo(
         root,
         &[&release[..], &["seqshield", "--bin", "seqshield"]].concat(),
     )?;
-    crate::cargo(
-        root,
-        &[&release[..], &["seqshield-tests", "--example", example]].concat(),
-    )
+    let mut args = [&release[..], &["seqshield-tests"]].concat();
+    for example in examples {
+        args.extend(["--example", example]);
+    }
+    crate::cargo(root, &args)
 }
 
 fn median(runs: &[Run]) -> Run {
