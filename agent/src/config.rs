@@ -42,6 +42,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub state: StateConfig,
     pub alerts: AlertsConfig,
+    pub fleet: FleetConfig,
     /// Directory of the config file: relative paths in it (the OpenAPI file) resolve here.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -386,6 +387,51 @@ impl Default for StateConfig {
     }
 }
 
+/// `[fleet]` (SPEC §10): the agents of several API hosts share session histories in
+/// Redis. Without `redis` nothing is shared.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    /// `redis://host:port/db` (or `redis+unix:///path`), or a list of Redis Cluster nodes.
+    pub redis: Option<RedisNodes>,
+    /// A slower answer falls back to the local view (counted).
+    #[serde(deserialize_with = "human_duration")]
+    pub timeout: Duration,
+    /// The session-hash secret, distributed by the operator; by default one secret is
+    /// created in Redis by the first agent and used by all.
+    pub key_file: Option<PathBuf>,
+    /// Redis password, read from this file (not written in the config).
+    pub password_file: Option<PathBuf>,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            redis: None,
+            timeout: Duration::from_millis(5),
+            key_file: None,
+            password_file: None,
+        }
+    }
+}
+
+/// One Redis, or the nodes of a Redis Cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum RedisNodes {
+    One(String),
+    Cluster(Vec<String>),
+}
+
+impl RedisNodes {
+    pub fn urls(&self) -> &[String] {
+        match self {
+            Self::One(url) => std::slice::from_ref(url),
+            Self::Cluster(urls) => urls,
+        }
+    }
+}
+
 /// Most identifiers a session definition may list (SPEC §2).
 pub const MAX_IDENTIFIERS: usize = 10;
 /// Longest rule title (SPEC §4).
@@ -448,12 +494,13 @@ impl Config {
                 "admin" => section(&mut config.admin, value, &key, path, &mut errors),
                 "state" => section(&mut config.state, value, &key, path, &mut errors),
                 "alerts" => section(&mut config.alerts, value, &key, path, &mut errors),
+                "fleet" => section(&mut config.fleet, value, &key, path, &mut errors),
                 "endpoint" => array(&mut config.endpoints, value, &key, path, &mut errors, |e, i| e.position = i),
                 "rule" => array(&mut config.rules, value, &key, path, &mut errors, |r, i| r.position = i),
                 other => errors.push(ConfigError::new(
                     path,
                     other,
-                    "unknown section (expected capture, operations, endpoint, session, sequence, rule, enforce, admin, state, alerts)",
+                    "unknown section (expected capture, operations, endpoint, session, sequence, rule, enforce, admin, state, alerts, fleet)",
                 )),
             }
         }
@@ -529,6 +576,25 @@ impl Config {
         }
         if self.capture.ports.is_empty() {
             err("capture.ports", "list at least one server port".into());
+        }
+        if let Some(nodes) = &self.fleet.redis {
+            if nodes.urls().is_empty() {
+                err("fleet.redis", "list at least one Redis node".into());
+            }
+            for url in nodes.urls() {
+                if let Some(reason) = unusable_redis_url(url) {
+                    err("fleet.redis", format!("{url:?}: {reason}"));
+                }
+            }
+        }
+        let fleet_timeout = self.fleet.timeout;
+        if !(Duration::from_micros(100)..=Duration::from_secs(1)).contains(&fleet_timeout) {
+            err(
+                "fleet.timeout",
+                format!(
+                    "must be 100us..=1s (every request of a session may wait this long), got {fleet_timeout:?}"
+                ),
+            );
         }
         if self.capture.snaplen == 0 {
             err("capture.snaplen", "must be at least 1".into());
@@ -695,6 +761,19 @@ fn is_excerpt_line(line: &str) -> bool {
     rest.starts_with('|') || line.chars().all(|c| c == '^' || c == ' ')
 }
 
+/// Why a `[fleet] redis` URL cannot be used, if it cannot.
+fn unusable_redis_url(url: &str) -> Option<String> {
+    use redis::IntoConnectionInfo as _;
+    if url.starts_with("rediss://") {
+        return Some(
+            "rediss:// (TLS) is not built into this agent yet: reach Redis over a private \
+             network or a local TLS tunnel with redis://"
+                .into(),
+        );
+    }
+    url.into_connection_info().err().map(|e| e.to_string())
+}
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| {
         format!("invalid duration {text:?} ({e}); write e.g. \"500ms\", \"10m\", \"24h\"")
@@ -716,6 +795,28 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/seqshield/test.toml"))
+    }
+
+    #[test]
+    fn fleet_keys_are_checked() {
+        let c = parse("").unwrap();
+        assert_eq!(c.fleet.redis, None);
+        assert_eq!(c.fleet.timeout, Duration::from_millis(5));
+        let c = parse("[fleet]\nredis = \"redis://10.0.0.5:6379/0\"\n").unwrap();
+        assert_eq!(c.fleet.redis.unwrap().urls(), ["redis://10.0.0.5:6379/0"]);
+        let c = parse("[fleet]\nredis = [\"redis://a:7000\", \"redis://b:7001\"]\n").unwrap();
+        assert_eq!(c.fleet.redis.unwrap().urls().len(), 2);
+        for (text, key) in [
+            ("[fleet]\nredis = \"http://x\"\n", "fleet.redis"),
+            ("[fleet]\nredis = \"rediss://x:6380\"\n", "fleet.redis"),
+            ("[fleet]\nredis = []\n", "fleet.redis"),
+            ("[fleet]\ntimeout = \"5s\"\n", "fleet.timeout"),
+            ("[fleet]\nredis_url = \"redis://x\"\n", "fleet"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.key.starts_with(key), "{text}: {e}");
+            assert_eq!(e.file, "/etc/seqshield/test.toml");
+        }
     }
 
     #[test]

@@ -54,13 +54,19 @@ pub enum DaemonError {
     Thread(std::io::Error),
     #[error("the capture thread panicked; the kernel programs are detached")]
     CapturePanicked,
+    #[error("fleet: {0}")]
+    Fleet(#[from] crate::fleet::FleetError),
 }
 
 /// Runs until SIGTERM or SIGINT; everything attached is detached before it returns.
 pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
     LiveCapture::preflight(interface)?;
-    let key = state::load_or_create_key(&config.state.dir)?;
+    let local_key = state::load_or_create_key(&config.state.dir)?;
+    let (key, fleet) = crate::fleet::start(config, local_key)?;
     let mut pipeline = Pipeline::new(config, &key)?;
+    if let Some(fleet) = fleet {
+        pipeline.set_fleet(fleet);
+    }
     persist::resume(&mut pipeline, &config.state.dir);
     let shared = Arc::new(AgentState::new(pipeline, config.source.clone()));
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;

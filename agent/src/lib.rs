@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod defrag;
 pub mod enforce;
 pub mod evict;
+pub mod fleet;
 pub mod flow;
 pub mod http;
 pub mod metrics;

@@ -256,8 +256,12 @@ fn run_cli() -> Result<()> {
 
 fn replay(config_path: &Path, pcap: &Path, report_out: Option<&Path>, persist: bool) -> Result<()> {
     let config = Config::load(config_path)?;
-    let key = state::load_or_create_key(&config.state.dir)?;
+    let local_key = state::load_or_create_key(&config.state.dir)?;
+    let (key, fleet) = seqshield::fleet::start(&config, local_key)?;
     let mut pipeline = Pipeline::new(&config, &key)?;
+    if let Some(fleet) = fleet {
+        pipeline.set_fleet(fleet);
+    }
     if persist {
         seqshield::persist::resume(&mut pipeline, &config.state.dir);
     }
@@ -483,7 +487,8 @@ fn print_report(report: &Report, json: bool) -> Result<()> {
 
 fn session_hash(config_path: &Path, value: &str) -> Result<()> {
     let config = Config::load(config_path)?;
-    let key = state::load_or_create_key(&config.state.dir)?;
+    // In a fleet, sessions are hashed with the fleet's secret.
+    let (key, _) = seqshield::fleet::start(&config, state::load_or_create_key(&config.state.dir)?)?;
     let identifier = SessionIdentifier::new(&config.session.identifiers, &key);
     if config.session.identifiers.is_empty() {
         bail!(

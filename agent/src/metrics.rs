@@ -234,6 +234,20 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "Unfinished request heads dropped because max_buffer_bytes was reached",
         s.stats.heads_over_budget,
     );
+    if let Some(fleet) = s.stats.fleet {
+        counter(
+            &mut registry,
+            "fleet_fallbacks",
+            "Requests analysed with this host's view because the fleet's Redis was down or slow",
+            fleet.fallbacks,
+        );
+        counter(
+            &mut registry,
+            "fleet_round_trips",
+            "Round trips to the fleet's Redis",
+            fleet.round_trips,
+        );
+    }
     labelled(
         &mut registry,
         "evictions",

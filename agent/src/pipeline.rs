@@ -12,6 +12,7 @@ use crate::budget::BufferBudget;
 use crate::config::{Config, ConfigError, EnforceMode, RuleAction};
 use crate::defrag::{Defrag, FragStats};
 use crate::enforce::Blocks;
+use crate::fleet::Fleet;
 use crate::flow::{FlowLimits, FlowStats, FlowTable, MAX_FLOWS, Piece};
 use crate::http::{HttpStats, HttpStream, RequestHead};
 use crate::ops::{
@@ -89,6 +90,8 @@ struct Analysis {
     /// Reused for the normalised host and path of each request.
     host: String,
     path: String,
+    /// `[fleet]`: session histories shared with the other hosts' agents.
+    fleet: Option<Fleet>,
 }
 
 /// Per-connection state: the request stream, the session its requests last named, and
@@ -155,6 +158,7 @@ impl Pipeline {
                 violations: HashMap::default(),
                 host: String::new(),
                 path: String::new(),
+                fleet: None,
             },
             packets: 0,
             lost_events: 0,
@@ -358,7 +362,13 @@ impl Pipeline {
             flows: self.flows.stats(),
             fragments: self.defrag.stats(),
             sessions: self.analysis.sessions.stats(),
+            fleet: self.analysis.fleet.as_ref().map(Fleet::stats),
         }
+    }
+
+    /// Shares session histories with the other hosts' agents from now on (`[fleet]`).
+    pub fn set_fleet(&mut self, fleet: Fleet) {
+        self.analysis.fleet = Some(fleet);
     }
 
     /// Everything learned so far, for a snapshot.
@@ -630,7 +640,14 @@ impl Analysis {
         // Requests with no operation leave session state alone (SPEC §3).
         let Some(op) = op else { return };
         let session = self.sessions.touch(session_id, ts);
-        if session.history.record(op, ts) {
+        let new = match shared_history(&mut self.fleet, &mut self.catalog, session_id, op, ts) {
+            Some((new, entries)) => {
+                session.history.replace(&entries);
+                new
+            }
+            None => session.history.record(op, ts),
+        };
+        if new {
             self.analytics
                 .record_occurrence(session.history.entries(), ts);
         }
@@ -687,4 +704,27 @@ impl Analysis {
             previous_operations: lookback.iter().rev().map(|e| human(e.op)).collect(),
         });
     }
+}
+
+/// With a fleet: the request added to the session's shared history, which is returned
+/// in this agent's operation ids (whether it was a new occurrence, the entries). `None`
+/// without a fleet or when Redis cannot answer in time: the local history decides.
+fn shared_history(
+    fleet: &mut Option<Fleet>,
+    catalog: &mut Catalog,
+    session: SessionId,
+    op: OpId,
+    ts: Nanos,
+) -> Option<(bool, Vec<Entry>)> {
+    let fleet = fleet.as_mut()?;
+    fleet.publish_operation(op, catalog.get(op));
+    let shared = fleet.record(session, &catalog.get(op).id, ts)?;
+    let entries = crate::fleet::local_entries(&shared, |id| {
+        catalog.by_stable_id(id).or_else(|| {
+            // Another agent saw it first: learn it by its human form.
+            let human = fleet.operation(id)?;
+            catalog.lookup_for_rule(&human).ok()
+        })
+    });
+    Some((shared.new, entries))
 }

@@ -87,6 +87,10 @@ pub struct Stats {
     pub fragments: FragStats,
     #[serde(flatten)]
     pub sessions: SessionStats,
+    /// `[fleet]`: requests analysed with the shared history, fallbacks to the local
+    /// view, round trips to Redis. Absent without a fleet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::fleet::FleetStats>,
 }
 
 /// Narrowing of a report's sequences (admin API query parameters).

@@ -310,6 +310,14 @@ impl History {
     pub fn clear(&mut self) {
         self.len = 0;
     }
+
+    /// Takes another copy's entries (the fleet's shared history), the newest
+    /// `HISTORY_LEN` of them.
+    pub fn replace(&mut self, entries: &[Entry]) {
+        let entries = &entries[entries.len().saturating_sub(HISTORY_LEN)..];
+        self.entries[..entries.len()].copy_from_slice(entries);
+        self.len = entries.len() as u8;
+    }
 }
 
 #[derive(Debug, Clone, Default)]

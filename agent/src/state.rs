@@ -52,9 +52,36 @@ pub fn load_or_create_token(file: &Path) -> Result<String, StateError> {
     Ok(token)
 }
 
-/// The trimmed text of `file`, or 32 random bytes as hex written there first (temp file
-/// and rename: a crash never leaves half a secret).
+/// The trimmed text of `file`, or 32 random bytes as hex written there first.
 fn load_or_create_secret(file: &Path) -> Result<String, StateError> {
+    match fs::read_to_string(file) {
+        Ok(text) => Ok(text.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let hex = random_secret()?;
+            write_secret(file, &hex)?;
+            Ok(hex)
+        }
+        Err(e) => Err(StateError::Dir {
+            dir: file.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+/// 32 random bytes as 64 hex characters.
+pub fn random_secret() -> Result<String, StateError> {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(StateError::Random)?;
+    Ok(key_hex(&secret))
+}
+
+pub fn key_hex(key: &[u8; 32]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes a secret to `file` (0600; its directory created 0700) through a temp file
+/// and a rename: a crash never leaves half a secret.
+pub fn write_secret(file: &Path, text: &str) -> Result<(), StateError> {
     let dir = file.parent().unwrap_or(Path::new("."));
     let dir_err = |source| StateError::Dir {
         dir: dir.to_path_buf(),
@@ -65,33 +92,24 @@ fn load_or_create_secret(file: &Path) -> Result<String, StateError> {
         .mode(0o700)
         .create(dir)
         .map_err(dir_err)?;
-    match fs::read_to_string(file) {
-        Ok(text) => Ok(text.trim().to_string()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut secret = [0u8; 32];
-            getrandom::fill(&mut secret).map_err(StateError::Random)?;
-            let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-            let mut tmp = file.as_os_str().to_owned();
-            tmp.push(".tmp");
-            let tmp = PathBuf::from(tmp);
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(dir_err)?;
-            f.write_all(hex.as_bytes())
-                .and_then(|_| f.sync_all())
-                .map_err(dir_err)?;
-            fs::rename(&tmp, file).map_err(dir_err)?;
-            Ok(hex)
-        }
-        Err(e) => Err(dir_err(e)),
-    }
+    let mut tmp = file.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(dir_err)?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(dir_err)?;
+    fs::rename(&tmp, file).map_err(dir_err)
 }
 
-fn parse_key(hex: &str) -> Option<[u8; 32]> {
+/// A key from its 64 hex characters.
+pub fn parse_key(hex: &str) -> Option<[u8; 32]> {
     if hex.len() != 64 {
         return None;
     }

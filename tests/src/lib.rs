@@ -6,6 +6,7 @@ pub mod bank;
 pub mod capture;
 pub mod flood;
 pub mod realistic;
+pub mod redis;
 
 use std::path::Path;
 

@@ -380,6 +380,8 @@ const APT_PACKAGES: &[&str] = &[
     "nginx-light",
     // bench-replay: what users run today to pull HTTP requests out of a capture.
     "tshark",
+    // fleet mode's tests and demo: the shared store.
+    "redis-server",
 ];
 
 fn apt_packages() -> Result<()> {

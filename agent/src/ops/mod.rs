@@ -141,6 +141,8 @@ pub struct Catalog {
     ops: Vec<Operation>,
     /// `"METHOD host/path"` → id, for discovered lookups and rule references.
     by_human: HashMap<String, OpId, foldhash::fast::RandomState>,
+    /// Stable id → id, for rule references and the histories other agents share.
+    by_stable: HashMap<String, OpId, foldhash::fast::RandomState>,
     /// Configured templates, by method (a handful: a list beats a map).
     templates: Vec<MethodTemplates>,
     discovery: bool,
@@ -169,6 +171,7 @@ impl Catalog {
         let mut catalog = Self {
             ops: Vec::new(),
             by_human: HashMap::default(),
+            by_stable: HashMap::default(),
             templates: Vec::new(),
             discovery: config.operations.discovery,
             max_discovered: config.operations.max_operations,
@@ -247,8 +250,14 @@ impl Catalog {
         }
         let id = self.ops.len() as OpId;
         self.by_human.insert(op.human(), id);
+        self.by_stable.insert(op.id.clone(), id);
         self.ops.push(op);
         Ok(id)
+    }
+
+    /// The operation with this stable id, if the catalog knows it.
+    pub fn by_stable_id(&self, id: &str) -> Option<OpId> {
+        self.by_stable.get(id).copied()
     }
 
     pub fn get(&self, id: OpId) -> &Operation {
@@ -343,8 +352,8 @@ impl Catalog {
         if let Some(&op) = self.by_human.get(name) {
             return Ok(op);
         }
-        if let Some((i, _)) = self.ops.iter().enumerate().find(|(_, op)| op.id == name) {
-            return Ok(i as OpId);
+        if let Some(op) = self.by_stable_id(name) {
+            return Ok(op);
         }
         let parsed = name.split_once(' ').and_then(|(method, rest)| {
             let slash = rest.find('/')?;

@@ -1,0 +1,464 @@
+//! Fleet mode (SPEC §10): the agents of several API hosts keep each session's history in
+//! one Redis (or Redis Cluster), so a rule sees a session's requests whatever host
+//! served them.
+//!
+//! One round trip per request of an identified session: a Lua script applies the idle
+//! reset, the collapse of repeats and the history length of SPEC §3 to the shared
+//! history, exactly as `session::History` does locally, and returns it. Keys name the
+//! session by its keyed hash only. A Redis that is down or slower than `timeout` makes
+//! the agent carry on with its local view (counted, logged once per change) and retry
+//! with backoff; a late answer is never waited for.
+//!
+//! The connection is synchronous and owned by the pipeline's thread: requests are
+//! analysed one at a time, in order, so one connection keeps each session's updates in
+//! order and a pool would add nothing.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use redis::{ConnectionLike, IntoConnectionInfo as _};
+
+use crate::config::{Config, FleetConfig, RedisNodes};
+use crate::ops::{OpId, Operation};
+use crate::session::{Entry, HISTORY_LEN, SessionId};
+use crate::state::{self, StateError};
+use crate::{Nanos, duration_nanos};
+
+/// The shared history update (KEYS[1]: the session's history; ARGV: operation id, time
+/// as seconds and nanoseconds, idle timeout in ns, history length, TTL in ms). Stored as
+/// `"<last s> <last ns>|<op> <s> <ns>|…"`, oldest first. Returns `{new occurrence, state}`.
+/// Times travel as two integers: Lua numbers are doubles, and nanoseconds since 1970 do
+/// not fit in 53 bits.
+const RECORD_SCRIPT: &str = r#"
+local op, s, ns = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local idle, cap, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local last_s, last_ns = s, ns
+local h = {}
+local raw = redis.call('GET', KEYS[1])
+if raw then
+  local ls, lns, rest = string.match(raw, '^(%d+) (%d+)(.*)$')
+  last_s, last_ns = tonumber(ls), tonumber(lns)
+  for o, a, b in string.gmatch(rest, '|(%x+) (%d+) (%d+)') do
+    h[#h + 1] = {o, tonumber(a), tonumber(b)}
+  end
+  if #h > 0 and (s - last_s) * 1e9 + (ns - last_ns) > idle then
+    h = {}
+  end
+  if s > last_s or (s == last_s and ns > last_ns) then
+    last_s, last_ns = s, ns
+  end
+end
+local new = 1
+local n = #h
+if n > 0 and h[n][1] == op then
+  h[n][2], h[n][3] = s, ns
+  new = 0
+else
+  h[n + 1] = {op, s, ns}
+  if n + 1 > cap then
+    table.remove(h, 1)
+  end
+end
+local out = {string.format('%d %d', last_s, last_ns)}
+for i = 1, #h do
+  out[#out + 1] = string.format('%s %d %d', h[i][1], h[i][2], h[i][3])
+end
+local state = table.concat(out, '|')
+redis.call('SET', KEYS[1], state, 'PX', ttl)
+return {new, state}
+"#;
+
+/// The fleet's session-hash secret: created once by the first agent, read by the rest.
+const SECRET_KEY: &str = "seqshield:secret";
+/// Operation id → `"METHOD host/path"`, so an agent can name an operation another
+/// agent discovered first.
+const OPERATIONS_KEY: &str = "seqshield:operations";
+/// The fleet's secret as this agent last read it, in the state dir: an agent restarted
+/// while Redis is down still hashes sessions as the fleet does.
+pub const FLEET_KEY_FILE: &str = "fleet.key";
+/// Longest wait before retrying a Redis that was down.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("{path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: the key file must hold at least 32 bytes")]
+    ShortKey { path: String },
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Fallbacks and round trips, for the report and the metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct FleetStats {
+    /// Requests analysed with the shared history.
+    pub shared: u64,
+    /// Requests analysed with the local view because Redis was down or slow.
+    pub fallbacks: u64,
+    /// Round trips to Redis (script calls, operation lookups, connects).
+    pub round_trips: u64,
+}
+
+/// The shared history of one session after a request was added to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedHistory {
+    /// The request was a new occurrence, not a collapsed repeat.
+    pub new: bool,
+    /// (operation id, time of its latest request), oldest first.
+    pub entries: Vec<(String, Nanos)>,
+}
+
+enum Connection {
+    One(redis::Connection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
+}
+
+impl Connection {
+    fn link(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            Self::One(c) => c,
+            Self::Cluster(c) => c.as_mut(),
+        }
+    }
+}
+
+/// An agent's link to the fleet's Redis.
+pub struct Fleet {
+    nodes: Vec<redis::ConnectionInfo>,
+    cluster: bool,
+    timeout: Duration,
+    script: std::sync::Arc<redis::Script>,
+    /// How long Redis keeps an untouched history (wall clock): longer than any idle
+    /// timeout it could still matter for.
+    ttl_ms: u64,
+    idle_timeout: Nanos,
+    conn: Option<Connection>,
+    retry_at: Instant,
+    backoff: Duration,
+    /// Operations already written to the fleet's operation table.
+    published: Vec<bool>,
+    stats: FleetStats,
+}
+
+impl Fleet {
+    /// Reads the password file and prepares the link; connects on first use (and tries
+    /// once now, so a wrong address shows in the log at start).
+    pub fn new(
+        config: &FleetConfig,
+        nodes: &RedisNodes,
+        idle_timeout: Nanos,
+    ) -> Result<Self, FleetError> {
+        let password = match &config.password_file {
+            Some(path) => Some(read_file(path)?.trim().to_string()),
+            None => None,
+        };
+        let nodes = nodes
+            .urls()
+            .iter()
+            .map(|url| {
+                let info = url.as_str().into_connection_info()?;
+                Ok(match &password {
+                    Some(p) => {
+                        let settings = info.redis_settings().clone().set_password(p);
+                        info.set_redis_settings(settings)
+                    }
+                    None => info,
+                })
+            })
+            .collect::<Result<Vec<_>, FleetError>>()?;
+        let mut fleet = Self {
+            cluster: nodes.len() > 1,
+            nodes,
+            timeout: config.timeout,
+            script: std::sync::Arc::new(redis::Script::new(RECORD_SCRIPT)),
+            ttl_ms: (idle_timeout / 1_000_000).saturating_add(60_000),
+            idle_timeout,
+            conn: None,
+            retry_at: Instant::now(),
+            backoff: FIRST_BACKOFF,
+            published: Vec::new(),
+            stats: FleetStats::default(),
+        };
+        fleet.link();
+        Ok(fleet)
+    }
+
+    pub fn stats(&self) -> FleetStats {
+        self.stats
+    }
+
+    /// The session-hash secret every agent of the fleet uses: `key_file` when the
+    /// operator distributes one, else the one kept in Redis (created by the first agent
+    /// that asks). The Redis one is cached in `state_dir`, so an agent restarted while
+    /// Redis is down still hashes sessions as the fleet does.
+    pub fn session_secret(
+        &mut self,
+        config: &FleetConfig,
+        state_dir: &Path,
+    ) -> Result<Option<[u8; 32]>, FleetError> {
+        if let Some(path) = &config.key_file {
+            let bytes = std::fs::read(path).map_err(|source| FleetError::File {
+                path: path.display().to_string(),
+                source,
+            })?;
+            if bytes.len() < 32 {
+                return Err(FleetError::ShortKey {
+                    path: path.display().to_string(),
+                });
+            }
+            return Ok(Some(*blake3::hash(&bytes).as_bytes()));
+        }
+        let cached = state_dir.join(FLEET_KEY_FILE);
+        let candidate = state::random_secret()?;
+        let shared: Option<String> = self.call(|link| {
+            redis::cmd("SET")
+                .arg(SECRET_KEY)
+                .arg(&candidate)
+                .arg("NX")
+                .exec(link)?;
+            redis::cmd("GET").arg(SECRET_KEY).query(link)
+        });
+        match shared.as_deref().and_then(state::parse_key) {
+            Some(secret) => {
+                state::write_secret(&cached, &state::key_hex(&secret))?;
+                Ok(Some(secret))
+            }
+            None => Ok(std::fs::read_to_string(&cached)
+                .ok()
+                .and_then(|text| state::parse_key(text.trim()))),
+        }
+    }
+
+    /// Adds a request (`op`: the operation's stable id) to the session's shared history
+    /// and returns it; `None` when Redis cannot answer in time (use the local view).
+    pub fn record(&mut self, session: SessionId, op: &str, at: Nanos) -> Option<SharedHistory> {
+        let key = history_key(session);
+        let (script, ttl_ms, idle_timeout) = (self.script.clone(), self.ttl_ms, self.idle_timeout);
+        let reply: Option<(i64, String)> = self.call(|link| {
+            script
+                .key(&key)
+                .arg(op)
+                .arg(at / 1_000_000_000)
+                .arg(at % 1_000_000_000)
+                .arg(idle_timeout)
+                .arg(HISTORY_LEN)
+                .arg(ttl_ms)
+                .invoke(link)
+        });
+        let Some((new, state)) = reply else {
+            self.stats.fallbacks += 1;
+            return None;
+        };
+        self.stats.shared += 1;
+        Some(SharedHistory {
+            new: new == 1,
+            entries: parse_state(&state),
+        })
+    }
+
+    /// Writes an operation to the fleet's table once per agent run (ids are the same on
+    /// every host; the human form lets other agents name it).
+    pub fn publish_operation(&mut self, op: OpId, operation: &Operation) {
+        let slot = usize::from(op);
+        if self.published.get(slot).copied().unwrap_or(false) {
+            return;
+        }
+        let done: Option<()> = self.call(|link| {
+            redis::cmd("HSETNX")
+                .arg(OPERATIONS_KEY)
+                .arg(&operation.id)
+                .arg(operation.human())
+                .exec(link)
+        });
+        if done.is_some() {
+            if self.published.len() <= slot {
+                self.published.resize(slot + 1, false);
+            }
+            self.published[slot] = true;
+        }
+    }
+
+    /// The human form of an operation another agent published.
+    pub fn operation(&mut self, id: &str) -> Option<String> {
+        self.call(|link| redis::cmd("HGET").arg(OPERATIONS_KEY).arg(id).query(link))
+    }
+
+    /// Runs one exchange with Redis if it is reachable: on any error or timeout the
+    /// connection is dropped (a late answer would desynchronise it) and retried later.
+    fn call<T>(
+        &mut self,
+        exchange: impl FnOnce(&mut dyn ConnectionLike) -> redis::RedisResult<T>,
+    ) -> Option<T> {
+        self.link()?;
+        self.stats.round_trips += 1;
+        let conn = self.conn.as_mut()?;
+        match exchange(conn.link()) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.down(&e);
+                None
+            }
+        }
+    }
+
+    /// The connection, made if it is time to try.
+    fn link(&mut self) -> Option<&mut Connection> {
+        if self.conn.is_none() {
+            if Instant::now() < self.retry_at {
+                return None;
+            }
+            self.stats.round_trips += 1;
+            match self.connect() {
+                Ok(conn) => {
+                    tracing::info!(
+                        event = "fleet_up",
+                        "fleet store reachable: sharing sessions"
+                    );
+                    self.conn = Some(conn);
+                    self.backoff = FIRST_BACKOFF;
+                }
+                Err(e) => {
+                    self.down(&e);
+                    return None;
+                }
+            }
+        }
+        self.conn.as_mut()
+    }
+
+    fn connect(&self) -> redis::RedisResult<Connection> {
+        let t = Some(self.timeout);
+        if self.cluster {
+            let conn = redis::cluster::ClusterClient::builder(self.nodes.clone())
+                .connection_timeout(self.timeout)
+                .build()?
+                .get_connection()?;
+            conn.set_read_timeout(t)?;
+            conn.set_write_timeout(t)?;
+            Ok(Connection::Cluster(Box::new(conn)))
+        } else {
+            let conn = redis::Client::open(self.nodes[0].clone())?
+                .get_connection_with_timeout(self.timeout)?;
+            conn.set_read_timeout(t)?;
+            conn.set_write_timeout(t)?;
+            Ok(Connection::One(conn))
+        }
+    }
+
+    fn down(&mut self, error: &redis::RedisError) {
+        if self.conn.take().is_some() || self.backoff == FIRST_BACKOFF {
+            tracing::warn!(
+                event = "fleet_down",
+                %error,
+                retry_in_ms = self.backoff.as_millis() as u64,
+                "fleet store unreachable or slow: using this host's view of sessions"
+            );
+        }
+        self.retry_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// The session-hash key a pipeline starts with, and the fleet link when `[fleet] redis`
+/// is set: the fleet's shared secret then (this host's `local` key only while neither
+/// Redis nor a cached copy can give it — sessions are then not shared, and the log says
+/// so).
+pub fn start(config: &Config, local: [u8; 32]) -> Result<([u8; 32], Option<Fleet>), FleetError> {
+    let Some(nodes) = &config.fleet.redis else {
+        return Ok((local, None));
+    };
+    let mut fleet = Fleet::new(
+        &config.fleet,
+        nodes,
+        duration_nanos(config.sequence.idle_timeout),
+    )?;
+    let key = match fleet.session_secret(&config.fleet, &config.state.dir)? {
+        Some(key) => key,
+        None => {
+            tracing::warn!(
+                event = "fleet_secret_unavailable",
+                "the fleet's session-hash secret is not reachable and not cached: hashing \
+                 sessions with this host's key until a restart (sessions are not shared)"
+            );
+            local
+        }
+    };
+    Ok((key, Some(fleet)))
+}
+
+/// A session's history key: the keyed hash only (never a raw value), in braces so a
+/// Redis Cluster keeps every key of a session in one slot.
+fn history_key(session: SessionId) -> String {
+    format!("seqshield:{{{session}}}:history")
+}
+
+fn parse_state(state: &str) -> Vec<(String, Nanos)> {
+    state
+        .split('|')
+        .skip(1)
+        .filter_map(|item| {
+            let mut parts = item.split(' ');
+            let op = parts.next()?;
+            let s: u64 = parts.next()?.parse().ok()?;
+            let ns: u64 = parts.next()?.parse().ok()?;
+            Some((op.to_string(), s * 1_000_000_000 + ns))
+        })
+        .collect()
+}
+
+/// A history as the local session table keeps it, from the shared one; operations are
+/// named by `resolve` (stable id → this agent's id), unknown ones left out.
+pub fn local_entries(
+    shared: &SharedHistory,
+    mut resolve: impl FnMut(&str) -> Option<OpId>,
+) -> Vec<Entry> {
+    shared
+        .entries
+        .iter()
+        .filter_map(|(id, at)| {
+            Some(Entry {
+                op: resolve(id)?,
+                at: *at,
+            })
+        })
+        .collect()
+}
+
+fn read_file(path: &Path) -> Result<String, FleetError> {
+    std::fs::read_to_string(path).map_err(|source| FleetError::File {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_times_beyond_53_bits() {
+        let at = 1_764_000_000_123_456_789u64;
+        let state = format!(
+            "1764000000 123456789|abcdef012345 {} {}",
+            at / 1_000_000_000,
+            at % 1_000_000_000
+        );
+        assert_eq!(parse_state(&state), vec![("abcdef012345".to_string(), at)]);
+    }
+
+    #[test]
+    fn keys_hold_the_hash_in_a_hash_tag() {
+        assert_eq!(
+            history_key(SessionId(0xab)),
+            "seqshield:{00000000000000ab}:history"
+        );
+    }
+}
