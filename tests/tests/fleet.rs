@@ -17,18 +17,19 @@ use seqshield::session::{SessionId, Sessions};
 use seqshield::source::pcap::for_each_packet;
 use seqshield_tests::bank::{self, Ident, MS, SEC, T0};
 use seqshield_tests::capture::{Capture, Link};
-use seqshield_tests::redis::RedisServer;
+use seqshield_tests::redis::{RedisCluster, RedisServer};
 
 const IDLE: u64 = 600 * SEC;
 
 fn fleet_config(redis: &RedisServer, state: &Path) -> Config {
+    config_for(&format!("{:?}", redis.url()), state)
+}
+
+/// A bank config whose `[fleet] redis` is `redis` (TOML: a string or a list).
+fn config_for(redis: &str, state: &Path) -> Config {
     let text = bank::config(
         1,
-        &format!(
-            "[fleet]\nredis = {:?}\ntimeout = \"200ms\"\n[state]\ndir = {:?}\n",
-            redis.url(),
-            state
-        ),
+        &format!("[fleet]\nredis = {redis}\ntimeout = \"200ms\"\n[state]\ndir = {state:?}\n"),
     );
     Config::parse(&text, Path::new("fleet.toml")).expect("fleet config")
 }
@@ -130,11 +131,34 @@ fn counts(reports: &[Report]) -> BTreeMap<String, u64> {
 #[test]
 fn two_agents_sharing_redis_see_what_one_agent_sees() {
     let redis = RedisServer::start();
+    two_agents_see_what_one_agent_sees(&format!("{:?}", redis.url()));
+}
+
+#[test]
+fn two_agents_sharing_a_redis_cluster_see_what_one_agent_sees() {
+    let cluster = RedisCluster::start();
+    let urls: Vec<String> = cluster.urls().iter().map(|u| format!("{u:?}")).collect();
+    two_agents_see_what_one_agent_sees(&format!("[{}]", urls.join(", ")));
+    // Sessions spread over the nodes, each under its hash tag (one slot per session).
+    let mut nodes_with_histories = 0;
+    for &port in cluster.ports() {
+        let keys = cluster.keys_on(port);
+        let histories: Vec<&String> = keys.iter().filter(|k| k.ends_with(":history")).collect();
+        assert!(
+            histories.iter().all(|k| k.starts_with("seqshield:{")),
+            "{keys:?}"
+        );
+        nodes_with_histories += usize::from(!histories.is_empty());
+    }
+    assert_eq!(nodes_with_histories, 3);
+}
+
+fn two_agents_see_what_one_agent_sees(redis: &str) {
     let dir = tempfile::tempdir().unwrap();
     let pcap = fleet_capture(200).to_pcap(Link::Ethernet);
     let configs: Vec<Config> = ["a", "b", "one"]
         .iter()
-        .map(|name| fleet_config(&redis, &dir.path().join(name)))
+        .map(|name| config_for(redis, &dir.path().join(name)))
         .collect();
     let ports = configs[0].capture.ports.clone();
 
