@@ -122,7 +122,7 @@ enum Connection {
 }
 
 impl Connection {
-    fn link(&mut self) -> &mut dyn ConnectionLike {
+    fn commands(&mut self) -> &mut dyn ConnectionLike {
         match self {
             Self::One(c) => c,
             Self::Cluster(c) => c.as_mut(),
@@ -160,6 +160,7 @@ impl Fleet {
             Some(path) => Some(read_file(path)?.trim().to_string()),
             None => None,
         };
+        let nodes_config = nodes;
         let nodes = nodes
             .urls()
             .iter()
@@ -175,7 +176,8 @@ impl Fleet {
             })
             .collect::<Result<Vec<_>, FleetError>>()?;
         let mut fleet = Self {
-            cluster: nodes.len() > 1,
+            // A list names cluster nodes, even a list of one.
+            cluster: matches!(nodes_config, RedisNodes::Cluster(_)),
             nodes,
             timeout: config.timeout,
             script: std::sync::Arc::new(redis::Script::new(RECORD_SCRIPT)),
@@ -300,7 +302,7 @@ impl Fleet {
         self.link()?;
         self.stats.round_trips += 1;
         let conn = self.conn.as_mut()?;
-        match exchange(conn.link()) {
+        match exchange(conn.commands()) {
             Ok(v) => Some(v),
             Err(e) => {
                 self.down(&e);
