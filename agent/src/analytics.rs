@@ -289,21 +289,22 @@ impl Analytics {
     /// A new occurrence of the final entry of `history` (oldest first): N(x), and one
     /// count for the window of its last 2..=max_ops operations. N(s) of every suffix s
     /// of a window is the sum over the windows that end with s — summed when a report
-    /// asks (`scores`), so a request costs one table probe instead of eight.
-    pub fn record_occurrence(&mut self, history: &[Entry], now: Nanos) {
-        let Some(last) = history.last() else { return };
+    /// asks (`scores`), so a request costs one table probe instead of eight. Returns
+    /// the window counted, if the history was long enough for one.
+    pub fn record_occurrence(&mut self, history: &[Entry], now: Nanos) -> Option<SeqKey> {
+        let last = history.last()?;
         let (hour, slots) = (hour_of(now), self.slots);
         self.op(last.op, hour).occurrences.add(hour, slots);
         let longest = self.max_ops.min(history.len());
         if longest < 2 {
-            return;
+            return None;
         }
         let key = (0..longest).fold(SeqKey::default(), |key, i| {
             key.with(i, history[history.len() - 1 - i].op)
         });
         if let Some(counts) = self.sequences.get_mut(&key) {
             counts.add(hour, slots);
-            return;
+            return Some(key);
         }
         if self.sequences.len() >= self.max_sequences {
             self.evict_low_support(hour);
@@ -311,6 +312,12 @@ impl Analytics {
         let mut counts = Hourly::new(hour);
         counts.add(hour, slots);
         self.sequences.insert(key, counts);
+        Some(key)
+    }
+
+    /// Hours in the window, the report's own hour included.
+    pub fn slots(&self) -> u32 {
+        self.slots
     }
 
     /// Frees a tenth of the table, lowest window counts first.
@@ -454,6 +461,15 @@ pub struct ScoreInputs {
 }
 
 impl ScoreInputs {
+    /// Inputs from counts made elsewhere (the fleet's merged counts): each window's
+    /// total, and occurrences by operation id.
+    pub fn from_counts(windows: Vec<(SeqKey, u64)>, occurrences: Vec<u64>) -> Self {
+        Self {
+            windows,
+            occurrences,
+        }
+    }
+
     /// The scores [`Analytics::scores`] gives.
     pub fn scores(mut self, min_support: u64) -> Vec<SequenceScore> {
         // N(s): every window counts for each of its suffixes of 2 or more operations.

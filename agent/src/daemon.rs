@@ -302,7 +302,9 @@ fn capture_loop(
             save_snapshot(shared, state_dir);
         }
     }
-    // Stopping: what is held goes back now rather than by the clients' retransmissions.
+    // Stopping: this agent's last counts go to the fleet's.
+    shared.pipeline().flush_fleet();
+    // What is held goes back now rather than by the clients' retransmissions.
     if let Some(holds) = &mut outcomes.holds {
         for release in holds.holder.release_all() {
             holds.put_back(&capture, release);

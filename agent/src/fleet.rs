@@ -13,11 +13,13 @@
 //! analysed one at a time, in order, so one connection keeps each session's updates in
 //! order and a pool would add nothing.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use redis::{ConnectionLike, IntoConnectionInfo as _};
 
+use crate::analytics::SeqKey;
 use crate::config::{Config, FleetConfig, RedisNodes};
 use crate::ops::{OpId, Operation};
 use crate::session::{Entry, HISTORY_LEN, SessionId};
@@ -91,8 +93,101 @@ pub enum FleetError {
     ShortKey { path: String },
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("Redis: an unexpected reply: {0}")]
+    Reply(#[from] redis::ParsingError),
     #[error(transparent)]
     State(#[from] StateError),
+}
+
+/// Adds to the fleet's counts this often.
+const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Distinct counts kept while Redis cannot take them; beyond, new ones are dropped and
+/// counted (`deltas_dropped`).
+const MAX_DELTAS: usize = 1 << 20;
+/// How long a batch's mark stays: longer than any retry of it takes (backoff ≤ 5 s).
+const BATCH_MARK_SECS: u64 = 600;
+/// Adds one batch's counts to one hour's (KEYS[1]) unless the batch's mark (KEYS[2])
+/// shows it was added already. ARGV: the counts' TTL, the mark's TTL (seconds), then
+/// field, increment pairs.
+const ADD_SCRIPT: &str = r#"
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
+  for i = 3, #ARGV, 2 do
+    redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return 1
+"#;
+/// How long a report waits for the fleet's counts.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The counts of every agent of the fleet over some hours, by stable operation id.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FleetCounts {
+    /// Stable id → `"METHOD host/path"`, every operation any agent published.
+    pub operations: HashMap<String, String>,
+    pub requests: HashMap<String, u64>,
+    pub occurrences: HashMap<String, u64>,
+    /// Windows (stable ids, first to final) and their counts.
+    pub windows: Vec<(Vec<String>, u64)>,
+}
+
+/// Reads the fleet's merged counts (see [`Fleet::reader`]).
+#[derive(Debug, Clone)]
+pub struct FleetReader {
+    nodes: Vec<redis::ConnectionInfo>,
+    cluster: bool,
+}
+
+impl FleetReader {
+    /// The counts of `hours` summed over the fleet, or why they could not be read.
+    pub fn read(&self, hours: std::ops::RangeInclusive<u32>) -> Result<FleetCounts, FleetError> {
+        let mut conn = connect(&self.nodes, self.cluster, REPORT_TIMEOUT)?;
+        let mut commands = vec![redis::cmd("HGETALL").arg(OPERATIONS_KEY).clone()];
+        for hour in hours {
+            commands.push(redis::cmd("HGETALL").arg(counts_key(hour)).clone());
+        }
+        let (operations, per_hour): (HashMap<String, String>, Vec<HashMap<String, u64>>) = {
+            let mut replies = conn.batch(commands)?;
+            let operations = redis::from_redis_value(replies.remove(0))?;
+            let per_hour = replies
+                .into_iter()
+                .map(redis::from_redis_value)
+                .collect::<Result<_, _>>()?;
+            (operations, per_hour)
+        };
+        let mut counts = FleetCounts {
+            operations,
+            ..FleetCounts::default()
+        };
+        let mut windows: HashMap<Vec<String>, u64> = HashMap::new();
+        for fields in per_hour {
+            for (field, n) in fields {
+                match field.split_once(' ') {
+                    Some(("r", id)) => *counts.requests.entry(id.to_string()).or_default() += n,
+                    Some(("o", id)) => *counts.occurrences.entry(id.to_string()).or_default() += n,
+                    Some(("w", ids)) => {
+                        let ops = ids.split(' ').map(str::to_string).collect();
+                        *windows.entry(ops).or_default() += n;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        counts.windows = windows.into_iter().collect();
+        Ok(counts)
+    }
+}
+
+/// One hour's counts of the whole fleet (in braces: a batch's mark goes to its slot).
+fn counts_key(hour: u32) -> String {
+    format!("seqshield:{{counts:{hour}}}")
+}
+
+fn random_u64() -> Result<u64, FleetError> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| FleetError::State(StateError::Random(e)))?;
+    Ok(u64::from_le_bytes(bytes))
 }
 
 /// Fallbacks and round trips, for the report and the metrics.
@@ -103,8 +198,13 @@ pub struct FleetStats {
     pub shared: u64,
     /// Requests analysed with the local view because Redis was down or slow.
     pub fallbacks: u64,
-    /// Round trips to Redis (script calls, operation lookups, connects).
+    /// Round trips to Redis (script calls, operation lookups, count flushes, connects).
     pub round_trips: u64,
+    /// Times this agent's counts were added to the fleet's.
+    pub flushes: u64,
+    /// Counts lost because Redis was away long enough for the unflushed ones to fill
+    /// their bound.
+    pub deltas_dropped: u64,
 }
 
 /// The shared history of one session after a request was added to it.
@@ -128,6 +228,27 @@ impl Connection {
             Self::Cluster(c) => c.as_mut(),
         }
     }
+
+    /// Sends `commands` as one pipeline (a cluster's is split by node) and returns
+    /// their replies.
+    fn batch(&mut self, commands: Vec<redis::Cmd>) -> redis::RedisResult<Vec<redis::Value>> {
+        match self {
+            Self::One(c) => {
+                let mut pipe = redis::pipe();
+                for command in commands {
+                    pipe.add_command(command);
+                }
+                pipe.query(c)
+            }
+            Self::Cluster(c) => {
+                let mut pipe = redis::cluster::cluster_pipe();
+                for command in commands {
+                    pipe.add_command(command);
+                }
+                pipe.query(c.as_mut())
+            }
+        }
+    }
 }
 
 /// An agent's link to the fleet's Redis.
@@ -145,7 +266,32 @@ pub struct Fleet {
     backoff: Duration,
     /// Operations already written to the fleet's operation table.
     published: Vec<bool>,
+    /// This agent's counts not yet added to the fleet's.
+    deltas: HashMap<(u32, Counted), u64, foldhash::fast::RandomState>,
+    /// A batch of counts sent but not acknowledged: sent again, unchanged.
+    unsent: Option<Batch>,
+    /// Batches made so far, and this agent run's random name: a batch's mark in Redis.
+    batches: u64,
+    agent: u64,
+    /// How long Redis keeps an hour's counts: the window and a margin.
+    counts_ttl_secs: u64,
+    last_flush: Instant,
     stats: FleetStats,
+}
+
+/// Counts on their way to the fleet's: by hour, (field, increment).
+struct Batch {
+    number: u64,
+    hours: Vec<(u32, Vec<(String, u64)>)>,
+}
+
+/// What a count is of (SPEC §3): requests and N(x) of an operation, or one window of
+/// operations (N(s) of its suffixes is summed when a report is made).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Counted {
+    Requests(OpId),
+    Occurrences(OpId),
+    Window(SeqKey),
 }
 
 impl Fleet {
@@ -155,6 +301,7 @@ impl Fleet {
         config: &FleetConfig,
         nodes: &RedisNodes,
         idle_timeout: Nanos,
+        window: Nanos,
     ) -> Result<Self, FleetError> {
         let password = match &config.password_file {
             Some(path) => Some(read_file(path)?.trim().to_string()),
@@ -187,6 +334,12 @@ impl Fleet {
             retry_at: Instant::now(),
             backoff: FIRST_BACKOFF,
             published: Vec::new(),
+            deltas: HashMap::default(),
+            unsent: None,
+            batches: 0,
+            agent: random_u64()?,
+            counts_ttl_secs: window / crate::NANOS_PER_SEC + 2 * 3600,
+            last_flush: Instant::now(),
             stats: FleetStats::default(),
         };
         fleet.link();
@@ -220,7 +373,8 @@ impl Fleet {
         }
         let cached = state_dir.join(FLEET_KEY_FILE);
         let candidate = state::random_secret()?;
-        let shared: Option<String> = self.call(|link| {
+        let shared: Option<String> = self.call(|conn| {
+            let link = conn.commands();
             redis::cmd("SET")
                 .arg(SECRET_KEY)
                 .arg(&candidate)
@@ -244,7 +398,7 @@ impl Fleet {
     pub fn record(&mut self, session: SessionId, op: &str, at: Nanos) -> Option<SharedHistory> {
         let key = history_key(session);
         let (script, ttl_ms, idle_timeout) = (self.script.clone(), self.ttl_ms, self.idle_timeout);
-        let reply: Option<(i64, String)> = self.call(|link| {
+        let reply: Option<(i64, String)> = self.call(|conn| {
             script
                 .key(&key)
                 .arg(op)
@@ -253,7 +407,7 @@ impl Fleet {
                 .arg(idle_timeout)
                 .arg(HISTORY_LEN)
                 .arg(ttl_ms)
-                .invoke(link)
+                .invoke(conn.commands())
         });
         let Some((new, state)) = reply else {
             self.stats.fallbacks += 1;
@@ -273,12 +427,12 @@ impl Fleet {
         if self.published.get(slot).copied().unwrap_or(false) {
             return;
         }
-        let done: Option<()> = self.call(|link| {
+        let done: Option<()> = self.call(|conn| {
             redis::cmd("HSETNX")
                 .arg(OPERATIONS_KEY)
                 .arg(&operation.id)
                 .arg(operation.human())
-                .exec(link)
+                .exec(conn.commands())
         });
         if done.is_some() {
             if self.published.len() <= slot {
@@ -290,19 +444,117 @@ impl Fleet {
 
     /// The human form of an operation another agent published.
     pub fn operation(&mut self, id: &str) -> Option<String> {
-        self.call(|link| redis::cmd("HGET").arg(OPERATIONS_KEY).arg(id).query(link))
+        self.call(|conn| {
+            redis::cmd("HGET")
+                .arg(OPERATIONS_KEY)
+                .arg(id)
+                .query(conn.commands())
+        })
+    }
+
+    /// A request to `op` in `hour`, for the fleet's counts.
+    pub fn count_request(&mut self, op: OpId, hour: u32) {
+        self.count(hour, Counted::Requests(op));
+    }
+
+    /// A new occurrence of `op` in `hour`, and the window it completed (if any).
+    pub fn count_occurrence(&mut self, op: OpId, window: Option<SeqKey>, hour: u32) {
+        self.count(hour, Counted::Occurrences(op));
+        if let Some(window) = window {
+            self.count(hour, Counted::Window(window));
+        }
+    }
+
+    fn count(&mut self, hour: u32, what: Counted) {
+        if let Some(n) = self.deltas.get_mut(&(hour, what)) {
+            *n += 1;
+        } else if self.deltas.len() < MAX_DELTAS {
+            self.deltas.insert((hour, what), 1);
+        } else {
+            self.stats.deltas_dropped += 1;
+        }
+    }
+
+    /// Whether the counts are due to be added to the fleet's (once a second).
+    pub fn flush_due(&self) -> bool {
+        (!self.deltas.is_empty() || self.unsent.is_some())
+            && self.last_flush.elapsed() >= FLUSH_INTERVAL
+    }
+
+    /// Adds this agent's counts to the fleet's: one pipelined round trip, a script call
+    /// per hour. `id` names an operation by its stable id. A batch Redis may not have
+    /// taken is sent again, unchanged, until it is acknowledged; each batch is marked in
+    /// Redis when applied, so one that arrived although its answer timed out is never
+    /// counted twice.
+    pub fn flush<'a>(&mut self, id: impl Fn(OpId) -> &'a str) {
+        self.last_flush = Instant::now();
+        if self.unsent.is_none() && !self.deltas.is_empty() {
+            self.batches += 1;
+            let mut hours: Vec<(u32, Vec<(String, u64)>)> = Vec::new();
+            for ((hour, what), n) in self.deltas.drain() {
+                let field = match what {
+                    Counted::Requests(op) => format!("r {}", id(op)),
+                    Counted::Occurrences(op) => format!("o {}", id(op)),
+                    Counted::Window(window) => {
+                        let ids: Vec<&str> = window.ops().into_iter().map(&id).collect();
+                        format!("w {}", ids.join(" "))
+                    }
+                };
+                match hours.iter_mut().find(|(h, _)| *h == hour) {
+                    Some((_, fields)) => fields.push((field, n)),
+                    None => hours.push((hour, vec![(field, n)])),
+                }
+            }
+            self.unsent = Some(Batch {
+                number: self.batches,
+                hours,
+            });
+        }
+        let Some(batch) = &self.unsent else { return };
+        let commands: Vec<redis::Cmd> = batch
+            .hours
+            .iter()
+            .map(|(hour, fields)| {
+                let key = counts_key(*hour);
+                let mut command = redis::cmd("EVAL");
+                command
+                    .arg(ADD_SCRIPT)
+                    .arg(2)
+                    .arg(&key)
+                    .arg(format!("{key}:batch:{:016x}:{}", self.agent, batch.number))
+                    .arg(self.counts_ttl_secs)
+                    .arg(BATCH_MARK_SECS);
+                for (field, n) in fields {
+                    command.arg(field).arg(n);
+                }
+                command
+            })
+            .collect();
+        if self.call(|conn| conn.batch(commands)).is_some() {
+            self.unsent = None;
+            self.stats.flushes += 1;
+        }
+    }
+
+    /// A handle that reads the fleet's counts on a connection of its own (reports are
+    /// made off the capture thread).
+    pub fn reader(&self) -> FleetReader {
+        FleetReader {
+            nodes: self.nodes.clone(),
+            cluster: self.cluster,
+        }
     }
 
     /// Runs one exchange with Redis if it is reachable: on any error or timeout the
     /// connection is dropped (a late answer would desynchronise it) and retried later.
     fn call<T>(
         &mut self,
-        exchange: impl FnOnce(&mut dyn ConnectionLike) -> redis::RedisResult<T>,
+        exchange: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
     ) -> Option<T> {
         self.link()?;
         self.stats.round_trips += 1;
         let conn = self.conn.as_mut()?;
-        match exchange(conn.commands()) {
+        match exchange(conn) {
             Ok(v) => Some(v),
             Err(e) => {
                 self.down(&e);
@@ -337,22 +589,7 @@ impl Fleet {
     }
 
     fn connect(&self) -> redis::RedisResult<Connection> {
-        let t = Some(self.timeout);
-        if self.cluster {
-            let conn = redis::cluster::ClusterClient::builder(self.nodes.clone())
-                .connection_timeout(self.timeout)
-                .build()?
-                .get_connection()?;
-            conn.set_read_timeout(t)?;
-            conn.set_write_timeout(t)?;
-            Ok(Connection::Cluster(Box::new(conn)))
-        } else {
-            let conn = redis::Client::open(self.nodes[0].clone())?
-                .get_connection_with_timeout(self.timeout)?;
-            conn.set_read_timeout(t)?;
-            conn.set_write_timeout(t)?;
-            Ok(Connection::One(conn))
-        }
+        connect(&self.nodes, self.cluster, self.timeout)
     }
 
     fn down(&mut self, error: &redis::RedisError) {
@@ -369,6 +606,28 @@ impl Fleet {
     }
 }
 
+fn connect(
+    nodes: &[redis::ConnectionInfo],
+    cluster: bool,
+    timeout: Duration,
+) -> redis::RedisResult<Connection> {
+    let t = Some(timeout);
+    if cluster {
+        let conn = redis::cluster::ClusterClient::builder(nodes.to_vec())
+            .connection_timeout(timeout)
+            .build()?
+            .get_connection()?;
+        conn.set_read_timeout(t)?;
+        conn.set_write_timeout(t)?;
+        Ok(Connection::Cluster(Box::new(conn)))
+    } else {
+        let conn = redis::Client::open(nodes[0].clone())?.get_connection_with_timeout(timeout)?;
+        conn.set_read_timeout(t)?;
+        conn.set_write_timeout(t)?;
+        Ok(Connection::One(conn))
+    }
+}
+
 /// The session-hash key a pipeline starts with, and the fleet link when `[fleet] redis`
 /// is set: the fleet's shared secret then (this host's `local` key only while neither
 /// Redis nor a cached copy can give it — sessions are then not shared, and the log says
@@ -381,6 +640,7 @@ pub fn start(config: &Config, local: [u8; 32]) -> Result<([u8; 32], Option<Fleet
         &config.fleet,
         nodes,
         duration_nanos(config.sequence.idle_timeout),
+        duration_nanos(config.sequence.window),
     )?;
     let key = match fleet.session_secret(&config.fleet, &config.state.dir)? {
         Some(key) => key,

@@ -274,6 +274,8 @@ fn replay(config_path: &Path, pcap: &Path, report_out: Option<&Path>, persist: b
     if counters.truncated_file {
         tracing::warn!(capture = %pcap.display(), "the capture ends inside a packet (cut off); replayed what was whole");
     }
+    // In a fleet the report shows the fleet's counts: this replay's own go first.
+    pipeline.flush_fleet();
     let report = pipeline.report(pipeline.newest());
     tracing::info!(
         frames = counters.frames,

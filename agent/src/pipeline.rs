@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::alerts::{Alert, AlertAction, OutcomeSink, SEQUENCE_VIOLATION, rfc3339};
-use crate::analytics::{Analytics, AnalyticsState};
+use crate::analytics::{Analytics, AnalyticsState, hour_of};
 use crate::budget::BufferBudget;
 use crate::config::{Config, ConfigError, EnforceMode, RuleAction};
 use crate::defrag::{Defrag, FragStats};
@@ -292,6 +292,11 @@ impl Pipeline {
         flows.sweep(now, &mut |conn: &mut Connection, key: &FlowKey, piece| {
             deliver.piece(conn, key, piece)
         });
+        if let Some(fleet) = &mut self.analysis.fleet
+            && fleet.flush_due()
+        {
+            self.flush_fleet();
+        }
     }
 
     /// Runs a whole pcap / pcapng capture (its bytes: map a file) through the pipeline.
@@ -369,6 +374,16 @@ impl Pipeline {
     /// Shares session histories with the other hosts' agents from now on (`[fleet]`).
     pub fn set_fleet(&mut self, fleet: Fleet) {
         self.analysis.fleet = Some(fleet);
+    }
+
+    /// Adds this agent's counts to the fleet's now (they also go once a second while
+    /// requests come, and on every tick): before a report that must include them, and
+    /// when stopping.
+    pub fn flush_fleet(&mut self) {
+        let Analysis { fleet, catalog, .. } = &mut self.analysis;
+        if let Some(fleet) = fleet {
+            fleet.flush(|op| catalog.get(op).id.as_str());
+        }
     }
 
     /// Everything learned so far, for a snapshot.
@@ -486,29 +501,30 @@ impl Pipeline {
     /// enforcement never wait for the scoring of a large report.
     pub fn report_inputs(&self, now: Nanos) -> ReportInputs {
         let a = &self.analysis;
-        let operations = a
+        let ops = a
             .catalog
             .iter()
-            .filter_map(|(id, op)| {
+            .map(|(id, op)| {
                 let totals = a.analytics.op_totals(id, now);
-                (op.configured || totals.requests > 0).then(|| OperationReport {
+                OperationReport {
                     id: op.id.clone(),
                     host: op.host.clone(),
                     method: op.method.clone(),
                     path: op.path.clone(),
                     requests: totals.requests,
                     occurrences: totals.occurrences,
-                })
+                }
             })
             .collect();
         ReportInputs {
             now,
             window_secs: self.window / crate::NANOS_PER_SEC,
             min_support: self.min_support,
-            operations,
-            op_ids: a.catalog.iter().map(|(_, op)| op.id.clone()).collect(),
+            ops,
+            configured: a.catalog.iter().map(|(_, op)| op.configured).collect(),
             scores: a.analytics.score_inputs(now),
             stats: self.stats(),
+            fleet: a.fleet.as_ref().map(|f| (f.reader(), a.analytics.slots())),
         }
     }
 }
@@ -518,22 +534,81 @@ pub struct ReportInputs {
     now: Nanos,
     window_secs: u64,
     min_support: u64,
-    operations: Vec<OperationReport>,
-    /// Operation id strings by `OpId`.
-    op_ids: Vec<String>,
+    /// Every operation by `OpId`, with this agent's counts.
+    ops: Vec<OperationReport>,
+    /// Whether each was configured (listed even when nothing came).
+    configured: Vec<bool>,
     scores: crate::analytics::ScoreInputs,
     stats: Stats,
+    /// `[fleet]`: where the fleet's counts are read, and the hours in the window.
+    fleet: Option<(crate::fleet::FleetReader, u32)>,
 }
 
 impl ReportInputs {
-    /// The operations with their counts.
+    /// The operations with their counts: configured ones, and any that saw a request.
     pub fn operations(self) -> Vec<OperationReport> {
-        self.operations
+        listed(self.ops, self.configured)
+    }
+
+    /// With a fleet: the fleet's merged counts in place of this agent's (read off the
+    /// capture thread; this agent's own last second may not be in them yet). When they
+    /// cannot be read, this agent's counts stay and the report says so.
+    fn merge_fleet(&mut self) -> Option<String> {
+        let (reader, slots) = self.fleet.take()?;
+        let now = hour_of(self.now);
+        let counts = match reader.read(now.saturating_sub(slots - 1)..=now) {
+            Ok(counts) => counts,
+            Err(e) => return Some(format!("host: the fleet's counts could not be read ({e})")),
+        };
+        let mut index: HashMap<String, OpId> = self
+            .ops
+            .iter()
+            .enumerate()
+            .map(|(i, op)| (op.id.clone(), i as OpId))
+            .collect();
+        // Operations other agents published that this one has not seen.
+        let mut others: Vec<(&String, &String)> = counts.operations.iter().collect();
+        others.sort();
+        for (id, human) in others {
+            if index.contains_key(id) || self.ops.len() > usize::from(OpId::MAX) {
+                continue;
+            }
+            let Some((method, rest)) = human.split_once(' ') else {
+                continue;
+            };
+            let slash = rest.find('/').unwrap_or(rest.len());
+            index.insert(id.clone(), self.ops.len() as OpId);
+            self.ops.push(OperationReport {
+                id: id.clone(),
+                host: rest[..slash].to_string(),
+                method: method.to_string(),
+                path: rest[slash..].to_string(),
+                requests: 0,
+                occurrences: 0,
+            });
+            self.configured.push(false);
+        }
+        for op in &mut self.ops {
+            op.requests = counts.requests.get(&op.id).copied().unwrap_or(0);
+            op.occurrences = counts.occurrences.get(&op.id).copied().unwrap_or(0);
+        }
+        let windows = counts
+            .windows
+            .iter()
+            .filter_map(|(ids, n)| {
+                let ops: Option<Vec<OpId>> = ids.iter().map(|id| index.get(id).copied()).collect();
+                Some((crate::analytics::SeqKey::from_ops(&ops?), *n))
+            })
+            .collect();
+        let occurrences = self.ops.iter().map(|op| op.occurrences).collect();
+        self.scores = crate::analytics::ScoreInputs::from_counts(windows, occurrences);
+        Some("fleet".to_string())
     }
 
     /// Scores the sequences and builds the report.
-    pub fn finish(self) -> Report {
-        let op_ids = &self.op_ids;
+    pub fn finish(mut self) -> Report {
+        let counts = self.merge_fleet();
+        let op_ids: Vec<String> = self.ops.iter().map(|op| op.id.clone()).collect();
         let sequences = self
             .scores
             .scores(self.min_support)
@@ -553,11 +628,21 @@ impl ReportInputs {
         Report {
             generated_at: rfc3339(self.now),
             window_secs: self.window_secs,
-            operations: self.operations,
+            counts,
+            operations: listed(self.ops, self.configured),
             sequences,
             stats: self.stats,
         }
     }
+}
+
+/// The operations a report lists: configured ones, and any that saw a request.
+fn listed(ops: Vec<OperationReport>, configured: Vec<bool>) -> Vec<OperationReport> {
+    ops.into_iter()
+        .zip(configured)
+        .filter(|(op, configured)| *configured || op.requests > 0)
+        .map(|(op, _)| op)
+        .collect()
 }
 
 /// Hands a connection's in-order bytes to its HTTP stream, and each request it
@@ -627,6 +712,12 @@ impl Analysis {
         };
         if let Some(op) = op {
             self.analytics.record_request(op, ts);
+            if let Some(fleet) = &mut self.fleet {
+                fleet.count_request(op, hour_of(ts));
+                if fleet.flush_due() {
+                    fleet.flush(|op| self.catalog.get(op).id.as_str());
+                }
+            }
         }
         let session = self.identifier.identify(head, session_cache);
         // A new connection of a blocked session or client is cut on its first request.
@@ -648,8 +739,12 @@ impl Analysis {
             None => session.history.record(op, ts),
         };
         if new {
-            self.analytics
+            let window = self
+                .analytics
                 .record_occurrence(session.history.entries(), ts);
+            if let Some(fleet) = &mut self.fleet {
+                fleet.count_occurrence(op, window, hour_of(ts));
+            }
         }
         if !self.rules.applies_to(op) {
             return;

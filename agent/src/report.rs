@@ -13,6 +13,10 @@ use crate::session::SessionStats;
 pub struct Report {
     pub generated_at: String,
     pub window_secs: u64,
+    /// Whose counts these are: `"fleet"` (every agent of the fleet, merged), or why a
+    /// fleet agent shows only its own. Absent outside fleet mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<String>,
     pub operations: Vec<OperationReport>,
     pub sequences: Vec<SequenceReport>,
     pub stats: Stats,
@@ -141,6 +145,15 @@ impl Report {
             self.generated_at,
             self.window_secs / 3600
         );
+        match self.counts.as_deref() {
+            Some("fleet") => {
+                let _ = writeln!(out, "counts: the fleet's, every agent's merged (Redis)");
+            }
+            Some(other) => {
+                let _ = writeln!(out, "counts: {other}");
+            }
+            None => {}
+        }
         let _ = writeln!(
             out,
             "\nOPERATIONS\n{:<12}  {:>9}  {:>11}  operation",

@@ -370,6 +370,7 @@ priority = 5
         let report = Report {
             generated_at: "now".into(),
             window_secs: 86400,
+            counts: None,
             operations: vec![
                 op("a", "GET", "/balance"),
                 op("b", "POST", "/transfer"),

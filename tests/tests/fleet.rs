@@ -20,6 +20,7 @@ use seqshield_tests::capture::{Capture, Link};
 use seqshield_tests::redis::{RedisCluster, RedisServer};
 
 const IDLE: u64 = 600 * SEC;
+const DAY: u64 = 24 * 3600 * SEC;
 
 fn fleet_config(redis: &RedisServer, state: &Path) -> Config {
     config_for(&format!("{:?}", redis.url()), state)
@@ -109,14 +110,23 @@ fn replay_fleet(pcap: &[u8], ports: &[u16], hosts: &mut [Pipeline]) -> (Vec<Stri
         })
         .collect();
     lines.sort();
+    // Every agent's last counts go to the fleet's before any report is made.
+    for p in hosts.iter_mut() {
+        p.flush_fleet();
+    }
     let reports = hosts.iter().map(|p| p.report(p.newest())).collect();
     (lines, reports)
 }
 
-/// Occurrences per operation and counts per sequence, summed over reports.
+/// Occurrences per operation and counts per sequence, summed over reports; scores
+/// (and bounds) of the sequences too.
 fn counts(reports: &[Report]) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     for r in reports {
+        for s in &r.sequences {
+            let key = format!("score {:?}", s.operations);
+            *out.entry(key).or_default() += (s.score * 1e9) as u64 + s.last_op_count;
+        }
         for op in &r.operations {
             *out.entry(format!("N({})", op.human())).or_default() += op.occurrences;
             *out.entry(format!("requests({})", op.human())).or_default() += op.requests;
@@ -184,7 +194,13 @@ fn two_agents_see_what_one_agent_sees(redis: &str) {
         "one alert per attacker: {one_alerts:#?}"
     );
     assert_eq!(fleet_alerts, one_alerts);
-    assert_eq!(counts(&fleet_reports), counts(&one_reports));
+    // Every agent's report shows the fleet's merged counts, and says so: the counts and
+    // scores of one agent that saw everything.
+    for report in &fleet_reports {
+        assert_eq!(report.counts.as_deref(), Some("fleet"));
+        assert_eq!(counts(std::slice::from_ref(report)), counts(&one_reports));
+    }
+    assert_eq!(one_reports[0].counts, None);
     // Without the fleet, host B never saw the balance check of any session.
     assert!(
         alone_alerts.len() > 150,
@@ -194,6 +210,7 @@ fn two_agents_see_what_one_agent_sees(redis: &str) {
     for r in &fleet_reports {
         let stats = r.stats.fleet.expect("fleet stats");
         assert_eq!(stats.fallbacks, 0);
+        assert!(stats.flushes > 0);
         assert!(stats.shared > 0);
     }
 }
@@ -220,7 +237,13 @@ fn check_script_matches_embedded(requests: &[(u8, u8, u64)]) {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let config = fleet_config(&redis, dir.path());
-    let mut fleet = Fleet::new(&config.fleet, config.fleet.redis.as_ref().unwrap(), IDLE).unwrap();
+    let mut fleet = Fleet::new(
+        &config.fleet,
+        config.fleet.redis.as_ref().unwrap(),
+        IDLE,
+        DAY,
+    )
+    .unwrap();
     let mut sessions = Sessions::new(1000, IDLE);
     let mut t = T0;
     for &(session, op, step) in requests {
@@ -263,11 +286,20 @@ fn a_hung_redis_costs_one_timeout_then_the_local_view_until_it_answers_again() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = fleet_config(&redis, dir.path());
     config.fleet.timeout = std::time::Duration::from_millis(5);
-    let mut fleet = Fleet::new(&config.fleet, config.fleet.redis.as_ref().unwrap(), IDLE).unwrap();
+    let mut fleet = Fleet::new(
+        &config.fleet,
+        config.fleet.redis.as_ref().unwrap(),
+        IDLE,
+        DAY,
+    )
+    .unwrap();
     let session = SessionId(7);
     assert!(fleet.record(session, "00000000000a", T0).is_some());
 
     redis.pause();
+    // Counts made while it hangs are kept, and added once it answers again.
+    fleet.count_request(0, 7);
+    fleet.flush(|_| "00000000000a");
     let started = std::time::Instant::now();
     assert_eq!(fleet.record(session, "00000000000b", T0 + SEC), None);
     let first = started.elapsed();
@@ -289,14 +321,20 @@ fn a_hung_redis_costs_one_timeout_then_the_local_view_until_it_answers_again() {
         "1000 fallbacks took {rest:?}"
     );
     assert_eq!(fleet.stats().fallbacks, 1001);
+    assert_eq!(fleet.stats().flushes, 0);
 
     redis.resume();
     std::thread::sleep(std::time::Duration::from_millis(250));
     let back = fleet
         .record(session, "00000000000c", T0 + 3 * SEC)
         .expect("reconnected");
-    // The request whose answer timed out had reached the paused server and ran when it
-    // woke; the 1000 that were never sent are this host's alone.
+    // The requests made while it hung are this host's alone.
     let ops: Vec<&str> = back.entries.iter().map(|(op, _)| op.as_str()).collect();
-    assert_eq!(ops, ["00000000000a", "00000000000b", "00000000000c"]);
+    assert_eq!(ops, ["00000000000a", "00000000000c"]);
+    // The batch whose answer timed out reached the paused server and was added when it
+    // woke; sent again now, it is recognised and not added twice.
+    fleet.flush(|_| "00000000000a");
+    assert_eq!(fleet.stats().flushes, 1);
+    let counts = fleet.reader().read(7..=7).expect("counts");
+    assert_eq!(counts.requests.get("00000000000a"), Some(&1));
 }
