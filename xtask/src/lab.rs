@@ -33,13 +33,7 @@ impl Lab {
             children: Mutex::new(Vec::new()),
         });
         lab.remove_namespaces();
-        let on_ctrl_c = lab.clone();
-        ctrlc::set_handler(move || {
-            eprintln!("\ninterrupted: cleaning up");
-            on_ctrl_c.cleanup();
-            std::process::exit(130);
-        })
-        .context("installing the Ctrl-C handler")?;
+        clean_up_on_ctrl_c(&lab)?;
         let (s, c) = (&lab.server_ns, &lab.client_ns);
         let (sif, cif) = (&lab.server_if, &lab.client_if);
         for cmd in [
@@ -174,6 +168,28 @@ pub fn bank_agent_config(
         "# Written by cargo xtask.\n[capture]\ninterface = \"{interface}\"\nports = [80]\n[admin]\nlisten = \"{admin}\"\n\
          [state]\ndir = {state:?}\n{extra}\n{api}"
     ))
+}
+
+/// Every lab of this process, cleaned up on Ctrl-C (one handler for all: a process may
+/// install only one).
+static LABS: Mutex<Vec<std::sync::Weak<Lab>>> = Mutex::new(Vec::new());
+
+fn clean_up_on_ctrl_c(lab: &Arc<Lab>) -> Result<()> {
+    let mut labs = LABS.lock().map_err(|_| anyhow!("lab registry poisoned"))?;
+    if labs.is_empty() {
+        ctrlc::set_handler(|| {
+            eprintln!("\ninterrupted: cleaning up");
+            if let Ok(labs) = LABS.lock() {
+                labs.iter()
+                    .filter_map(std::sync::Weak::upgrade)
+                    .for_each(|l| l.cleanup());
+            }
+            std::process::exit(130);
+        })
+        .context("installing the Ctrl-C handler")?;
+    }
+    labs.push(Arc::downgrade(lab));
+    Ok(())
 }
 
 pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {

@@ -10,6 +10,7 @@ mod bench_enforce;
 mod bench_live;
 mod bench_replay;
 mod demo;
+mod demo_fleet;
 mod fuzz;
 mod lab;
 mod paced;
@@ -35,6 +36,10 @@ enum Task {
     Demo,
     /// Replays a synthetic bank capture: prints alerts, the top sequences and the totals.
     DemoReplay,
+    /// Fleet mode live (root): two API hosts behind a round-robin client, one Redis, an
+    /// agent per host, alone and then sharing sessions; prints both modes' alerts and the
+    /// fleet's merged report.
+    DemoFleet,
     /// Live overhead (root): wrk against nginx in a namespace, with and without the agent.
     BenchLive,
     /// Enforcement (root): responses leaked and verdict latency for 0, 1, 10 ms servers.
@@ -158,6 +163,7 @@ fn main() -> Result<()> {
             }
         }
         Task::DemoReplay => demo_replay(&root),
+        Task::DemoFleet => live_bench(&root, "demo-fleet", demo_fleet::run),
         Task::BenchLive => live_bench(&root, "bench-live", bench_live::run),
         Task::BenchEnforce => live_bench(&root, "bench-enforce", bench_enforce::run),
         Task::Install => {
