@@ -119,7 +119,7 @@ end
 return 1
 "#;
 /// How long a report waits for the fleet's counts.
-const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
+const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The counts of every agent of the fleet over some hours, by stable operation id.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
