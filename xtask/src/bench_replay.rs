@@ -324,3 +324,156 @@ fn status_kib(status: &str, key: &str) -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0.0)
 }
+
+/// `cargo xtask bench-fleet`: what fleet mode costs. `seqshield replay` of the realistic
+/// capture (`requests` requests) pinned to one core, embedded and then sharing sessions
+/// with a local `redis-server` (pinned to the other core) over TCP loopback and over a
+/// unix socket, in one run; round trips per identified request and Redis memory per
+/// live session from the runs; the round trip's own p50/p99 from the `fleet_latency`
+/// example.
+pub fn fleet(root: &Path, requests: usize) -> Result<()> {
+    build(root, &["realistic_capture"])?;
+    crate::cargo(
+        root,
+        &[
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "seqshield",
+            "--example",
+            "fleet_latency",
+        ],
+    )?;
+    let work = Workload::write(
+        root,
+        "bench-fleet",
+        "realistic_capture",
+        "realistic",
+        requests,
+    )?;
+    let dir = root.join("target/bench-fleet");
+    let socket = dir.join("redis.sock");
+    let _ = std::fs::remove_file(&socket);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut redis = Command::new("taskset")
+        .args(["-c", "0", "redis-server", "--bind", "127.0.0.1"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--unixsocket")
+        .arg(&socket)
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("redis-server (run `cargo xtask setup` as root first)")?;
+    let result = fleet_runs(root, &work, &dir, &socket, port);
+    redis.kill().ok();
+    redis.wait().ok();
+    result
+}
+
+fn fleet_runs(root: &Path, work: &Workload, dir: &Path, socket: &Path, port: u16) -> Result<()> {
+    let cli = |args: &[&str]| -> Result<String> {
+        let out = Command::new("redis-cli")
+            .arg("-s")
+            .arg(socket)
+            .args(args)
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cli(&["ping"]).unwrap_or_default() != "PONG" {
+        if Instant::now() > deadline {
+            bail!("redis-server did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let base = std::fs::read_to_string(&work.config)?;
+    let embedded = measure(work.replay(root))?;
+    let requests = work.report()?["stats"]["requests"]
+        .as_f64()
+        .context("requests")?;
+    println!("embedded: {:.3} s", embedded.seconds);
+    let mut rows = Vec::new();
+    for (name, url) in [
+        ("TCP loopback", format!("redis://127.0.0.1:{port}/0")),
+        ("unix socket", format!("redis+unix://{}", socket.display())),
+    ] {
+        cli(&["flushall"])?;
+        let empty: f64 = info_memory(&cli(&["info", "memory"])?);
+        let config = dir.join("fleet.toml");
+        std::fs::write(
+            &config,
+            format!("{base}\n[fleet]\nredis = {url:?}\ntimeout = \"100ms\"\n"),
+        )?;
+        let mut cmd = work.replay(root);
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+        cmd = Command::new(cmd.get_program());
+        for (i, a) in args.iter().enumerate() {
+            // The same command with the fleet's config in place of the plain one.
+            if i > 0 && args[i - 1] == "--config" {
+                cmd.arg(&config);
+            } else {
+                cmd.arg(a);
+            }
+        }
+        let run = measure(cmd)?;
+        let report = work.report()?;
+        let stats = &report["stats"];
+        let identified = stats["requests"].as_f64().unwrap_or(0.0)
+            - stats["unidentified_requests"].as_f64().unwrap_or(0.0);
+        let round_trips = stats["fleet"]["round_trips"].as_f64().unwrap_or(0.0);
+        let fallbacks = stats["fleet"]["fallbacks"].as_u64().unwrap_or(u64::MAX);
+        let histories = cli(&["--scan", "--pattern", "seqshield:{*}:history"])?
+            .lines()
+            .count();
+        let used = info_memory(&cli(&["info", "memory"])?);
+        println!(
+            "{name}: {:.3} s, {histories} sessions in Redis",
+            run.seconds
+        );
+        rows.push(format!(
+            "{name:<13} {:>7.3} s  {:>6.0} k requests/s  {:+.1} µs per request  \
+             {:.2} round trips per identified request  {:.0} bytes of Redis per session  \
+             fallbacks {fallbacks}  counts {}",
+            run.seconds,
+            requests / run.seconds / 1e3,
+            (run.seconds - embedded.seconds) * 1e6 / requests,
+            round_trips / identified.max(1.0),
+            (used - empty) / histories.max(1) as f64,
+            report["counts"].as_str().unwrap_or("-"),
+        ));
+    }
+    let latency = Command::new(root.join("target/release/examples/fleet_latency"))
+        .arg(format!("redis://127.0.0.1:{port}/0"))
+        .arg("50000")
+        .output()?;
+    println!(
+        "\n== fleet mode: {requests:.0} requests of the realistic capture, replay on core {CORE}, redis-server on core 0 ==\n\
+         embedded      {:>7.3} s  {:>6.0} k requests/s\n{}\n\n\
+         one round trip (history script, TCP loopback, 50 000 calls):\n{}",
+        embedded.seconds,
+        requests / embedded.seconds / 1e3,
+        rows.join("\n"),
+        String::from_utf8_lossy(&latency.stdout).trim_end()
+    );
+    Ok(())
+}
+
+/// `used_memory` from `INFO memory`.
+fn info_memory(info: &str) -> f64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}

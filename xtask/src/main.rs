@@ -72,6 +72,14 @@ enum Task {
         #[arg(long)]
         skip_tshark: bool,
     },
+    /// Fleet mode's cost: replay embedded vs sharing sessions with a local redis-server
+    /// (TCP loopback, unix socket); round trips per request, Redis memory per session,
+    /// the round trip's p50/p99.
+    BenchFleet {
+        /// Requests in the realistic capture replayed.
+        #[arg(long, default_value_t = 100_000)]
+        requests: usize,
+    },
     /// Each kernel program's cost per packet on crafted frames (BPF_PROG_TEST_RUN, root):
     /// steady enough to compare kernel changes, unlike timings under load.
     BenchKernel,
@@ -190,6 +198,10 @@ fn main() -> Result<()> {
         }
         Task::Bench => bench(&root),
         Task::BenchFlood { sessions } => bench_replay::flood(&root, sessions),
+        Task::BenchFleet { requests } => {
+            setup()?;
+            bench_replay::fleet(&root, requests)
+        }
         Task::BenchKernel => {
             if !is_root() {
                 bail!("bench-kernel loads kernel programs: run it as root");
