@@ -249,6 +249,9 @@ fn capture_loop(
                 requests += pipeline.stats_requests() - before;
             },
         );
+        // Fleet mode: the batch's shared histories in one round trip, and their
+        // verdicts, before held requests are settled.
+        shared.pipeline().settle_fleet(&mut outcomes);
         if let Some(holds) = &mut outcomes.holds {
             holds.settle(&capture);
         }

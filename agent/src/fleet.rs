@@ -118,6 +118,8 @@ if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
 end
 return 1
 "#;
+/// Extra time a batch of requests' scripts may take, per request.
+const BATCH_ALLOWANCE: Duration = Duration::from_micros(50);
 /// How long a report waits for the fleet's counts.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -226,6 +228,13 @@ impl Connection {
         match self {
             Self::One(c) => c,
             Self::Cluster(c) => c.as_mut(),
+        }
+    }
+
+    fn set_read_timeout(&mut self, timeout: Duration) -> redis::RedisResult<()> {
+        match self {
+            Self::One(c) => c.set_read_timeout(Some(timeout)),
+            Self::Cluster(c) => c.set_read_timeout(Some(timeout)),
         }
     }
 
@@ -418,6 +427,83 @@ impl Fleet {
             new: new == 1,
             entries: parse_state(&state),
         })
+    }
+
+    /// [`Fleet::record`] for a batch of requests, in order, in one round trip (each
+    /// sees the ones before it, as Redis runs the scripts in order); `None` when Redis
+    /// cannot answer in time. A Redis Cluster is asked one request at a time.
+    pub fn record_batch(
+        &mut self,
+        calls: &[(SessionId, &str, Nanos)],
+    ) -> Option<Vec<SharedHistory>> {
+        if self.cluster || calls.len() == 1 {
+            return calls
+                .iter()
+                .map(|&(session, op, at)| self.record(session, op, at))
+                .collect();
+        }
+        let commands: Vec<redis::Cmd> = calls
+            .iter()
+            .map(|&(session, op, at)| {
+                let mut command = redis::cmd("EVALSHA");
+                command
+                    .arg(self.script.get_hash())
+                    .arg(1)
+                    .arg(history_key(session))
+                    .arg(op)
+                    .arg(at / 1_000_000_000)
+                    .arg(at % 1_000_000_000)
+                    .arg(self.idle_timeout)
+                    .arg(HISTORY_LEN)
+                    .arg(self.ttl_ms);
+                command
+            })
+            .collect();
+        // Redis runs the whole batch before it answers: the timeout grows with it.
+        let (base, batch) = (
+            self.timeout,
+            self.timeout + BATCH_ALLOWANCE * calls.len() as u32,
+        );
+        let script = self.script.clone();
+        let replies = self.call(|conn| {
+            conn.set_read_timeout(batch)?;
+            let first = conn.batch(commands.clone());
+            // A Redis that restarted has forgotten the script: load it, send again.
+            let forgotten = match &first {
+                Err(e) => e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript),
+                Ok(values) => values
+                    .iter()
+                    .any(|v| matches!(v, redis::Value::ServerError(_))),
+            };
+            let replies = if forgotten {
+                script.load(conn.commands())?;
+                conn.batch(commands)
+            } else {
+                first
+            };
+            conn.set_read_timeout(base)?;
+            replies
+        });
+        let Some(replies) = replies else {
+            self.stats.fallbacks += calls.len() as u64;
+            return None;
+        };
+        let parsed: Result<Vec<(i64, String)>, _> =
+            replies.into_iter().map(redis::from_redis_value).collect();
+        let Ok(parsed) = parsed else {
+            self.stats.fallbacks += calls.len() as u64;
+            return None;
+        };
+        self.stats.shared += calls.len() as u64;
+        Some(
+            parsed
+                .into_iter()
+                .map(|(new, state)| SharedHistory {
+                    new: new == 1,
+                    entries: parse_state(&state),
+                })
+                .collect(),
+        )
     }
 
     /// Writes an operation to the fleet's table once per agent run (ids are the same on

@@ -12,7 +12,7 @@ use crate::budget::BufferBudget;
 use crate::config::{Config, ConfigError, EnforceMode, RuleAction};
 use crate::defrag::{Defrag, FragStats};
 use crate::enforce::Blocks;
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, SharedHistory};
 use crate::flow::{FlowLimits, FlowStats, FlowTable, MAX_FLOWS, Piece};
 use crate::http::{HttpStats, HttpStream, RequestHead};
 use crate::ops::{
@@ -92,6 +92,8 @@ struct Analysis {
     path: String,
     /// `[fleet]`: session histories shared with the other hosts' agents.
     fleet: Option<Fleet>,
+    /// With a fleet: requests waiting for their shared histories, in order.
+    deferred: Vec<Deferred>,
 }
 
 /// Per-connection state: the request stream, the session its requests last named, and
@@ -159,6 +161,7 @@ impl Pipeline {
                 host: String::new(),
                 path: String::new(),
                 fleet: None,
+                deferred: Vec::new(),
             },
             packets: 0,
             lost_events: 0,
@@ -292,6 +295,7 @@ impl Pipeline {
         flows.sweep(now, &mut |conn: &mut Connection, key: &FlowKey, piece| {
             deliver.piece(conn, key, piece)
         });
+        self.analysis.settle_fleet(alerts);
         if let Some(fleet) = &mut self.analysis.fleet
             && fleet.flush_due()
         {
@@ -306,9 +310,11 @@ impl Pipeline {
         ports: &[u16],
         alerts: &mut dyn OutcomeSink,
     ) -> Result<PcapCounters, PcapError> {
-        for_each_packet(capture, ports, |packet| {
+        let counters = for_each_packet(capture, ports, |packet| {
             self.process_captured(&packet, alerts)
-        })
+        });
+        self.settle_fleet(alerts);
+        counters
     }
 
     /// Bytes buffered now (out-of-order segments and unfinished heads) and the limit.
@@ -374,6 +380,13 @@ impl Pipeline {
     /// Shares session histories with the other hosts' agents from now on (`[fleet]`).
     pub fn set_fleet(&mut self, fleet: Fleet) {
         self.analysis.fleet = Some(fleet);
+    }
+
+    /// Decides the requests waiting for the fleet's answer (one round trip for all):
+    /// live, after each ring batch; replay does it every few hundred requests and at
+    /// the end.
+    pub fn settle_fleet(&mut self, alerts: &mut dyn OutcomeSink) {
+        self.analysis.settle_fleet(alerts);
     }
 
     /// Adds this agent's counts to the fleet's now (they also go once a second while
@@ -730,13 +743,89 @@ impl Analysis {
         };
         // Requests with no operation leave session state alone (SPEC §3).
         let Some(op) = op else { return };
-        let session = self.sessions.touch(session_id, ts);
-        let new = match shared_history(&mut self.fleet, &mut self.catalog, session_id, op, ts) {
-            Some((new, entries)) => {
-                session.history.replace(&entries);
-                new
+        let request = Request {
+            ts,
+            flow: *flow,
+            confirmed,
+            session: session_id,
+            op,
+        };
+        if self.fleet.is_some() {
+            // The shared histories of a batch of requests are asked for in one round
+            // trip; their verdicts follow when it answers (`settle_fleet`).
+            self.deferred.push(Deferred {
+                request,
+                host: self.host.clone(),
+                method: head.method.to_string(),
+                path: path.to_string(),
+            });
+            if self.deferred.len() >= MAX_DEFERRED {
+                self.settle_fleet(alerts);
             }
-            None => session.history.record(op, ts),
+            return;
+        }
+        let host = std::mem::take(&mut self.host);
+        self.decide(&request, None, &host, head.method, path, alerts);
+        self.host = host;
+    }
+
+    /// Asks the fleet for the shared histories of the deferred requests (one round
+    /// trip), then decides each in order.
+    fn settle_fleet(&mut self, alerts: &mut dyn OutcomeSink) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let deferred = std::mem::take(&mut self.deferred);
+        let replies = self.fleet.as_mut().and_then(|fleet| {
+            for d in &deferred {
+                fleet.publish_operation(d.request.op, self.catalog.get(d.request.op));
+            }
+            let calls: Vec<(SessionId, &str, Nanos)> = deferred
+                .iter()
+                .map(|d| {
+                    let r = &d.request;
+                    (r.session, self.catalog.get(r.op).id.as_str(), r.ts)
+                })
+                .collect();
+            fleet.record_batch(&calls)
+        });
+        for (i, d) in deferred.iter().enumerate() {
+            let shared = replies.as_ref().map(|r| &r[i]);
+            self.decide(&d.request, shared, &d.host, &d.method, &d.path, alerts);
+        }
+        self.deferred = deferred;
+        self.deferred.clear();
+    }
+
+    /// The rest of a request's analysis once its session history is known (the
+    /// fleet's `shared` one, or the local one): history, counts, rules, verdicts.
+    fn decide(
+        &mut self,
+        r: &Request,
+        shared: Option<&SharedHistory>,
+        host: &str,
+        method: &str,
+        path: &str,
+        alerts: &mut dyn OutcomeSink,
+    ) {
+        let (ts, flow, op, session_id) = (r.ts, &r.flow, r.op, r.session);
+        let entries = shared.map(|shared| {
+            let (catalog, fleet) = (&mut self.catalog, &mut self.fleet);
+            crate::fleet::local_entries(shared, |id| {
+                catalog.by_stable_id(id).or_else(|| {
+                    // Another agent saw it first: learn it by its human form.
+                    let human = fleet.as_mut()?.operation(id)?;
+                    catalog.lookup_for_rule(&human).ok()
+                })
+            })
+        });
+        let session = self.sessions.touch(session_id, ts);
+        let new = match (shared, entries) {
+            (Some(shared), Some(entries)) => {
+                session.history.replace(&entries);
+                shared.new
+            }
+            _ => session.history.record(op, ts),
         };
         if new {
             let window = self
@@ -778,7 +867,7 @@ impl Analysis {
         *self.violations.entry((rule_index, action)).or_default() += 1;
         if let Some(verdict) =
             self.blocks
-                .on_violation(ts, *flow, session_id, rule.action, confirmed)
+                .on_violation(ts, *flow, session_id, rule.action, r.confirmed)
         {
             alerts.enforce(&verdict);
         }
@@ -792,8 +881,8 @@ impl Analysis {
             session: session_id.to_string(),
             client: flow.client.to_string(),
             server: flow.server.to_string(),
-            host: self.host.clone(),
-            method: head.method.to_string(),
+            host: host.to_string(),
+            method: method.to_string(),
             path: path.to_string(),
             operation: human(op),
             previous_operations: lookback.iter().rev().map(|e| human(e.op)).collect(),
@@ -801,25 +890,23 @@ impl Analysis {
     }
 }
 
-/// With a fleet: the request added to the session's shared history, which is returned
-/// in this agent's operation ids (whether it was a new occurrence, the entries). `None`
-/// without a fleet or when Redis cannot answer in time: the local history decides.
-fn shared_history(
-    fleet: &mut Option<Fleet>,
-    catalog: &mut Catalog,
+/// A request of an identified session to an operation: what deciding it needs.
+struct Request {
+    ts: Nanos,
+    flow: FlowKey,
+    confirmed: bool,
     session: SessionId,
     op: OpId,
-    ts: Nanos,
-) -> Option<(bool, Vec<Entry>)> {
-    let fleet = fleet.as_mut()?;
-    fleet.publish_operation(op, catalog.get(op));
-    let shared = fleet.record(session, &catalog.get(op).id, ts)?;
-    let entries = crate::fleet::local_entries(&shared, |id| {
-        catalog.by_stable_id(id).or_else(|| {
-            // Another agent saw it first: learn it by its human form.
-            let human = fleet.operation(id)?;
-            catalog.lookup_for_rule(&human).ok()
-        })
-    });
-    Some((shared.new, entries))
 }
+
+/// A request waiting for the fleet's answer, with what its alert would show.
+struct Deferred {
+    request: Request,
+    host: String,
+    method: String,
+    path: String,
+}
+
+/// Requests deferred before the fleet is asked anyway (replay; live, every ring batch
+/// settles them).
+const MAX_DEFERRED: usize = 256;

@@ -47,6 +47,17 @@ impl RedisServer {
         format!("redis+unix://{}", self.socket.display())
     }
 
+    /// Runs `redis-cli` against this server; its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .arg("-s")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Stops the server (SIGSTOP) until [`RedisServer::resume`]: a Redis that hangs.
     pub fn pause(&self) {
         signal(self.child.id(), "STOP");
