@@ -15,10 +15,16 @@ impl RedisServer {
     /// Starts one and waits until it accepts connections. Panics with a hint when
     /// `redis-server` is missing (`cargo xtask setup` installs it).
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// One started with more `redis-server` arguments (e.g. `--requirepass`).
+    pub fn start_with(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("redis.sock");
         let child = Command::new("redis-server")
             .args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .args(args)
             .arg("--unixsocket")
             .arg(&socket)
             .arg("--dir")

@@ -274,6 +274,30 @@ fn batches_of_shared_histories_decide_as_the_embedded_table_does() {
 }
 
 #[test]
+fn a_password_from_a_file_opens_a_redis_that_requires_one() {
+    let redis = RedisServer::start_with(&["--requirepass", "s3cret pass"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = fleet_config(&redis, dir.path());
+    let password = dir.path().join("redis.password");
+    std::fs::write(&password, "s3cret pass\n").unwrap();
+    config.fleet.password_file = Some(password.clone());
+    let nodes = config.fleet.redis.clone().unwrap();
+    let mut fleet = Fleet::new(&config.fleet, &nodes, IDLE, DAY).unwrap();
+    assert!(fleet.record(SessionId(1), "00000000000a", T0).is_some());
+    // A wrong one: refused by Redis, so the local view (counted), never a crash.
+    std::fs::write(&password, "wrong").unwrap();
+    let mut fleet = Fleet::new(&config.fleet, &nodes, IDLE, DAY).unwrap();
+    assert!(fleet.record(SessionId(1), "00000000000a", T0).is_none());
+    assert_eq!(fleet.stats().fallbacks, 1);
+    // A missing file is refused at start, naming it.
+    config.fleet.password_file = Some(dir.path().join("missing"));
+    let e = Fleet::new(&config.fleet, &nodes, IDLE, DAY)
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("missing"), "{e}");
+}
+
+#[test]
 fn agents_agree_on_the_session_hash_without_a_manual_step() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
