@@ -37,8 +37,16 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server (cargo xtask setup installs it)");
+        // The socket file appears at bind(), before listen(): ask until it answers.
         eventually("redis-server", Duration::from_secs(10), || {
-            socket.exists().then_some(())
+            Command::new("redis-cli")
+                .arg("-s")
+                .arg(&socket)
+                .arg("ping")
+                .output()
+                .ok()
+                .filter(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+                .map(|_| ())
         });
         Self { child, socket }
     }

@@ -33,19 +33,22 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server (run `cargo xtask setup` to install it)");
+        let server = Self {
+            child,
+            socket,
+            _dir: dir,
+        };
+        // The socket file appears at bind(), before listen(): ask until it answers.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
+        let answers = |out: String| out.contains("PONG") || out.contains("NOAUTH");
+        while !answers(server.cli(&["ping"])) {
             assert!(
                 Instant::now() < deadline,
                 "redis-server did not start in 10 s"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        Self {
-            child,
-            socket,
-            _dir: dir,
-        }
+        server
     }
 
     /// The `[fleet] redis` URL of this server.

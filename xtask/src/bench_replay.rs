@@ -434,9 +434,15 @@ fn fleet_runs(root: &Path, work: &Workload, dir: &Path, socket: &Path, port: u16
             - stats["unidentified_requests"].as_f64().unwrap_or(0.0);
         let round_trips = stats["fleet"]["round_trips"].as_f64().unwrap_or(0.0);
         let fallbacks = stats["fleet"]["fallbacks"].as_u64().unwrap_or(u64::MAX);
-        let histories = cli(&["--scan", "--pattern", "seqshield:{*}:history"])?
+        let keys = cli(&["--scan", "--pattern", "seqshield:{*}:history"])?;
+        let histories = keys.lines().count();
+        // What one history key costs Redis (MEMORY USAGE, a sample of 100).
+        let sample: Vec<f64> = keys
             .lines()
-            .count();
+            .take(100)
+            .filter_map(|k| cli(&["memory", "usage", k]).ok()?.parse().ok())
+            .collect();
+        let per_key = sample.iter().sum::<f64>() / sample.len().max(1) as f64;
         let used = info_memory(&cli(&["info", "memory"])?);
         println!(
             "{name}: {:.3} s, {histories} sessions in Redis",
@@ -444,8 +450,8 @@ fn fleet_runs(root: &Path, work: &Workload, dir: &Path, socket: &Path, port: u16
         );
         rows.push(format!(
             "{name:<13} {:>7.3} s  {:>6.0} k requests/s  {:+.1} µs per request  \
-             {:.2} round trips per identified request  {:.0} bytes of Redis per session  \
-             fallbacks {fallbacks}  counts {}",
+             {:.3} round trips per identified request  Redis per session: {per_key:.0} bytes \
+             of history key, {:.0} bytes of used_memory  fallbacks {fallbacks}  counts {}",
             run.seconds,
             requests / run.seconds / 1e3,
             (run.seconds - embedded.seconds) * 1e6 / requests,

@@ -7,6 +7,7 @@
 //! fleet alerts on exactly the attackers where per-host mode also cut legit users.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -55,7 +56,15 @@ pub fn run(root: &Path, seqshield: &Path) -> Result<()> {
         ],
         None,
     )?;
-    wait_until("redis-server", || socket.exists())?;
+    // The socket file appears at bind(), before listen(): ask until it answers.
+    wait_until("redis-server", || {
+        Command::new("redis-cli")
+            .arg("-s")
+            .arg(&socket)
+            .arg("ping")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+    })?;
     let redis = format!("redis+unix://{}", socket.display());
 
     let alone = run_mode(root, seqshield, &hosts, &dir, "per-host", None)?;

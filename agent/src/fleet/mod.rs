@@ -33,45 +33,41 @@ use counts::{Batch, Counted};
 pub use counts::{FleetCounts, FleetReader};
 
 /// The shared history update (KEYS[1]: the session's history; ARGV: operation id, time
-/// as seconds and nanoseconds, idle timeout in ns, history length, TTL in ms). Stored as
-/// `"<last s> <last ns>|<op> <s> <ns>|…"`, oldest first. Returns `{new occurrence, state}`.
-/// Times travel as two integers: Lua numbers are doubles, and nanoseconds since 1970 do
-/// not fit in 53 bits.
+/// as seconds and nanoseconds, idle timeout in ns, history length, TTL in ms). Returns
+/// `{new occurrence, state}`. The state is fixed-width so the script never parses it:
+/// `"<last s:10> <last ns:9>"` then per entry, oldest first, `"|<op:12> <s:10> <ns:9>"`
+/// (operation ids are 12 characters). Times travel as two integers: Lua numbers are
+/// doubles, and nanoseconds since 1970 do not fit in 53 bits.
 const RECORD_SCRIPT: &str = r#"
 local op, s, ns = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local idle, cap, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local W, H = 34, 20
+local entry = string.format('|%s %010d %09d', op, s, ns)
+local body = ''
 local last_s, last_ns = s, ns
-local h = {}
 local raw = redis.call('GET', KEYS[1])
 if raw then
-  local ls, lns, rest = string.match(raw, '^(%d+) (%d+)(.*)$')
-  last_s, last_ns = tonumber(ls), tonumber(lns)
-  for o, a, b in string.gmatch(rest, '|(%x+) (%d+) (%d+)') do
-    h[#h + 1] = {o, tonumber(a), tonumber(b)}
-  end
-  if #h > 0 and (s - last_s) * 1e9 + (ns - last_ns) > idle then
-    h = {}
+  last_s, last_ns = tonumber(string.sub(raw, 1, 10)), tonumber(string.sub(raw, 12, 20))
+  body = string.sub(raw, H + 1)
+  if #body > 0 and (s - last_s) * 1e9 + (ns - last_ns) > idle then
+    body = ''
   end
   if s > last_s or (s == last_s and ns > last_ns) then
     last_s, last_ns = s, ns
   end
 end
 local new = 1
-local n = #h
-if n > 0 and h[n][1] == op then
-  h[n][2], h[n][3] = s, ns
+local n = #body / W
+if n > 0 and string.sub(body, #body - W + 2, #body - W + 13) == op then
+  body = string.sub(body, 1, #body - W) .. entry
   new = 0
 else
-  h[n + 1] = {op, s, ns}
+  body = body .. entry
   if n + 1 > cap then
-    table.remove(h, 1)
+    body = string.sub(body, W + 1)
   end
 end
-local out = {string.format('%d %d', last_s, last_ns)}
-for i = 1, #h do
-  out[#out + 1] = string.format('%s %d %d', h[i][1], h[i][2], h[i][3])
-end
-local state = table.concat(out, '|')
+local state = string.format('%010d %09d', last_s, last_ns) .. body
 redis.call('SET', KEYS[1], state, 'PX', ttl)
 return {new, state}
 "#;
@@ -608,11 +604,17 @@ mod tests {
     fn state_round_trips_times_beyond_53_bits() {
         let at = 1_764_000_000_123_456_789u64;
         let state = format!(
-            "1764000000 123456789|abcdef012345 {} {}",
+            "1764000000 123456789|abcdef012345 {} {}|0123456789ab 1764000001 000000005",
             at / 1_000_000_000,
             at % 1_000_000_000
         );
-        assert_eq!(parse_state(&state), vec![("abcdef012345".to_string(), at)]);
+        assert_eq!(
+            parse_state(&state),
+            vec![
+                ("abcdef012345".to_string(), at),
+                ("0123456789ab".to_string(), 1_764_000_001_000_000_005)
+            ]
+        );
     }
 
     #[test]
