@@ -402,6 +402,9 @@ pub struct FleetConfig {
     pub key_file: Option<PathBuf>,
     /// Redis password, read from this file (not written in the config).
     pub password_file: Option<PathBuf>,
+    /// `rediss://`: the CA that signed Redis's certificate (PEM); default: the
+    /// system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for FleetConfig {
@@ -411,6 +414,7 @@ impl Default for FleetConfig {
             timeout: Duration::from_millis(5),
             key_file: None,
             password_file: None,
+            ca_file: None,
         }
     }
 }
@@ -764,13 +768,6 @@ fn is_excerpt_line(line: &str) -> bool {
 /// Why a `[fleet] redis` URL cannot be used, if it cannot.
 fn unusable_redis_url(url: &str) -> Option<String> {
     use redis::IntoConnectionInfo as _;
-    if url.starts_with("rediss://") {
-        return Some(
-            "rediss:// (TLS) is not built into this agent yet: reach Redis over a private \
-             network or a local TLS tunnel with redis://"
-                .into(),
-        );
-    }
     url.into_connection_info().err().map(|e| e.to_string())
 }
 
@@ -808,7 +805,6 @@ mod tests {
         assert_eq!(c.fleet.redis.unwrap().urls().len(), 2);
         for (text, key) in [
             ("[fleet]\nredis = \"http://x\"\n", "fleet.redis"),
-            ("[fleet]\nredis = \"rediss://x:6380\"\n", "fleet.redis"),
             ("[fleet]\nredis = []\n", "fleet.redis"),
             ("[fleet]\ntimeout = \"5s\"\n", "fleet.timeout"),
             ("[fleet]\nredis_url = \"redis://x\"\n", "fleet"),

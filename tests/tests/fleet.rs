@@ -297,6 +297,65 @@ fn a_password_from_a_file_opens_a_redis_that_requires_one() {
     assert!(e.to_string().contains("missing"), "{e}");
 }
 
+/// A CA, and a certificate it signed for 127.0.0.1, made with openssl in `dir`.
+fn test_certificates(dir: &Path) {
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    for args in [
+        "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=seqshield-test-ca",
+        "req -newkey rsa:2048 -nodes -keyout redis.key -out redis.csr -subj /CN=127.0.0.1",
+        "x509 -req -in redis.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out redis.crt -days 2 -extfile san.ext",
+    ] {
+        let out = std::process::Command::new("openssl")
+            .args(args.split(' '))
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn rediss_reaches_a_redis_whose_certificate_the_ca_file_vouches_for() {
+    let dir = tempfile::tempdir().unwrap();
+    test_certificates(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let _redis = RedisServer::start_with(&[
+        "--tls-port",
+        &port,
+        "--tls-cert-file",
+        &file("redis.crt"),
+        "--tls-key-file",
+        &file("redis.key"),
+        "--tls-ca-cert-file",
+        &file("ca.crt"),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let mut config = config_for(&format!("\"rediss://127.0.0.1:{port}/0\""), dir.path());
+    config.fleet.ca_file = Some(dir.path().join("ca.crt"));
+    let nodes = config.fleet.redis.clone().unwrap();
+    let mut fleet = Fleet::new(&config.fleet, &nodes, IDLE, DAY).unwrap();
+    let shared = fleet
+        .record(SessionId(1), "00000000000a", T0)
+        .expect("over TLS");
+    assert_eq!(shared.entries.len(), 1);
+    // Without the CA the certificate is not trusted: the local view, counted.
+    config.fleet.ca_file = None;
+    let mut fleet = Fleet::new(&config.fleet, &nodes, IDLE, DAY).unwrap();
+    assert!(fleet.record(SessionId(1), "00000000000a", T0).is_none());
+    assert_eq!(fleet.stats().fallbacks, 1);
+}
+
 #[test]
 fn agents_agree_on_the_session_hash_without_a_manual_step() {
     let redis = RedisServer::start();

@@ -398,8 +398,9 @@ const APT_PACKAGES: &[&str] = &[
     "nginx-light",
     // bench-replay: what users run today to pull HTTP requests out of a capture.
     "tshark",
-    // fleet mode's tests and demo: the shared store.
+    // fleet mode's tests and demo: the shared store, and certificates for rediss://.
     "redis-server",
+    "openssl",
 ];
 
 fn apt_packages() -> Result<()> {

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::{Fleet, FleetError, OPERATIONS_KEY, connect};
+use super::{Fleet, FleetError, OPERATIONS_KEY, Target};
 use crate::analytics::SeqKey;
 use crate::ops::OpId;
 
@@ -46,14 +46,13 @@ pub struct FleetCounts {
 /// Reads the fleet's merged counts (see [`Fleet::reader`]).
 #[derive(Debug, Clone)]
 pub struct FleetReader {
-    nodes: Vec<redis::ConnectionInfo>,
-    cluster: bool,
+    target: Target,
 }
 
 impl FleetReader {
     /// The counts of `hours` summed over the fleet, or why they could not be read.
     pub fn read(&self, hours: std::ops::RangeInclusive<u32>) -> Result<FleetCounts, FleetError> {
-        let mut conn = connect(&self.nodes, self.cluster, REPORT_TIMEOUT)?;
+        let mut conn = self.target.connect(REPORT_TIMEOUT)?;
         let mut commands = vec![redis::cmd("HGETALL").arg(OPERATIONS_KEY).clone()];
         for hour in hours {
             commands.push(redis::cmd("HGETALL").arg(counts_key(hour)).clone());
@@ -199,8 +198,7 @@ impl Fleet {
     /// made off the capture thread).
     pub fn reader(&self) -> FleetReader {
         FleetReader {
-            nodes: self.nodes.clone(),
-            cluster: self.cluster,
+            target: self.target.clone(),
         }
     }
 }

@@ -173,8 +173,7 @@ impl Connection {
 
 /// An agent's link to the fleet's Redis.
 pub struct Fleet {
-    nodes: Vec<redis::ConnectionInfo>,
-    cluster: bool,
+    target: Target,
     timeout: Duration,
     script: std::sync::Arc<redis::Script>,
     /// How long Redis keeps an untouched history (wall clock): longer than any idle
@@ -227,10 +226,20 @@ impl Fleet {
                 })
             })
             .collect::<Result<Vec<_>, FleetError>>()?;
+        let ca = match &config.ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|source| FleetError::File {
+                path: path.display().to_string(),
+                source,
+            })?),
+            None => None,
+        };
         let mut fleet = Self {
-            // A list names cluster nodes, even a list of one.
-            cluster: matches!(nodes_config, RedisNodes::Cluster(_)),
-            nodes,
+            target: Target {
+                // A list names cluster nodes, even a list of one.
+                cluster: matches!(nodes_config, RedisNodes::Cluster(_)),
+                nodes,
+                ca,
+            },
             timeout: config.timeout,
             script: std::sync::Arc::new(redis::Script::new(RECORD_SCRIPT)),
             ttl_ms: (idle_timeout / 1_000_000).saturating_add(60_000),
@@ -332,7 +341,7 @@ impl Fleet {
         &mut self,
         calls: &[(SessionId, &str, Nanos)],
     ) -> Option<Vec<SharedHistory>> {
-        if self.cluster || calls.len() == 1 {
+        if self.target.cluster || calls.len() == 1 {
             return calls
                 .iter()
                 .map(|&(session, op, at)| self.record(session, op, at))
@@ -478,7 +487,7 @@ impl Fleet {
     }
 
     fn connect(&self) -> redis::RedisResult<Connection> {
-        connect(&self.nodes, self.cluster, self.timeout)
+        self.target.connect(self.timeout)
     }
 
     fn down(&mut self, error: &redis::RedisError) {
@@ -495,25 +504,56 @@ impl Fleet {
     }
 }
 
-fn connect(
-    nodes: &[redis::ConnectionInfo],
+/// Where the fleet's Redis is, and how to reach it.
+#[derive(Debug, Clone)]
+struct Target {
+    nodes: Vec<redis::ConnectionInfo>,
     cluster: bool,
-    timeout: Duration,
-) -> redis::RedisResult<Connection> {
-    let t = Some(timeout);
-    if cluster {
-        let conn = redis::cluster::ClusterClient::builder(nodes.to_vec())
-            .connection_timeout(timeout)
-            .build()?
-            .get_connection()?;
-        conn.set_read_timeout(t)?;
-        conn.set_write_timeout(t)?;
-        Ok(Connection::Cluster(Box::new(conn)))
-    } else {
-        let conn = redis::Client::open(nodes[0].clone())?.get_connection_with_timeout(timeout)?;
-        conn.set_read_timeout(t)?;
-        conn.set_write_timeout(t)?;
-        Ok(Connection::One(conn))
+    /// `[fleet] ca_file`: the CA that signed Redis's certificate (PEM), for `rediss://`;
+    /// without it the system's roots.
+    ca: Option<Vec<u8>>,
+}
+
+impl Target {
+    fn connect(&self, timeout: Duration) -> redis::RedisResult<Connection> {
+        let t = Some(timeout);
+        let certificates = || redis::TlsCertificates {
+            client_tls: None,
+            root_cert: self.ca.clone(),
+        };
+        let tls = self
+            .nodes
+            .iter()
+            .any(|n| matches!(n.addr(), redis::ConnectionAddr::TcpTls { .. }));
+        if tls {
+            // rustls needs its cryptography chosen once per process.
+            static PROVIDER: std::sync::Once = std::sync::Once::new();
+            PROVIDER.call_once(|| {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+            });
+        }
+        if self.cluster {
+            let mut builder = redis::cluster::ClusterClient::builder(self.nodes.clone())
+                .connection_timeout(timeout);
+            if tls {
+                builder = builder.certs(certificates());
+            }
+            let conn = builder.build()?.get_connection()?;
+            conn.set_read_timeout(t)?;
+            conn.set_write_timeout(t)?;
+            Ok(Connection::Cluster(Box::new(conn)))
+        } else {
+            let node = self.nodes[0].clone();
+            let client = if tls {
+                redis::Client::build_with_tls(node, certificates())?
+            } else {
+                redis::Client::open(node)?
+            };
+            let conn = client.get_connection_with_timeout(timeout)?;
+            conn.set_read_timeout(t)?;
+            conn.set_write_timeout(t)?;
+            Ok(Connection::One(conn))
+        }
     }
 }
 
