@@ -16,6 +16,7 @@ pub mod enforce;
 pub mod evict;
 pub mod fleet;
 pub mod flow;
+pub mod graph;
 pub mod http;
 pub mod metrics;
 pub mod ops;

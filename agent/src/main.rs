@@ -96,6 +96,26 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// The journey graph of a report (operations, transitions weighted by count and
+    /// precedence, the top sequences as paths) as DOT, mermaid or JSON.
+    Graph {
+        /// A report file; without it, the running agent's report.
+        report: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+        format: GraphFormat,
+        /// Top sequences (three operations or more) drawn as highlighted paths.
+        #[arg(long, default_value_t = 3)]
+        top: usize,
+        #[command(flatten)]
+        agent: AgentAddress,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum GraphFormat {
+    Dot,
+    Mermaid,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -219,6 +239,24 @@ fn run_cli() -> Result<()> {
             agent,
         } => print_report(&agent.get("/api/v1/report")?, json),
         Command::SessionHash { config, value } => session_hash(&config, &value),
+        Command::Graph {
+            report,
+            format,
+            top,
+            agent,
+        } => {
+            let report = match report {
+                Some(file) => read_report(&file)?,
+                None => agent.get("/api/v1/report")?,
+            };
+            let graph = seqshield::graph::JourneyGraph::from_report(&report, top);
+            match format {
+                GraphFormat::Dot => print!("{}", graph.to_dot()),
+                GraphFormat::Mermaid => print!("{}", graph.to_mermaid()),
+                GraphFormat::Json => println!("{}", serde_json::to_string_pretty(&graph)?),
+            }
+            Ok(())
+        }
         Command::Rules {
             command: RulesCommand::Check { file },
         } => {

@@ -522,3 +522,52 @@ fn user_errors_carry_no_backtrace_even_with_rust_backtrace_set() {
     assert!(stderr.contains("sequence.min_suport"), "{stderr}");
     assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
 }
+
+/// `seqshield graph` of the curl fixture's report, in each format, against the
+/// snapshots in tests/fixtures/graph/ (`UPDATE_SNAPSHOTS=1` rewrites them).
+#[test]
+fn the_journey_graph_of_the_curl_fixture_matches_its_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!("[capture]\nports = [18080]\n[sequence]\nmin_support = 1\n{BANK_ENDPOINTS}"),
+    );
+    let report = dir.path().join("report.json");
+    let out = replay(&config, &fixture("curl-loopback.pcap"), &report, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (format, file) in [("dot", "curl.dot"), ("mermaid", "curl.mmd")] {
+        let out = seqshield(&["graph", report.to_str().unwrap(), "--format", format]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = String::from_utf8(out.stdout).unwrap();
+        let snapshot = fixture("graph").join(file);
+        if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+            std::fs::create_dir_all(snapshot.parent().unwrap()).unwrap();
+            std::fs::write(&snapshot, &got).unwrap();
+        }
+        let want = std::fs::read_to_string(&snapshot).expect("snapshot (UPDATE_SNAPSHOTS=1)");
+        assert_eq!(got, want, "{format} differs from {}", snapshot.display());
+    }
+    // JSON: alice and bob walked login → accounts → balance → transfer, mallory logged
+    // in and transferred (twice: a collapsed repeat), so 2 of 3 transfers came after a
+    // balance check.
+    let out = seqshield(&["graph", report.to_str().unwrap(), "--format", "json"]);
+    let graph: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let edges: Vec<(u64, f64)> = graph["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["count"].as_u64().unwrap(), e["score"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(graph["nodes"].as_array().unwrap().len(), 4);
+    assert_eq!(edges.len(), 4, "{graph:#}");
+    assert!(edges.contains(&(2, 2.0 / 3.0)), "{edges:?}");
+    assert!(edges.contains(&(1, 1.0 / 3.0)), "{edges:?}");
+}
