@@ -264,6 +264,8 @@ async fn authorize(
 
 pub fn router(state: Arc<AgentState>, access: Access) -> Router {
     Router::new()
+        .route("/", get(console))
+        .route("/api/v1/graph", get(graph))
         .route("/api/v1/report", get(report))
         .route("/api/v1/operations", get(operations))
         .route("/api/v1/sessions/{hash}", get(session))
@@ -271,7 +273,7 @@ pub fn router(state: Arc<AgentState>, access: Access) -> Router {
         .route("/api/v1/rules/reload", post(reload))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint: see /api/v1/report, /operations, /sessions/{hash}, /rules, /metrics".into()) })
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint: see / (the console), /api/v1/report, /graph, /operations, /sessions/{hash}, /rules, /metrics".into()) })
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(access, authorize))
 }
@@ -318,6 +320,40 @@ async fn report(
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("building the report failed: {e}"),
+        ),
+    }
+}
+
+/// The web console: one page, embedded, no third-party assets; it reads the APIs below
+/// with the access they need.
+const CONSOLE: &str = include_str!("../console/index.html");
+
+async fn console() -> axum::response::Html<&'static str> {
+    axum::response::Html(CONSOLE)
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct GraphQuery {
+    /// Top sequences drawn as paths.
+    top: Option<usize>,
+}
+
+/// The journey graph of the report (`graph.rs`): what the console draws.
+async fn graph(
+    State(state): State<Arc<AgentState>>,
+    query: Result<Query<GraphQuery>, QueryRejection>,
+) -> Response {
+    let top = match query {
+        Ok(Query(q)) => q.top.unwrap_or(3).min(20),
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad query: {e}")),
+    };
+    let inputs = state.pipeline().report_inputs(state.now());
+    match tokio::task::spawn_blocking(move || inputs.finish()).await {
+        Ok(report) => Json(crate::graph::JourneyGraph::from_report(&report, top)).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("building the graph failed: {e}"),
         ),
     }
 }

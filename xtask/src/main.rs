@@ -401,6 +401,8 @@ const APT_PACKAGES: &[&str] = &[
     // fleet mode's tests and demo: the shared store, and certificates for rediss://.
     "redis-server",
     "openssl",
+    // the web console's browser test (headless).
+    "chromium",
 ];
 
 fn apt_packages() -> Result<()> {
