@@ -5,6 +5,7 @@
 //! transfer. Prints the top sequences and the alerts, then removes everything it made,
 //! also on Ctrl-C.
 
+use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Duration;
 
@@ -12,7 +13,9 @@ use anyhow::{Result, bail};
 
 use crate::lab::{Lab, bank_agent_config, path, wait_until};
 
-const ADMIN: &str = "127.0.0.1:9464";
+/// Where the console is opened from this host: forwarded to the agent's admin socket
+/// (the agent's own loopback is inside its namespace).
+const CONSOLE: &str = "127.0.0.1:9464";
 const LEGIT_USERS: u32 = 24;
 const ATTACKERS: u32 = 4;
 
@@ -23,10 +26,14 @@ pub fn run(root: &Path, seqshield: &Path) -> Result<()> {
     // Every demo starts from nothing learned (the agent would resume from its snapshot).
     let _ = std::fs::remove_file(dir.join("state/snapshot.bin"));
     let config = dir.join("live-config.toml");
+    // The admin API on a unix socket: a file, reachable from this host's namespace too.
+    let socket = dir.join("admin.sock");
+    let _ = std::fs::remove_file(&socket);
+    let admin = format!("unix:{}", socket.display());
     let text = bank_agent_config(
         root,
         &lab.server_if,
-        ADMIN,
+        &admin,
         &dir.join("state"),
         "[sequence]\nmin_support = 3\n",
     )?;
@@ -42,7 +49,12 @@ pub fn run(root: &Path, seqshield: &Path) -> Result<()> {
     )?;
     wait_until(
         "the agent's admin API (see target/demo/live-agent.log)",
-        || lab.ok_in(&lab.server_ns, &[bin, "report", "--admin", ADMIN, "--json"]),
+        || {
+            lab.ok_in(
+                &lab.server_ns,
+                &[bin, "report", "--admin", &admin, "--json"],
+            )
+        },
     )?;
     wait_until("the bank server", || {
         lab.ok_in(
@@ -56,10 +68,15 @@ pub fn run(root: &Path, seqshield: &Path) -> Result<()> {
             ],
         )
     })?;
+    let console = forward_console(&socket);
     println!(
         "== agent attached on {}; {LEGIT_USERS} users and {ATTACKERS} attackers at work ==",
         lab.server_if
     );
+    match &console {
+        Ok(()) => println!("== the console: http://{CONSOLE}/ (while the demo runs) =="),
+        Err(e) => println!("== the console is not forwarded to this host ({e}) =="),
+    }
 
     for user in 0..LEGIT_USERS + ATTACKERS {
         drive_session(&lab, user)?;
@@ -69,7 +86,7 @@ pub fn run(root: &Path, seqshield: &Path) -> Result<()> {
     println!("\n== seqshield report (from the running agent) ==");
     print!(
         "{}",
-        lab.output_in(&lab.server_ns, &[bin, "report", "--admin", ADMIN])?
+        lab.output_in(&lab.server_ns, &[bin, "report", "--admin", &admin])?
     );
     let text = std::fs::read_to_string(&alerts).unwrap_or_default();
     println!(
@@ -80,8 +97,41 @@ pub fn run(root: &Path, seqshield: &Path) -> Result<()> {
     for line in text.lines().take(4) {
         println!("{line}");
     }
+    if console.is_ok() && std::io::stdin().is_terminal() {
+        println!("\n== the console stays at http://{CONSOLE}/ — press Enter to end the demo ==");
+        let _ = std::io::stdin().read_line(&mut String::new());
+    }
     println!("\n== cleaning up (agent log: {}) ==", log.display());
     lab.cleanup();
+    Ok(())
+}
+
+/// Forwards TCP connections to [`CONSOLE`] on this host to the agent's admin socket,
+/// for as long as the demo runs (a browser cannot open a unix socket, nor reach the
+/// agent's namespace).
+fn forward_console(socket: &Path) -> std::io::Result<()> {
+    let listener = std::net::TcpListener::bind(CONSOLE)?;
+    let socket = socket.to_path_buf();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(agent) = std::os::unix::net::UnixStream::connect(&socket) else {
+                continue;
+            };
+            let (Ok(mut client_in), Ok(mut agent_in)) = (client.try_clone(), agent.try_clone())
+            else {
+                continue;
+            };
+            let (mut client_out, mut agent_out) = (client, agent);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut client_in, &mut agent_out);
+                let _ = agent_out.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut agent_in, &mut client_out);
+                let _ = client_out.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
     Ok(())
 }
 
