@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use crate::Nanos;
 use prometheus_client::metrics::histogram::Histogram;
 
+use crate::alerts::Alert;
 use crate::config::{Config, ConfigError};
 use crate::metrics;
 use crate::metrics::KernelView;
@@ -37,6 +38,30 @@ pub struct AgentState {
     request_seconds: Histogram,
     /// The alert writer's counts (live agent).
     alerts: std::sync::OnceLock<Arc<crate::alerts::AlertCounters>>,
+    /// The latest alerts, for the console.
+    recent_alerts: Arc<RecentAlerts>,
+}
+
+/// Alerts the console lists: the latest [`RECENT_ALERTS`] (the alert log has them all).
+#[derive(Debug, Default)]
+pub struct RecentAlerts(Mutex<std::collections::VecDeque<Alert>>);
+
+pub const RECENT_ALERTS: usize = 100;
+
+impl RecentAlerts {
+    pub fn push(&self, alert: &Alert) {
+        let mut recent = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if recent.len() == RECENT_ALERTS {
+            recent.pop_front();
+        }
+        recent.push_back(alert.clone());
+    }
+
+    /// At most `n`, the newest first.
+    pub fn latest(&self, n: usize) -> Vec<Alert> {
+        let recent = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        recent.iter().rev().take(n).cloned().collect()
+    }
 }
 
 impl AgentState {
@@ -56,7 +81,13 @@ impl AgentState {
             kernel: Mutex::new(KernelView::default()),
             request_seconds: metrics::request_seconds_histogram(),
             alerts: std::sync::OnceLock::new(),
+            recent_alerts: Arc::default(),
         }
+    }
+
+    /// Where alerts go for the console (the live agent's outcome sink writes them).
+    pub fn recent_alerts(&self) -> Arc<RecentAlerts> {
+        self.recent_alerts.clone()
     }
 
     /// The capture loop's latest kernel readings.
@@ -266,6 +297,7 @@ pub fn router(state: Arc<AgentState>, access: Access) -> Router {
     Router::new()
         .route("/", get(console))
         .route("/api/v1/graph", get(graph))
+        .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/report", get(report))
         .route("/api/v1/operations", get(operations))
         .route("/api/v1/sessions/{hash}", get(session))
@@ -273,7 +305,7 @@ pub fn router(state: Arc<AgentState>, access: Access) -> Router {
         .route("/api/v1/rules/reload", post(reload))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint: see / (the console), /api/v1/report, /graph, /operations, /sessions/{hash}, /rules, /metrics".into()) })
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint: see / (the console), /api/v1/report, /graph, /alerts, /operations, /sessions/{hash}, /rules, /metrics".into()) })
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(access, authorize))
 }
@@ -355,6 +387,25 @@ async fn graph(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("building the graph failed: {e}"),
         ),
+    }
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct AlertsQuery {
+    limit: Option<usize>,
+}
+
+/// The latest alerts, newest first (`?limit=N`, at most 100).
+async fn alerts(
+    State(state): State<Arc<AgentState>>,
+    query: Result<Query<AlertsQuery>, QueryRejection>,
+) -> Response {
+    match query {
+        Ok(Query(q)) => {
+            Json(state.recent_alerts.latest(q.limit.unwrap_or(RECENT_ALERTS))).into_response()
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, format!("bad query: {e}")),
     }
 }
 

@@ -152,6 +152,7 @@ pub async fn run(config: &Config, interface: &str) -> Result<(), DaemonError> {
     shared.set_alert_counters(alert_counters);
     let outcomes = LiveOutcomes {
         alerts,
+        recent: shared.recent_alerts(),
         enforcer,
         holds,
     };
@@ -414,12 +415,15 @@ impl Holds {
 /// Alerts to stdout; verdicts to the kernel (enforce mode), and to held requests.
 struct LiveOutcomes {
     alerts: QueuedAlerts,
+    /// The console's list of the latest alerts.
+    recent: Arc<crate::admin::RecentAlerts>,
     enforcer: Option<KernelEnforcer>,
     holds: Option<Holds>,
 }
 
 impl OutcomeSink for LiveOutcomes {
     fn alert(&mut self, alert: Alert) {
+        self.recent.push(&alert);
         self.alerts.alert(alert);
     }
 

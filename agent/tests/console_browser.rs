@@ -17,7 +17,15 @@ const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef";
 
 /// The admin API over the replayed fixture on a loopback port (served by a runtime of
 /// its own); the report it holds.
-fn serve_fixture(dir: &Path) -> (tokio::runtime::Runtime, u16, Report) {
+fn serve_fixture(
+    dir: &Path,
+) -> (
+    tokio::runtime::Runtime,
+    u16,
+    Report,
+    Arc<AgentState>,
+    Config,
+) {
     let config_path = dir.join("config.toml");
     std::fs::write(
         &config_path,
@@ -40,14 +48,14 @@ fn serve_fixture(dir: &Path) -> (tokio::runtime::Runtime, u16, Report) {
         config_path,
         Box::new(move || now),
     ));
-    let router = seqshield::admin::router(state, Access::new(TOKEN.into(), false));
+    let router = seqshield::admin::router(state.clone(), Access::new(TOKEN.into(), false));
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let port = listener.local_addr().unwrap().port();
     runtime.spawn(async move { axum::serve(listener, router).await });
-    (runtime, port, report)
+    (runtime, port, report, state, config)
 }
 
 /// Headless Chromium on `url`: the DOM after its scripts ran, and its log.
@@ -90,7 +98,7 @@ fn screenshots() -> PathBuf {
 #[test]
 fn the_console_draws_the_journeys_and_filters_the_sequences() {
     let dir = tempfile::tempdir().unwrap();
-    let (_runtime, port, report) = serve_fixture(dir.path());
+    let (_runtime, port, report, state, config) = serve_fixture(dir.path());
     let url = format!("http://127.0.0.1:{port}/");
 
     let (dom, log) = chromium(&url, &["--dump-dom"]);
@@ -106,6 +114,29 @@ fn the_console_draws_the_journeys_and_filters_the_sequences() {
         "{dom}"
     );
     assert!(dom.contains("lost events"), "{dom}");
+    // The replay's alerts went elsewhere: none listed yet.
+    assert_eq!(count(&dom, "class=\"alert\""), 0, "{dom}");
+
+    // Traffic: the fixture's attacker through a pipeline of its own; its alerts, put
+    // where the live agent's outcome sink puts them, appear on the next load.
+    let pcap = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/curl-loopback.pcap"),
+    )
+    .unwrap();
+    let mut alerts = Vec::new();
+    Pipeline::new(&config, &[7; 32])
+        .unwrap()
+        .replay_pcap(&pcap, &config.capture.ports, &mut alerts)
+        .unwrap();
+    assert!(!alerts.is_empty());
+    for alert in &alerts {
+        state.recent_alerts().push(alert);
+    }
+    let (dom, log) = chromium(&url, &["--dump-dom"]);
+    assert!(!log.contains("Uncaught"), "script errors: {log}");
+    assert_eq!(count(&dom, "class=\"alert\""), alerts.len(), "{dom}");
+    assert!(dom.contains("transfer needs a balance check"), "{dom}");
+    assert!(dom.contains(&alerts[0].session), "{dom}");
 
     // Filtered by the address (as a click on a node does): the report API's filter.
     let login = report
@@ -133,7 +164,7 @@ fn the_console_draws_the_journeys_and_filters_the_sequences() {
         &url,
         &[
             &format!("--screenshot={}", shot.display()),
-            "--window-size=1400,1000",
+            "--window-size=1400,1250",
         ],
     );
     assert!(
