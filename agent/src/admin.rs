@@ -298,6 +298,7 @@ pub fn router(state: Arc<AgentState>, access: Access) -> Router {
         .route("/", get(console))
         .route("/api/v1/graph", get(graph))
         .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/rules/draft", get(draft_rule))
         .route("/api/v1/report", get(report))
         .route("/api/v1/operations", get(operations))
         .route("/api/v1/sessions/{hash}", get(session))
@@ -388,6 +389,40 @@ async fn graph(
             format!("building the graph failed: {e}"),
         ),
     }
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct DraftQuery {
+    /// The sequence's operation ids, first to final, comma-separated.
+    operations: String,
+}
+
+/// The allow rule `seqshield rules suggest` would draft from one reported sequence, as
+/// TOML to copy (the console shows it for a selected sequence).
+async fn draft_rule(
+    State(state): State<Arc<AgentState>>,
+    query: Result<Query<DraftQuery>, QueryRejection>,
+) -> Response {
+    let wanted: Vec<String> = match query {
+        Ok(Query(q)) => q.operations.split(',').map(str::to_string).collect(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad query: {e}")),
+    };
+    let inputs = state.pipeline().report_inputs(state.now());
+    let Ok(mut report) = tokio::task::spawn_blocking(move || inputs.finish()).await else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "building the report failed".into(),
+        );
+    };
+    report.sequences.retain(|s| s.operations == wanted);
+    if report.sequences.is_empty() || wanted.len() < 2 {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no such sequence in the report (two or more operation ids, first to final)".into(),
+        );
+    }
+    crate::rules::suggest_allow_rules(&report, 0.0, 0).into_response()
 }
 
 #[derive(Debug, Default, serde::Deserialize)]

@@ -412,3 +412,64 @@ async fn slow_clients_cannot_hold_the_admin_server() {
     let answer = ask(TcpStream::connect(addr).await.unwrap()).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+/// The console's endpoints: the page, the journey graph, the latest alerts, and the
+/// allow rule drafted from one sequence.
+#[tokio::test]
+async fn console_endpoints_serve_the_page_graph_alerts_and_drafts() {
+    let f = fixture();
+    let raw = |uri: &'static str| {
+        let router = router(f.state.clone());
+        async move {
+            let response = router
+                .oneshot(Request::builder().uri(uri).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let status = response.status();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8(bytes.to_vec()).unwrap())
+        }
+    };
+    let (status, page) = raw("/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("<title>seqshield console</title>"));
+    // Nothing loaded from elsewhere (the SVG namespace is a name, not a fetch).
+    for outside in ["src=\"http", "href=\"http", "url(http", "import(\"http"] {
+        assert!(!page.contains(outside), "an outside asset: {outside}");
+    }
+
+    let (status, graph) = call(&f.state, "GET", "/api/v1/graph?top=1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(graph["nodes"].as_array().unwrap().len(), 4);
+    assert_eq!(graph["edges"].as_array().unwrap().len(), 4);
+    assert_eq!(graph["paths"].as_array().unwrap().len(), 1);
+
+    let (status, alerts) = call(&f.state, "GET", "/api/v1/alerts").await;
+    assert_eq!((status, alerts), (StatusCode::OK, serde_json::json!([])));
+
+    let id = |path: &str| {
+        f.expected
+            .operations
+            .iter()
+            .find(|o| o.path == path)
+            .unwrap()
+            .id
+            .clone()
+    };
+    let balance = id("/api/v1/accounts/{account_id}/balance");
+    let transfer = id("/api/v1/transferFunds");
+    let uri: &'static str =
+        Box::leak(format!("/api/v1/rules/draft?operations={balance},{transfer}").into_boxed_str());
+    let (status, draft) = raw(uri).await;
+    assert_eq!(status, StatusCode::OK, "{draft}");
+    assert!(draft.contains("kind = \"allow\""), "{draft}");
+    assert!(
+        draft.contains("\"GET bank.test/api/v1/accounts/{account_id}/balance\", \"POST bank.test/api/v1/transferFunds\""),
+        "{draft}"
+    );
+    // The draft is a rule the agent accepts.
+    let text = format!("{}\n{draft}", config_text());
+    Config::parse(&text, Path::new("draft.toml")).expect("the draft parses");
+    let (status, _) = raw("/api/v1/rules/draft?operations=nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
