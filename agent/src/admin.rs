@@ -370,6 +370,8 @@ async fn console() -> axum::response::Html<&'static str> {
 struct GraphQuery {
     /// Top sequences drawn as paths.
     top: Option<usize>,
+    /// At most this many transitions, the most taken (default 100).
+    limit: Option<usize>,
 }
 
 /// The journey graph of the report (`graph.rs`): what the console draws.
@@ -377,13 +379,17 @@ async fn graph(
     State(state): State<Arc<AgentState>>,
     query: Result<Query<GraphQuery>, QueryRejection>,
 ) -> Response {
-    let top = match query {
-        Ok(Query(q)) => q.top.unwrap_or(3).min(20),
+    let (top, limit) = match query {
+        Ok(Query(q)) => (
+            q.top.unwrap_or(3).min(20),
+            q.limit.unwrap_or(100).min(2_000),
+        ),
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad query: {e}")),
     };
     let inputs = state.pipeline().report_inputs(state.now());
     match tokio::task::spawn_blocking(move || inputs.finish()).await {
-        Ok(report) => Json(crate::graph::JourneyGraph::from_report(&report, top)).into_response(),
+        Ok(report) => Json(crate::graph::JourneyGraph::from_report(&report, top).limited(limit))
+            .into_response(),
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("building the graph failed: {e}"),

@@ -88,6 +88,31 @@ impl JourneyGraph {
         }
     }
 
+    /// Keeps the `edges` most-taken transitions, and the operations they join (with the
+    /// busiest others, up to as many): a graph a person can read, and a page that stays
+    /// light with thousands of operations.
+    pub fn limited(mut self, edges: usize) -> Self {
+        if self.edges.len() > edges {
+            self.edges.sort_by(|a, b| b.count.cmp(&a.count));
+            self.edges.truncate(edges);
+        }
+        let joined = |id: &str, edges: &[Edge]| edges.iter().any(|e| e.from == id || e.to == id);
+        let mut others: Vec<Node> = Vec::new();
+        let mut kept = Vec::new();
+        for n in self.nodes {
+            if joined(&n.id, &self.edges) {
+                kept.push(n);
+            } else {
+                others.push(n);
+            }
+        }
+        others.sort_by(|a, b| b.occurrences.cmp(&a.occurrences));
+        let room = edges.saturating_sub(kept.len());
+        kept.extend(others.into_iter().take(room));
+        self.nodes = kept;
+        self
+    }
+
     /// Graphviz, left to right: edge width by count, colour by precedence (red: rarely
     /// the way to the next operation, green: nearly always); edges on a top path bold.
     pub fn to_dot(&self) -> String {
@@ -203,6 +228,38 @@ mod tests {
         assert_eq!(score_colour(0.0), "#d62728");
         assert_eq!(score_colour(1.0), "#2ca028");
         assert_eq!(score_colour(7.0), score_colour(1.0));
+    }
+
+    #[test]
+    fn a_limited_graph_keeps_the_busiest_transitions_and_their_operations() {
+        let node = |id: &str, occurrences| Node {
+            id: id.into(),
+            label: id.into(),
+            requests: occurrences,
+            occurrences,
+        };
+        let edge = |from: &str, to: &str, count| Edge {
+            from: from.into(),
+            to: to.into(),
+            count,
+            score: 0.5,
+        };
+        let graph = JourneyGraph {
+            nodes: vec![
+                node("a", 5),
+                node("b", 5),
+                node("c", 1),
+                node("d", 9),
+                node("e", 0),
+            ],
+            edges: vec![edge("a", "b", 3), edge("b", "c", 1), edge("d", "a", 7)],
+            paths: vec![],
+        }
+        .limited(2);
+        let edges: Vec<u64> = graph.edges.iter().map(|e| e.count).collect();
+        assert_eq!(edges, [7, 3]);
+        let nodes: Vec<&str> = graph.nodes.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(nodes, ["a", "b", "d"]);
     }
 
     #[test]

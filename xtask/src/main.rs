@@ -80,6 +80,9 @@ enum Task {
         #[arg(long, default_value_t = 100_000)]
         requests: usize,
     },
+    /// The console at scale: API response times and page load in headless Chromium with
+    /// 10 000 operations and ~180 000 tracked sequences.
+    BenchConsole,
     /// Each kernel program's cost per packet on crafted frames (BPF_PROG_TEST_RUN, root):
     /// steady enough to compare kernel changes, unlike timings under load.
     BenchKernel,
@@ -198,6 +201,21 @@ fn main() -> Result<()> {
         }
         Task::Bench => bench(&root),
         Task::BenchFlood { sessions } => bench_replay::flood(&root, sessions),
+        Task::BenchConsole => {
+            setup()?;
+            cargo(
+                &root,
+                &[
+                    "run",
+                    "--release",
+                    "--locked",
+                    "-p",
+                    "seqshield-tests",
+                    "--example",
+                    "console_load",
+                ],
+            )
+        }
         Task::BenchFleet { requests } => {
             setup()?;
             bench_replay::fleet(&root, requests)
