@@ -93,7 +93,7 @@ impl JourneyGraph {
     /// light with thousands of operations.
     pub fn limited(mut self, edges: usize) -> Self {
         if self.edges.len() > edges {
-            self.edges.sort_by(|a, b| b.count.cmp(&a.count));
+            self.edges.sort_by_key(|e| std::cmp::Reverse(e.count));
             self.edges.truncate(edges);
         }
         let joined = |id: &str, edges: &[Edge]| edges.iter().any(|e| e.from == id || e.to == id);
@@ -106,7 +106,7 @@ impl JourneyGraph {
                 others.push(n);
             }
         }
-        others.sort_by(|a, b| b.occurrences.cmp(&a.occurrences));
+        others.sort_by_key(|n| std::cmp::Reverse(n.occurrences));
         let room = edges.saturating_sub(kept.len());
         kept.extend(others.into_iter().take(room));
         self.nodes = kept;
