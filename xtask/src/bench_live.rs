@@ -88,18 +88,7 @@ pub fn run(root: &Path, seqshield: &Path) -> Result<()> {
         )?
         .replace("ports = [80]", "ports = [81]"),
     )?;
-    crate::cargo(
-        root,
-        &[
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "seqshield",
-            "--example",
-            "attach_baseline",
-        ],
-    )?;
+    crate::example(root, "build", "seqshield", "attach_baseline")?;
     let baseline = root.join("target/release/examples/attach_baseline");
 
     let wrk = |label: &str| -> Result<WrkRun> {

@@ -333,18 +333,7 @@ fn status_kib(status: &str, key: &str) -> f64 {
 /// example.
 pub fn fleet(root: &Path, requests: usize) -> Result<()> {
     build(root, &["realistic_capture"])?;
-    crate::cargo(
-        root,
-        &[
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "seqshield",
-            "--example",
-            "fleet_latency",
-        ],
-    )?;
+    crate::example(root, "build", "seqshield", "fleet_latency")?;
     let work = Workload::write(
         root,
         "bench-fleet",

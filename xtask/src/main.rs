@@ -203,18 +203,7 @@ fn main() -> Result<()> {
         Task::BenchFlood { sessions } => bench_replay::flood(&root, sessions),
         Task::BenchConsole => {
             setup()?;
-            cargo(
-                &root,
-                &[
-                    "run",
-                    "--release",
-                    "--locked",
-                    "-p",
-                    "seqshield-tests",
-                    "--example",
-                    "console_load",
-                ],
-            )
+            example(&root, "run", "seqshield-tests", "console_load")
         }
         Task::BenchFleet { requests } => {
             setup()?;
@@ -224,18 +213,7 @@ fn main() -> Result<()> {
             if !is_root() {
                 bail!("bench-kernel loads kernel programs: run it as root");
             }
-            cargo(
-                &root,
-                &[
-                    "run",
-                    "--release",
-                    "--locked",
-                    "-p",
-                    "seqshield",
-                    "--example",
-                    "kernel_cost",
-                ],
-            )
+            example(&root, "run", "seqshield", "kernel_cost")
         }
         Task::PacedClient {
             addr,
@@ -673,6 +651,22 @@ fn systemd_running() -> bool {
 fn path_str(p: &Path) -> Result<&str> {
     p.to_str()
         .with_context(|| format!("{} is not UTF-8", p.display()))
+}
+
+/// `cargo build|run --release --locked -p PACKAGE --example EXAMPLE`.
+fn example(root: &Path, verb: &str, package: &str, example: &str) -> Result<()> {
+    cargo(
+        root,
+        &[
+            verb,
+            "--release",
+            "--locked",
+            "-p",
+            package,
+            "--example",
+            example,
+        ],
+    )
 }
 
 fn cargo(root: &Path, args: &[&str]) -> Result<()> {
