@@ -301,6 +301,7 @@ pub fn router(state: Arc<AgentState>, access: Access) -> Router {
         .route("/api/v1/rules/draft", get(draft_rule))
         .route("/api/v1/report", get(report))
         .route("/api/v1/operations", get(operations))
+        .route("/api/v1/operations/hourly", get(hourly))
         .route("/api/v1/sessions/{hash}", get(session))
         .route("/api/v1/rules", get(rules))
         .route("/api/v1/rules/reload", post(reload))
@@ -448,6 +449,19 @@ async fn alerts(
         }
         Err(e) => error(StatusCode::BAD_REQUEST, format!("bad query: {e}")),
     }
+}
+
+/// Requests per hour of the window, oldest first, by operation id (the console's
+/// sparklines).
+async fn hourly(
+    State(state): State<Arc<AgentState>>,
+) -> Json<serde_json::Map<String, serde_json::Value>> {
+    let rows = state.pipeline().hourly_requests(state.now());
+    Json(
+        rows.into_iter()
+            .map(|(id, counts)| (id, counts.into()))
+            .collect(),
+    )
 }
 
 /// The operations of the report, with their counts (no scoring).

@@ -105,6 +105,19 @@ impl Hourly {
             .get_or_insert_with(|| vec![0; slots as usize].into_boxed_slice())
     }
 
+    /// The count of one hour (0 outside what is kept).
+    pub fn at(&self, hour: u32, slots: u32) -> u64 {
+        if hour == self.last_hour {
+            return u64::from(self.last_count);
+        }
+        match &self.earlier {
+            Some(ring) if hour < self.last_hour && hour + slots > self.last_hour => {
+                u64::from(ring[(hour % slots) as usize])
+            }
+            _ => 0,
+        }
+    }
+
     /// Sum over the `slots` hours ending with hour `now`.
     pub fn total(&self, now: u32, slots: u32) -> u64 {
         let oldest = now.saturating_sub(slots - 1);
@@ -424,6 +437,19 @@ impl Analytics {
             })
     }
 
+    /// Requests to `op` in each hour of the window ending at `now`, oldest first.
+    pub fn hourly_requests(&self, op: OpId, now: Nanos) -> Vec<u64> {
+        let (hour, slots) = (hour_of(now), self.slots);
+        let oldest = hour.saturating_sub(slots - 1);
+        (oldest..=hour)
+            .map(|h| {
+                self.ops
+                    .get(usize::from(op))
+                    .map_or(0, |c| c.requests.at(h, slots))
+            })
+            .collect()
+    }
+
     /// Sequences with at least `min_support` occurrences in the window ending at `now`,
     /// highest score first (ties: higher count first, then operation ids).
     pub fn scores(&self, now: Nanos, min_support: u64) -> Vec<SequenceScore> {
@@ -666,6 +692,10 @@ mod tests {
                 .filter(|&&e| e + 24 >= now && e <= now)
                 .count() as u64;
             assert_eq!(h.total(now, 25), want);
+            for hour in now.saturating_sub(24)..=now {
+                let want = events.iter().filter(|&&e| e == hour).count() as u64;
+                assert_eq!(h.at(hour, 25), want, "hour {hour}");
+            }
         }
     }
 

@@ -382,6 +382,17 @@ impl Pipeline {
         self.analysis.fleet = Some(fleet);
     }
 
+    /// Requests to each operation that had any, per hour of the window ending at `now`
+    /// (oldest first; this agent's counts): the console's sparklines.
+    pub fn hourly_requests(&self, now: Nanos) -> Vec<(String, Vec<u64>)> {
+        let a = &self.analysis;
+        a.catalog
+            .iter()
+            .filter(|(id, _)| a.analytics.op_totals(*id, now).requests > 0)
+            .map(|(id, op)| (op.id.clone(), a.analytics.hourly_requests(id, now)))
+            .collect()
+    }
+
     /// Decides the requests waiting for the fleet's answer (one round trip for all):
     /// live, after each ring batch; replay does it every few hundred requests and at
     /// the end.

@@ -444,6 +444,21 @@ async fn console_endpoints_serve_the_page_graph_alerts_and_drafts() {
     assert_eq!(graph["edges"].as_array().unwrap().len(), 4);
     assert_eq!(graph["paths"].as_array().unwrap().len(), 1);
 
+    // Per hour, oldest first: the fixture's three logins all in the last hour.
+    let (status, hourly) = call(&f.state, "GET", "/api/v1/operations/hourly").await;
+    assert_eq!(status, StatusCode::OK);
+    let login = &f
+        .expected
+        .operations
+        .iter()
+        .find(|o| o.path == "/api/v1/login")
+        .unwrap()
+        .id;
+    let counts: Vec<u64> = serde_json::from_value(hourly[login].clone()).unwrap();
+    assert_eq!(counts.len(), 25);
+    assert_eq!(counts.last(), Some(&3));
+    assert_eq!(counts.iter().sum::<u64>(), 3);
+
     let (status, alerts) = call(&f.state, "GET", "/api/v1/alerts").await;
     assert_eq!((status, alerts), (StatusCode::OK, serde_json::json!([])));
 

@@ -114,6 +114,9 @@ fn the_console_draws_the_journeys_and_filters_the_sequences() {
         "{dom}"
     );
     assert!(dom.contains("lost events"), "{dom}");
+    // A sparkline per listed operation that saw requests.
+    let busy = report.operations.iter().filter(|o| o.requests > 0).count();
+    assert_eq!(count(&dom, "class=\"spark\""), busy, "{dom}");
     // The replay's alerts went elsewhere: none listed yet.
     assert_eq!(count(&dom, "class=\"alert\""), 0, "{dom}");
 
