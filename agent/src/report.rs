@@ -112,22 +112,37 @@ pub struct ReportFilter {
 
 impl Report {
     /// Keeps the sequences that pass `filter`, in order.
-    pub fn filtered(mut self, filter: &ReportFilter) -> Self {
+    pub fn filtered(self, filter: &ReportFilter) -> Self {
+        self.filtered_copy(filter)
+    }
+
+    /// [`Report::filtered`] of a shared report: only the sequences kept are copied.
+    pub fn filtered_copy(&self, filter: &ReportFilter) -> Self {
         let op_id = filter.operation.as_ref().map(|name| {
             self.operations
                 .iter()
                 .find(|o| &o.id == name || &o.human() == name)
                 .map_or_else(|| name.clone(), |o| o.id.clone())
         });
-        self.sequences.retain(|s| {
-            op_id.as_ref().is_none_or(|id| s.operations.contains(id))
-                && filter.min_score.is_none_or(|m| s.score >= m)
-                && filter.min_support.is_none_or(|m| s.count >= m)
-        });
-        if let Some(limit) = filter.limit {
-            self.sequences.truncate(limit);
+        let sequences = self
+            .sequences
+            .iter()
+            .filter(|s| {
+                op_id.as_ref().is_none_or(|id| s.operations.contains(id))
+                    && filter.min_score.is_none_or(|m| s.score >= m)
+                    && filter.min_support.is_none_or(|m| s.count >= m)
+            })
+            .take(filter.limit.unwrap_or(usize::MAX))
+            .cloned()
+            .collect();
+        Self {
+            generated_at: self.generated_at.clone(),
+            window_secs: self.window_secs,
+            counts: self.counts.clone(),
+            operations: self.operations.clone(),
+            sequences,
+            stats: self.stats.clone(),
         }
-        self
     }
 
     /// The readable view: operations with their ids, then sequences by score.
