@@ -70,10 +70,14 @@ impl JourneyGraph {
                 score: s.score,
             })
             .collect();
+        let joined: std::collections::HashSet<&str> = edges
+            .iter()
+            .flat_map(|e| [e.from.as_str(), e.to.as_str()])
+            .collect();
         let nodes = report
             .operations
             .iter()
-            .filter(|o| o.occurrences > 0 || edges.iter().any(|e| e.from == o.id || e.to == o.id))
+            .filter(|o| o.occurrences > 0 || joined.contains(o.id.as_str()))
             .map(|o| Node {
                 id: o.id.clone(),
                 label: o.human(),
@@ -96,11 +100,15 @@ impl JourneyGraph {
             self.edges.sort_by_key(|e| std::cmp::Reverse(e.count));
             self.edges.truncate(edges);
         }
-        let joined = |id: &str, edges: &[Edge]| edges.iter().any(|e| e.from == id || e.to == id);
+        let joined: std::collections::HashSet<String> = self
+            .edges
+            .iter()
+            .flat_map(|e| [e.from.clone(), e.to.clone()])
+            .collect();
         let mut others: Vec<Node> = Vec::new();
         let mut kept = Vec::new();
         for n in self.nodes {
-            if joined(&n.id, &self.edges) {
+            if joined.contains(&n.id) {
                 kept.push(n);
             } else {
                 others.push(n);
