@@ -26,6 +26,12 @@ fn fleet_config(redis: &RedisServer, state: &Path) -> Config {
     config_for(&format!("{:?}", redis.url()), state)
 }
 
+/// A fleet link straight from a config (10 min idle timeout, 24 h window).
+fn fleet_of(config: &Config) -> Fleet {
+    let nodes = config.fleet.redis.as_ref().expect("[fleet] redis");
+    Fleet::new(&config.fleet, nodes, IDLE, DAY).expect("fleet")
+}
+
 /// A bank config whose `[fleet] redis` is `redis` (TOML: a string or a list).
 fn config_for(redis: &str, state: &Path) -> Config {
     let text = bank::config(
@@ -282,11 +288,11 @@ fn a_password_from_a_file_opens_a_redis_that_requires_one() {
     std::fs::write(&password, "s3cret pass\n").unwrap();
     config.fleet.password_file = Some(password.clone());
     let nodes = config.fleet.redis.clone().unwrap();
-    let mut fleet = Fleet::new(&config.fleet, &nodes, IDLE, DAY).unwrap();
+    let mut fleet = fleet_of(&config);
     assert!(fleet.record(SessionId(1), "00000000000a", T0).is_some());
     // A wrong one: refused by Redis, so the local view (counted), never a crash.
     std::fs::write(&password, "wrong").unwrap();
-    let mut fleet = Fleet::new(&config.fleet, &nodes, IDLE, DAY).unwrap();
+    let mut fleet = fleet_of(&config);
     assert!(fleet.record(SessionId(1), "00000000000a", T0).is_none());
     assert_eq!(fleet.stats().fallbacks, 1);
     // A missing file is refused at start, naming it.
@@ -343,15 +349,14 @@ fn rediss_reaches_a_redis_whose_certificate_the_ca_file_vouches_for() {
     ]);
     let mut config = config_for(&format!("\"rediss://127.0.0.1:{port}/0\""), dir.path());
     config.fleet.ca_file = Some(dir.path().join("ca.crt"));
-    let nodes = config.fleet.redis.clone().unwrap();
-    let mut fleet = Fleet::new(&config.fleet, &nodes, IDLE, DAY).unwrap();
+    let mut fleet = fleet_of(&config);
     let shared = fleet
         .record(SessionId(1), "00000000000a", T0)
         .expect("over TLS");
     assert_eq!(shared.entries.len(), 1);
     // Without the CA the certificate is not trusted: the local view, counted.
     config.fleet.ca_file = None;
-    let mut fleet = Fleet::new(&config.fleet, &nodes, IDLE, DAY).unwrap();
+    let mut fleet = fleet_of(&config);
     assert!(fleet.record(SessionId(1), "00000000000a", T0).is_none());
     assert_eq!(fleet.stats().fallbacks, 1);
 }
@@ -378,13 +383,7 @@ fn check_script_matches_embedded(requests: &[(u8, u8, u64)]) {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let config = fleet_config(&redis, dir.path());
-    let mut fleet = Fleet::new(
-        &config.fleet,
-        config.fleet.redis.as_ref().unwrap(),
-        IDLE,
-        DAY,
-    )
-    .unwrap();
+    let mut fleet = fleet_of(&config);
     let mut sessions = Sessions::new(1000, IDLE);
     let mut t = T0;
     for &(session, op, step) in requests {
@@ -427,13 +426,7 @@ fn a_hung_redis_costs_one_timeout_then_the_local_view_until_it_answers_again() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = fleet_config(&redis, dir.path());
     config.fleet.timeout = std::time::Duration::from_millis(5);
-    let mut fleet = Fleet::new(
-        &config.fleet,
-        config.fleet.redis.as_ref().unwrap(),
-        IDLE,
-        DAY,
-    )
-    .unwrap();
+    let mut fleet = fleet_of(&config);
     let session = SessionId(7);
     assert!(fleet.record(session, "00000000000a", T0).is_some());
 

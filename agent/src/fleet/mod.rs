@@ -347,23 +347,21 @@ impl Fleet {
                 .map(|&(session, op, at)| self.record(session, op, at))
                 .collect();
         }
-        let commands: Vec<redis::Cmd> = calls
-            .iter()
-            .map(|&(session, op, at)| {
-                let mut command = redis::cmd("EVALSHA");
-                command
-                    .arg(self.script.get_hash())
-                    .arg(1)
-                    .arg(history_key(session))
-                    .arg(op)
-                    .arg(at / 1_000_000_000)
-                    .arg(at % 1_000_000_000)
-                    .arg(self.idle_timeout)
-                    .arg(HISTORY_LEN)
-                    .arg(self.ttl_ms);
-                command
-            })
-            .collect();
+        // One pipeline, sent again unchanged if Redis has to be given the script first
+        // (batches never go to a Cluster: see above).
+        let mut pipe = redis::pipe();
+        for &(session, op, at) in calls {
+            pipe.cmd("EVALSHA")
+                .arg(self.script.get_hash())
+                .arg(1)
+                .arg(history_key(session))
+                .arg(op)
+                .arg(at / 1_000_000_000)
+                .arg(at % 1_000_000_000)
+                .arg(self.idle_timeout)
+                .arg(HISTORY_LEN)
+                .arg(self.ttl_ms);
+        }
         // Redis runs the whole batch before it answers: the timeout grows with it.
         let (base, batch) = (
             self.timeout,
@@ -372,7 +370,7 @@ impl Fleet {
         let script = self.script.clone();
         let replies = self.call(|conn| {
             conn.set_read_timeout(batch)?;
-            let first = conn.batch(commands.clone());
+            let first: redis::RedisResult<Vec<redis::Value>> = pipe.query(conn.commands());
             // A Redis that restarted has forgotten the script: load it, send again.
             let forgotten = match &first {
                 Err(e) => e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript),
@@ -382,7 +380,7 @@ impl Fleet {
             };
             let replies = if forgotten {
                 script.load(conn.commands())?;
-                conn.batch(commands)
+                pipe.query(conn.commands())
             } else {
                 first
             };
