@@ -20,7 +20,7 @@ pub enum AlertAction {
 pub struct Alert {
     /// RFC 3339, UTC.
     pub timestamp: String,
-    /// Always `sequence_violation`.
+    /// `sequence_violation` (sequence and expression rules) or `rate_exceeded`.
     pub event: String,
     pub rule_id: String,
     pub rule_title: String,
@@ -39,6 +39,8 @@ pub struct Alert {
 }
 
 pub const SEQUENCE_VIOLATION: &str = "sequence_violation";
+/// A rate rule's limit was passed.
+pub const RATE_EXCEEDED: &str = "rate_exceeded";
 
 /// RFC 3339 with microseconds, UTC.
 pub fn rfc3339(ts: Nanos) -> String {

@@ -204,6 +204,8 @@ impl Default for SequenceConfig {
 pub enum RuleKind {
     Allow,
     Block,
+    /// A per-session request limit on one operation.
+    Rate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -222,10 +224,26 @@ pub struct RuleConfig {
     /// UUID; generated when absent.
     pub id: Option<String>,
     pub title: String,
-    pub kind: RuleKind,
+    /// `allow` / `block` (a sequence) or `rate`; expression rules have none.
+    #[serde(default)]
+    pub kind: Option<RuleKind>,
     pub action: RuleAction,
     /// Operation ids or `"METHOD host/path-template"`.
+    #[serde(default)]
     pub sequence: Vec<String>,
+    /// A CEL condition over the request and its session (README "Expression rules"):
+    /// the rule is violated when it holds.
+    #[serde(default)]
+    pub expression: Option<String>,
+    /// Rate rules: the operation limited.
+    #[serde(default)]
+    pub operation: Option<String>,
+    /// Rate rules: most requests a session may make to the operation per `period`.
+    #[serde(default)]
+    pub limit: Option<u64>,
+    /// Rate rules: the window the limit counts over (aligned to the clock).
+    #[serde(default, deserialize_with = "optional_human_duration")]
+    pub period: Option<Duration>,
     /// Higher first; ties keep file order.
     #[serde(default)]
     pub priority: i64,
@@ -636,18 +654,63 @@ impl Config {
                     format!("must be 1-{MAX_TITLE_CHARS} characters, got {chars}"),
                 );
             }
-            if rule.sequence.len() < 2 {
-                err(
-                    &format!("rule[{i}].sequence"),
+            let key = |k: &str| format!("rule[{i}].{k}");
+            match (rule.kind, &rule.expression) {
+                (Some(_), Some(_)) => err(
+                    &key("expression"),
+                    "an expression rule takes no kind (the expression is the condition)".into(),
+                ),
+                (None, None) => err(
+                    &key("kind"),
+                    "missing: give kind (allow, block, rate) or an expression".into(),
+                ),
+                (Some(RuleKind::Allow | RuleKind::Block), None) if rule.sequence.len() < 2 => err(
+                    &key("sequence"),
                     format!("needs 2 or more operations, got {}", rule.sequence.len()),
+                ),
+                (Some(RuleKind::Rate), None) => {
+                    if rule.operation.is_none() {
+                        err(
+                            &key("operation"),
+                            "missing: the operation a rate rule limits".into(),
+                        );
+                    }
+                    if rule.limit.is_none_or(|n| n == 0) {
+                        err(
+                            &key("limit"),
+                            "missing or 0: most requests per period".into(),
+                        );
+                    }
+                    if rule.period.is_some_and(|p| p < Duration::from_secs(1)) {
+                        err(&key("period"), "must be at least 1s".into());
+                    }
+                }
+                _ => {}
+            }
+            let sequence_rule = matches!(rule.kind, Some(RuleKind::Allow | RuleKind::Block));
+            if !sequence_rule && !rule.sequence.is_empty() {
+                err(
+                    &key("sequence"),
+                    "only allow and block rules take a sequence".into(),
                 );
+            }
+            if rule.kind != Some(RuleKind::Rate) {
+                for (name, given) in [
+                    ("operation", rule.operation.is_some()),
+                    ("limit", rule.limit.is_some()),
+                    ("period", rule.period.is_some()),
+                ] {
+                    if given {
+                        err(&key(name), "only rate rules take one".into());
+                    }
+                }
             }
             if let Some(id) = &rule.id
                 && uuid::Uuid::parse_str(id).is_err()
             {
                 err(&format!("rule[{i}].id"), format!("not a UUID: {id:?}"));
             }
-            if rule.min_interval.is_some() && rule.kind != RuleKind::Allow {
+            if rule.min_interval.is_some() && rule.kind != Some(RuleKind::Allow) {
                 err(
                     &format!("rule[{i}].min_interval"),
                     "only allow rules take a min_interval".into(),
@@ -729,9 +792,11 @@ fn array<T: serde::de::DeserializeOwned>(
         return;
     };
     for (i, item) in items.into_iter().enumerate() {
-        if let Some(mut v) =
-            read_reporting_every_key::<T>(item, &format!("{name}[{i}]"), path, errors)
-        {
+        let before = errors.len();
+        let read = read_reporting_every_key::<T>(item, &format!("{name}[{i}]"), path, errors);
+        // An entry with a bad key is left out whole: checks of the rest of it would only
+        // repeat the mistake in other words.
+        if let Some(mut v) = read.filter(|_| errors.len() == before) {
             set_position(&mut v, i);
             target.push(v);
         }

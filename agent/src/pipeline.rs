@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::alerts::{Alert, AlertAction, OutcomeSink, SEQUENCE_VIOLATION, rfc3339};
+use crate::alerts::{Alert, AlertAction, OutcomeSink, RATE_EXCEEDED, SEQUENCE_VIOLATION, rfc3339};
 use crate::analytics::{Analytics, AnalyticsState, hour_of};
 use crate::budget::BufferBudget;
 use crate::config::{Config, ConfigError, EnforceMode, RuleAction};
@@ -20,7 +20,7 @@ use crate::ops::{
 };
 use crate::packet::{Captured, Direction, FlowKey, Fragment, Segment, tcp_segment};
 use crate::report::{OperationReport, Report, SequenceReport, Stats};
-use crate::rules::RuleSet;
+use crate::rules::{Condition, Facts, RuleSet, rate::RateCounters};
 use crate::session::{
     Entry, SessionCache, SessionId, SessionIdentifier, SessionState, SessionStats, Sessions,
 };
@@ -79,6 +79,8 @@ struct Analysis {
     sessions: Sessions,
     analytics: Analytics,
     rules: RuleSet,
+    /// Per-session counts of the rate rules.
+    rates: RateCounters,
     mode: EnforceMode,
     lookback_ops: usize,
     lookback: Nanos,
@@ -152,6 +154,7 @@ impl Pipeline {
                 sessions: Sessions::new(seq.max_sessions, duration_nanos(seq.idle_timeout)),
                 analytics: Analytics::new(window, seq.max_ops, seq.max_sequences),
                 rules,
+                rates: RateCounters::default(),
                 mode: config.enforce.mode,
                 lookback_ops: config.enforce.lookback_ops,
                 lookback: duration_nanos(config.enforce.lookback),
@@ -255,17 +258,15 @@ impl Pipeline {
     }
 
     /// The requests a kernel hold guards (SPEC §4): method and path template of the
-    /// final operation of every rule whose action is `block`.
+    /// operations rules whose action is `block` apply to.
     pub fn guarded_operations(&self) -> Vec<(String, String)> {
         let catalog = &self.analysis.catalog;
         let mut out: Vec<(String, String)> = self
             .analysis
             .rules
-            .rules()
-            .iter()
-            .filter(|r| r.action == RuleAction::Block)
-            .filter_map(|r| r.ops.last())
-            .map(|&op| {
+            .guarded_operations()
+            .into_iter()
+            .map(|op| {
                 let op = catalog.get(op);
                 (op.method.clone(), op.path.clone())
             })
@@ -346,6 +347,7 @@ impl Pipeline {
         self.analysis.rules = rules;
         // Counts are kept by rule position: a new rule set starts them over.
         self.analysis.violations.clear();
+        self.analysis.rates.clear();
         Ok(n)
     }
 
@@ -722,7 +724,8 @@ impl Analysis {
         normalise_host(host_raw, &mut self.host);
         self.catalog.canonical_host(&mut self.host);
         // Rules and endpoints match the path as servers route it; alerts show it as sent.
-        let routed = normalise_request_path(path, &mut self.path);
+        let mut scratch = std::mem::take(&mut self.path);
+        let routed = normalise_request_path(path, &mut scratch);
         let op = match self.catalog.resolve(&self.host, head.method, routed) {
             Resolved::Op(op) => Some(op),
             Resolved::Unmatched => {
@@ -748,12 +751,45 @@ impl Analysis {
         if let Some((verdict, _)) = self.blocks.check(ts, *flow, session) {
             alerts.enforce(&verdict);
         }
-        let Some(session_id) = session else {
-            self.counters.unidentified += 1;
-            return;
+        let analysed = match (session, op) {
+            (None, _) => {
+                self.counters.unidentified += 1;
+                None
+            }
+            // Requests with no operation leave session state alone (SPEC §3).
+            (Some(_), None) => None,
+            (Some(session), Some(op)) => Some((session, op)),
         };
-        // Requests with no operation leave session state alone (SPEC §3).
-        let Some(op) = op else { return };
+        if let Some((session_id, op)) = analysed {
+            self.analyse(
+                ts,
+                flow,
+                confirmed,
+                session_id,
+                op,
+                head.method,
+                path,
+                routed,
+                alerts,
+            );
+        }
+        self.path = scratch;
+    }
+
+    /// An identified request to an operation: decided now, or once the fleet answers.
+    #[allow(clippy::too_many_arguments)]
+    fn analyse(
+        &mut self,
+        ts: Nanos,
+        flow: &FlowKey,
+        confirmed: bool,
+        session_id: SessionId,
+        op: OpId,
+        method: &str,
+        path: &str,
+        routed: &str,
+        alerts: &mut dyn OutcomeSink,
+    ) {
         let request = Request {
             ts,
             flow: *flow,
@@ -767,8 +803,9 @@ impl Analysis {
             self.deferred.push(Deferred {
                 request,
                 host: self.host.clone(),
-                method: head.method.to_string(),
+                method: method.to_string(),
                 path: path.to_string(),
+                routed: routed.to_string(),
             });
             if self.deferred.len() >= MAX_DEFERRED {
                 self.settle_fleet(alerts);
@@ -776,7 +813,13 @@ impl Analysis {
             return;
         }
         let host = std::mem::take(&mut self.host);
-        self.decide(&request, None, &host, head.method, path, alerts);
+        let seen = Seen {
+            host: &host,
+            method,
+            path,
+            routed,
+        };
+        self.decide(&request, None, &seen, alerts);
         self.host = host;
     }
 
@@ -802,7 +845,13 @@ impl Analysis {
         });
         for (i, d) in deferred.iter().enumerate() {
             let shared = replies.as_ref().map(|r| &r[i]);
-            self.decide(&d.request, shared, &d.host, &d.method, &d.path, alerts);
+            let seen = Seen {
+                host: &d.host,
+                method: &d.method,
+                path: &d.path,
+                routed: &d.routed,
+            };
+            self.decide(&d.request, shared, &seen, alerts);
         }
         self.deferred = deferred;
         self.deferred.clear();
@@ -814,9 +863,7 @@ impl Analysis {
         &mut self,
         r: &Request,
         shared: Option<&SharedHistory>,
-        host: &str,
-        method: &str,
-        path: &str,
+        seen: &Seen<'_>,
         alerts: &mut dyn OutcomeSink,
     ) {
         let (ts, flow, op, session_id) = (r.ts, &r.flow, r.op, r.session);
@@ -860,7 +907,25 @@ impl Analysis {
             }
         }
         let lookback = &lookback[..n];
-        let Some(rule) = self.rules.evaluate(op, lookback, ts) else {
+        let facts = Facts {
+            op,
+            previous: lookback,
+            now: ts,
+            method: seen.method,
+            host: seen.host,
+            path: seen.routed,
+            session_requests: session.requests(),
+            session_age: session.age(ts),
+            op_requests: 0,
+            distinct_values: 0,
+            enumeration_suspected: false,
+        };
+        for (i, _, period) in self.rules.rate_rules(op) {
+            self.rates.count(i, session_id, ts, period);
+        }
+        let rates = &self.rates;
+        let Some((rule_index, rule)) = self.rules.evaluate(&facts, &|i| rates.get(i, session_id))
+        else {
             return;
         };
         let action = match (rule.action, self.mode) {
@@ -869,12 +934,6 @@ impl Analysis {
             (RuleAction::Block, EnforceMode::Enforce) => AlertAction::Block,
         };
         self.counters.alerts += 1;
-        let rule_index = self
-            .rules
-            .rules()
-            .iter()
-            .position(|r| std::ptr::eq(r, rule))
-            .unwrap_or(usize::MAX);
         *self.violations.entry((rule_index, action)).or_default() += 1;
         if let Some(verdict) =
             self.blocks
@@ -885,16 +944,20 @@ impl Analysis {
         let human = |op: OpId| self.catalog.get(op).human();
         alerts.alert(Alert {
             timestamp: rfc3339(ts),
-            event: SEQUENCE_VIOLATION.to_string(),
+            event: match rule.condition {
+                Condition::Rate { .. } => RATE_EXCEEDED,
+                _ => SEQUENCE_VIOLATION,
+            }
+            .to_string(),
             rule_id: rule.id.clone(),
             rule_title: rule.title.clone(),
             action,
             session: session_id.to_string(),
             client: flow.client.to_string(),
             server: flow.server.to_string(),
-            host: host.to_string(),
-            method: method.to_string(),
-            path: path.to_string(),
+            host: seen.host.to_string(),
+            method: seen.method.to_string(),
+            path: seen.path.to_string(),
             operation: human(op),
             previous_operations: lookback.iter().rev().map(|e| human(e.op)).collect(),
         });
@@ -910,12 +973,24 @@ struct Request {
     op: OpId,
 }
 
+/// What a request said, as rules read it and alerts show it.
+struct Seen<'a> {
+    /// Normalised.
+    host: &'a str,
+    method: &'a str,
+    /// As sent.
+    path: &'a str,
+    /// Normalised, as servers route it.
+    routed: &'a str,
+}
+
 /// A request waiting for the fleet's answer, with what its alert would show.
 struct Deferred {
     request: Request,
     host: String,
     method: String,
     path: String,
+    routed: String,
 }
 
 /// Requests deferred before the fleet is asked anyway (replay; live, every ring batch

@@ -326,6 +326,33 @@ pub struct Session {
     pub id: SessionId,
     pub history: History,
     pub last_seen: Nanos,
+    /// When the session started (its first request after an idle reset), in
+    /// milliseconds modulo 2^32: ages are exact up to 49 days in 4 bytes.
+    started_ms: u32,
+    /// Requests to operations since it started (saturating).
+    requests: u16,
+}
+
+impl Session {
+    /// Requests to operations since the session started, this one included.
+    pub fn requests(&self) -> u64 {
+        u64::from(self.requests)
+    }
+
+    /// Time since the session's first request (after an idle reset), to the millisecond.
+    pub fn age(&self, now: Nanos) -> Nanos {
+        u64::from(millis_u32(now).wrapping_sub(self.started_ms)) * 1_000_000
+    }
+
+    fn start(&mut self, now: Nanos) {
+        self.history.clear();
+        self.started_ms = millis_u32(now);
+        self.requests = 0;
+    }
+}
+
+fn millis_u32(t: Nanos) -> u32 {
+    (t / 1_000_000) as u32
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -532,10 +559,15 @@ impl Sessions {
                     history.record(op, *at);
                 }
             }
+            // Snapshots keep no start or count: the oldest remembered request stands in.
+            let started = history.entries().first().map_or(saved.last_seen, |e| e.at);
+            let requests = history.entries().len() as u16;
             self.map.insert(Session {
                 id: SessionId(saved.id),
                 history,
                 last_seen: saved.last_seen,
+                started_ms: millis_u32(started),
+                requests,
             });
             self.eviction.push(SessionId(saved.id), saved.last_seen);
         }
@@ -546,8 +578,9 @@ impl Sessions {
         self.map.get(&id)
     }
 
-    /// The session for a request at `now`, created if new; its history is cleared first
-    /// when its previous request was more than `idle_timeout` ago.
+    /// The session for a request at `now`, created if new, the request counted; it starts
+    /// again (history cleared, age and count reset) when its previous request was more
+    /// than `idle_timeout` ago.
     pub fn touch(&mut self, id: SessionId, now: Nanos) -> &mut Session {
         self.expire_idle(now);
         if self.map.len() >= self.max_sessions && !self.map.contains(&id) {
@@ -558,9 +591,10 @@ impl Sessions {
         if new {
             self.eviction.push(id, now);
         }
-        if session.history.len > 0 && now.saturating_sub(session.last_seen) > idle_timeout {
-            session.history.clear();
+        if new || now.saturating_sub(session.last_seen) > idle_timeout {
+            session.start(now);
         }
+        session.requests = session.requests.saturating_add(1);
         session.last_seen = session.last_seen.max(now);
         session
     }
@@ -601,9 +635,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_live_session_costs_120_bytes_and_freed_slots_are_reused() {
+    fn a_live_session_costs_128_bytes_and_freed_slots_are_reused() {
         assert_eq!(std::mem::size_of::<Entry>(), 10);
-        assert_eq!(std::mem::size_of::<Session>(), 120);
+        assert_eq!(std::mem::size_of::<Session>(), 128);
         let mut table = SessionTable::new();
         for i in 0..5_000u64 {
             let (s, new) = table.get_or_insert(SessionId(i));
@@ -837,6 +871,25 @@ mod tests {
         s.touch(SessionId(1), 0).history.record(1, 0);
         assert_eq!(s.touch(SessionId(1), 100).history.entries().len(), 1);
         assert_eq!(s.touch(SessionId(1), 201).history.entries().len(), 0);
+    }
+
+    #[test]
+    fn a_session_counts_its_requests_and_age_until_an_idle_reset() {
+        let ms = 1_000_000;
+        let mut s = Sessions::new(10, 1_000 * ms);
+        let t0 = 1_700_000_000_000 * ms;
+        assert_eq!(s.touch(SessionId(1), t0).requests(), 1);
+        let session = s.touch(SessionId(1), t0 + 900 * ms);
+        assert_eq!(
+            (session.requests(), session.age(t0 + 900 * ms)),
+            (2, 900 * ms)
+        );
+        let session = s.touch(SessionId(1), t0 + 2_000 * ms);
+        assert_eq!(
+            (session.requests(), session.age(t0 + 2_000 * ms)),
+            (1, 0),
+            "idle reset"
+        );
     }
 
     #[test]

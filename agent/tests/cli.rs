@@ -444,6 +444,12 @@ fn check_config_reports_every_mistake_at_once() {
         ("rule[1].kind", "unknown variant `sometimes`"),
         ("rule[2].sequence[0]", "unknown operation"),
         ("rule[2].sequence[1]", "unknown operation"),
+        ("rule[3].expression", "column 24: Syntax error"),
+        (
+            "rule[4].expression",
+            "column 37: unknown field session.nope",
+        ),
+        ("rule[5].limit", "missing"),
     ] {
         let line = format!("{}: {key}: ", file.display());
         assert!(
@@ -453,7 +459,7 @@ fn check_config_reports_every_mistake_at_once() {
             "{key}: {reason}\n{stderr}"
         );
     }
-    assert!(stderr.contains("11 error(s)"), "{stderr}");
+    assert!(stderr.contains("14 error(s)"), "{stderr}");
 }
 
 #[test]
