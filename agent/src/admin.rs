@@ -524,6 +524,7 @@ async fn metrics_text(State(state): State<Arc<AgentState>>) -> Response {
     let (live_sessions, tracked_sequences) = pipeline.table_sizes();
     let buffered_bytes = pipeline.buffered_bytes();
     let violations = pipeline.violations();
+    let session_rates = pipeline.session_rates(state.now());
     drop(pipeline);
     let text = metrics::render(&metrics::Snapshot {
         stats: &stats,
@@ -534,6 +535,7 @@ async fn metrics_text(State(state): State<Arc<AgentState>>) -> Response {
         kernel,
         request_seconds: &state.request_seconds,
         alerts: state.alerts.get().map(|c| c.as_ref()),
+        session_rates: &session_rates,
     });
     (
         [(

@@ -20,7 +20,8 @@ pub enum AlertAction {
 pub struct Alert {
     /// RFC 3339, UTC.
     pub timestamp: String,
-    /// `sequence_violation` (sequence and expression rules) or `rate_exceeded`.
+    /// `sequence_violation` (sequence and expression rules), `rate_exceeded`, or
+    /// `enumeration_suspected` (no rule: `rule_id` is empty, the title gives the count).
     pub event: String,
     pub rule_id: String,
     pub rule_title: String,
@@ -41,6 +42,8 @@ pub struct Alert {
 pub const SEQUENCE_VIOLATION: &str = "sequence_violation";
 /// A rate rule's limit was passed.
 pub const RATE_EXCEEDED: &str = "rate_exceeded";
+/// A session sent far more distinct path-variable values than usual (`[enumeration]`).
+pub const ENUMERATION_SUSPECTED: &str = "enumeration_suspected";
 
 /// RFC 3339 with microseconds, UTC.
 pub fn rfc3339(ts: Nanos) -> String {

@@ -9,7 +9,7 @@ use crate::{NANOS_PER_SEC, Nanos};
 
 /// Longest sequence (SPEC §3: 2 to 9 operations).
 pub const MAX_SEQUENCE_OPS: usize = 9;
-const NANOS_PER_HOUR: Nanos = 3600 * NANOS_PER_SEC;
+pub const NANOS_PER_HOUR: Nanos = 3600 * NANOS_PER_SEC;
 /// z for a two-sided 95% interval.
 const WILSON_Z: f64 = 1.959_963_984_540_054;
 /// Share of the sequence table freed when it is full.

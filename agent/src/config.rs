@@ -43,6 +43,7 @@ pub struct Config {
     pub state: StateConfig,
     pub alerts: AlertsConfig,
     pub fleet: FleetConfig,
+    pub enumeration: EnumerationConfig,
     /// Directory of the config file: relative paths in it (the OpenAPI file) resolve here.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -437,6 +438,30 @@ impl Default for FleetConfig {
     }
 }
 
+/// `[enumeration]`: the BOLA signal. A session whose distinct path-variable values for
+/// one operation in a 10-minute window pass `factor` × the operation's p99 (and
+/// `min_distinct`) raises an `enumeration_suspected` alert; rules read it as
+/// `session.enumeration_suspected`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnumerationConfig {
+    pub enabled: bool,
+    pub factor: f64,
+    /// Fewer distinct values than this are never suspect (a young operation has no p99
+    /// yet, and a p99 of 1 makes small counts look far above it).
+    pub min_distinct: u64,
+}
+
+impl Default for EnumerationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            factor: 5.0,
+            min_distinct: 20,
+        }
+    }
+}
+
 /// One Redis, or the nodes of a Redis Cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
@@ -517,12 +542,13 @@ impl Config {
                 "state" => section(&mut config.state, value, &key, path, &mut errors),
                 "alerts" => section(&mut config.alerts, value, &key, path, &mut errors),
                 "fleet" => section(&mut config.fleet, value, &key, path, &mut errors),
+                "enumeration" => section(&mut config.enumeration, value, &key, path, &mut errors),
                 "endpoint" => array(&mut config.endpoints, value, &key, path, &mut errors, |e, i| e.position = i),
                 "rule" => array(&mut config.rules, value, &key, path, &mut errors, |r, i| r.position = i),
                 other => errors.push(ConfigError::new(
                     path,
                     other,
-                    "unknown section (expected capture, operations, endpoint, session, sequence, rule, enforce, admin, state, alerts, fleet)",
+                    "unknown section (expected capture, operations, endpoint, session, sequence, rule, enforce, admin, state, alerts, fleet, enumeration)",
                 )),
             }
         }
@@ -533,6 +559,13 @@ impl Config {
     fn validate(&self, errors: &mut Vec<ConfigError>) {
         let mut err =
             |key: &str, reason: String| errors.push(ConfigError::new(&self.source, key, reason));
+        let e = &self.enumeration;
+        if !(e.factor.is_finite() && e.factor >= 1.0) {
+            err(
+                "enumeration.factor",
+                format!("must be a number of at least 1, got {}", e.factor),
+            );
+        }
         let seq = &self.sequence;
         if !(2..=9).contains(&seq.max_ops) {
             err(

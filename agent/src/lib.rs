@@ -26,6 +26,7 @@ pub mod pipeline;
 pub mod report;
 pub mod rules;
 pub mod session;
+pub mod signals;
 pub mod source;
 pub mod state;
 

@@ -123,7 +123,8 @@ enum RulesCommand {
     /// Checks a config file's rules (operations resolve, titles, sequences).
     Check { file: PathBuf },
     /// Drafts allow rules (TOML) from a report: per final operation, the best-supported
-    /// preceding sequence, ranked by its lower confidence bound, with its evidence.
+    /// preceding sequence, ranked by its lower confidence bound, with its evidence. With
+    /// --rate: per-session rate limits per operation from the report's request rates.
     Suggest {
         /// A report file; without it, the running agent's report.
         report: Option<PathBuf>,
@@ -135,6 +136,16 @@ enum RulesCommand {
         /// Fewest occurrences of the sequence to suggest.
         #[arg(long, default_value_t = 5)]
         min_count: u64,
+        /// Draft rate rules instead: limit = p99 of requests per session per 10 minutes
+        /// times --headroom.
+        #[arg(long)]
+        rate: bool,
+        #[arg(long, default_value_t = 2.0, requires = "rate")]
+        headroom: f64,
+        /// Fewest (session, 10-minute window) observations of an operation to draft a
+        /// rate rule for it.
+        #[arg(long, default_value_t = 20, requires = "rate")]
+        min_windows: u64,
     },
 }
 
@@ -276,16 +287,24 @@ fn run_cli() -> Result<()> {
                     agent,
                     min_lower,
                     min_count,
+                    rate,
+                    headroom,
+                    min_windows,
                 },
         } => {
             let report = match report {
                 Some(file) => read_report(&file)?,
                 None => agent.get("/api/v1/report")?,
             };
-            print!(
-                "{}",
+            if !(headroom.is_finite() && headroom >= 1.0) {
+                bail!("--headroom must be a number of at least 1, got {headroom}");
+            }
+            let drafted = if rate {
+                seqshield::rules::suggest_rate_rules(&report, headroom, min_windows)
+            } else {
                 seqshield::rules::suggest_allow_rules(&report, min_lower, min_count)
-            );
+            };
+            print!("{drafted}");
             Ok(())
         }
         Command::CheckConfig { config } => check_config(&config),

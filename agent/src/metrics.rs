@@ -44,6 +44,8 @@ pub struct Snapshot<'a> {
     pub request_seconds: &'a Histogram,
     /// The alert writer's counts (live agent).
     pub alerts: Option<&'a crate::alerts::AlertCounters>,
+    /// Per operation (human form): requests per session per 10-minute window.
+    pub session_rates: &'a [(String, crate::signals::Distribution)],
 }
 
 pub fn render(s: &Snapshot<'_>) -> String {
@@ -274,6 +276,22 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "violations",
         "Sequence rule violations by rule and action",
         violations,
+    );
+    let rates = Family::<Labels, Gauge>::default();
+    for (operation, d) in s.session_rates {
+        for (quantile, v) in [("0.5", d.p50), ("0.9", d.p90), ("0.99", d.p99)] {
+            rates
+                .get_or_create(&vec![
+                    ("operation".into(), operation.clone()),
+                    ("quantile".into(), quantile.into()),
+                ])
+                .set(i64::try_from(v).unwrap_or(i64::MAX));
+        }
+    }
+    registry.register(
+        "session_requests_per_10m",
+        "Requests a session makes to an operation in a 10-minute window, nearest-rank quantiles over the analytics window",
+        rates,
     );
     gauge(
         &mut registry,

@@ -6,7 +6,10 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::alerts::{Alert, AlertAction, OutcomeSink, RATE_EXCEEDED, SEQUENCE_VIOLATION, rfc3339};
+use crate::alerts::{
+    Alert, AlertAction, ENUMERATION_SUSPECTED, OutcomeSink, RATE_EXCEEDED, SEQUENCE_VIOLATION,
+    rfc3339,
+};
 use crate::analytics::{Analytics, AnalyticsState, hour_of};
 use crate::budget::BufferBudget;
 use crate::config::{Config, ConfigError, EnforceMode, RuleAction};
@@ -24,6 +27,7 @@ use crate::rules::{Condition, Facts, RuleSet, rate::RateCounters};
 use crate::session::{
     Entry, SessionCache, SessionId, SessionIdentifier, SessionState, SessionStats, Sessions,
 };
+use crate::signals::{Distribution, Signals};
 use crate::source::pcap::{PcapCounters, PcapError, decode_frame, decode_ip, for_each_packet};
 use crate::{Nanos, duration_nanos};
 
@@ -81,6 +85,8 @@ struct Analysis {
     rules: RuleSet,
     /// Per-session counts of the rate rules.
     rates: RateCounters,
+    /// Per-session request rates and path-variable values, per operation.
+    signals: Signals,
     mode: EnforceMode,
     lookback_ops: usize,
     lookback: Nanos,
@@ -155,6 +161,7 @@ impl Pipeline {
                 analytics: Analytics::new(window, seq.max_ops, seq.max_sequences),
                 rules,
                 rates: RateCounters::default(),
+                signals: Signals::new(config.enumeration.clone(), secret, window),
                 mode: config.enforce.mode,
                 lookback_ops: config.enforce.lookback_ops,
                 lookback: duration_nanos(config.enforce.lookback),
@@ -395,6 +402,18 @@ impl Pipeline {
             .collect()
     }
 
+    /// Each operation's requests per session per 10-minute window over the window ending
+    /// at `now` (`/metrics`), by human form.
+    pub fn session_rates(&self, now: Nanos) -> Vec<(String, Distribution)> {
+        let a = &self.analysis;
+        a.signals
+            .all_request_rates(now)
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, rate)| Some((a.catalog.get(i as OpId).human(), rate?)))
+            .collect()
+    }
+
     /// Decides the requests waiting for the fleet's answer (one round trip for all):
     /// live, after each ring batch; replay does it every few hundred requests and at
     /// the end.
@@ -527,6 +546,7 @@ impl Pipeline {
     /// enforcement never wait for the scoring of a large report.
     pub fn report_inputs(&self, now: Nanos) -> ReportInputs {
         let a = &self.analysis;
+        let rates = a.signals.all_request_rates(now);
         let ops = a
             .catalog
             .iter()
@@ -539,6 +559,8 @@ impl Pipeline {
                     path: op.path.clone(),
                     requests: totals.requests,
                     occurrences: totals.occurrences,
+                    session_rate: rates.get(usize::from(id)).copied().flatten(),
+                    distinct_values: a.signals.distinct_values(id, now),
                 }
             })
             .collect();
@@ -611,6 +633,8 @@ impl ReportInputs {
                 path: rest[slash..].to_string(),
                 requests: 0,
                 occurrences: 0,
+                session_rate: None,
+                distinct_values: None,
             });
             self.configured.push(false);
         }
@@ -877,6 +901,30 @@ impl Analysis {
                 })
             })
         });
+        let signals = self
+            .signals
+            .record(session_id, op, ts, seen.routed, &self.catalog);
+        if signals.newly_suspected {
+            self.counters.alerts += 1;
+            alerts.alert(Alert {
+                timestamp: rfc3339(ts),
+                event: ENUMERATION_SUSPECTED.to_string(),
+                rule_id: String::new(),
+                rule_title: format!(
+                    "{} distinct values in 10 min (threshold {})",
+                    signals.distinct_values, signals.threshold
+                ),
+                action: AlertAction::Log,
+                session: session_id.to_string(),
+                client: flow.client.to_string(),
+                server: flow.server.to_string(),
+                host: seen.host.to_string(),
+                method: seen.method.to_string(),
+                path: seen.path.to_string(),
+                operation: self.catalog.get(op).human(),
+                previous_operations: Vec::new(),
+            });
+        }
         let session = self.sessions.touch(session_id, ts);
         let new = match (shared, entries) {
             (Some(shared), Some(entries)) => {
@@ -896,6 +944,7 @@ impl Analysis {
         if !self.rules.applies_to(op) {
             return;
         }
+        let (requests, age) = (session.requests(), session.age(ts));
         let entries = session.history.entries();
         let earlier = &entries[..entries.len() - 1];
         let mut lookback = [Entry::default(); crate::session::HISTORY_LEN];
@@ -914,11 +963,11 @@ impl Analysis {
             method: seen.method,
             host: seen.host,
             path: seen.routed,
-            session_requests: session.requests(),
-            session_age: session.age(ts),
-            op_requests: 0,
-            distinct_values: 0,
-            enumeration_suspected: false,
+            session_requests: requests,
+            session_age: age,
+            op_requests: signals.requests,
+            distinct_values: signals.distinct_values,
+            enumeration_suspected: signals.enumeration_suspected,
         };
         for (i, _, period) in self.rules.rate_rules(op) {
             self.rates.count(i, session_id, ts, period);

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::defrag::FragStats;
 use crate::flow::FlowStats;
 use crate::session::SessionStats;
+use crate::signals::Distribution;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -32,6 +33,12 @@ pub struct OperationReport {
     pub requests: u64,
     /// N(x): new occurrences in identified sessions.
     pub occurrences: u64,
+    /// Requests per identified session per 10-minute window, over the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_rate: Option<Distribution>,
+    /// Distinct path-variable values per session per 10-minute window (`[enumeration]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distinct_values: Option<Distribution>,
 }
 
 impl OperationReport {

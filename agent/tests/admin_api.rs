@@ -280,6 +280,26 @@ async fn metrics_parse_as_prometheus_text_and_match_the_report() {
         3.0,
         "alice, bob and mallory"
     );
+    // Per-operation rate quantiles are the report's.
+    for op in &f.expected.operations {
+        let Some(rate) = op.session_rate else {
+            continue;
+        };
+        // (Read as text: the parser splits label values at the template's braces.)
+        let line = format!(
+            "seqshield_session_requests_per_10m{{operation=\"{}\",quantile=\"0.99\"}} {}",
+            op.human(),
+            rate.p99
+        );
+        assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+    }
+    assert!(
+        f.expected
+            .operations
+            .iter()
+            .any(|o| o.session_rate.is_some()),
+        "the fixture has identified sessions"
+    );
     assert!(text.contains("# TYPE seqshield_request_pipeline_seconds histogram"));
     assert!(text.contains("seqshield_evictions_total{table=\"sessions\"} 0"));
 }

@@ -313,6 +313,49 @@ fn rules_check_and_suggest() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // Rate limits from the same replay: every operation with a session window.
+    let out = seqshield(&[
+        "rules",
+        "suggest",
+        report.to_str().unwrap(),
+        "--rate",
+        "--min-windows",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let drafted = String::from_utf8(out.stdout).unwrap();
+    let report: Report = read_report(&report);
+    let with_rates = report
+        .operations
+        .iter()
+        .filter(|o| o.session_rate.is_some())
+        .count();
+    assert!(with_rates >= 4, "{report:?}");
+    assert_eq!(
+        drafted.matches("kind = \"rate\"").count(),
+        with_rates,
+        "{drafted}"
+    );
+    assert!(drafted.contains("period = \"10m\""), "{drafted}");
+    std::fs::write(
+        &combined,
+        std::fs::read_to_string(&config).unwrap() + &drafted,
+    )
+    .unwrap();
+    let out = seqshield(&["rules", "check", combined.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("ok, {} rules", with_rates + 1))
+    );
 }
 
 /// Splits a pcap before its `nth` client SYN (a connection boundary in this fixture).

@@ -4,6 +4,7 @@
 
 pub mod expression;
 pub mod rate;
+pub mod suggest;
 
 use std::path::Path;
 
@@ -13,6 +14,7 @@ use crate::session::Entry;
 use crate::{Nanos, duration_nanos};
 
 pub use expression::{Expression, Facts};
+pub use suggest::{suggest_allow_rules, suggest_rate_rules};
 
 #[derive(Debug, Clone)]
 pub struct Rule {
@@ -350,86 +352,6 @@ impl RuleSet {
     }
 }
 
-/// Drafts allow rules from a report: for each final operation, the sequence leading to it
-/// with the best lower confidence bound (at least `min_lower`, seen at least `min_count`
-/// times), ranked by that bound. Written as `action = "log"`: an operator reads the
-/// evidence, then switches the ones they trust to `block`.
-pub fn suggest_allow_rules(
-    report: &crate::report::Report,
-    min_lower: f64,
-    min_count: u64,
-) -> String {
-    use std::fmt::Write as _;
-    let human = |id: &str| {
-        report
-            .operations
-            .iter()
-            .find(|o| o.id == id)
-            .map(|o| o.human())
-    };
-    let mut best: Vec<&crate::report::SequenceReport> = Vec::new();
-    // A rule needs two operations or more: a (hand-edited) report may hold shorter ones.
-    for s in report
-        .sequences
-        .iter()
-        .filter(|s| s.operations.len() >= 2 && s.score_lower >= min_lower && s.count >= min_count)
-    {
-        let last = s.operations.last();
-        match best.iter_mut().find(|b| b.operations.last() == last) {
-            Some(b) if s.score_lower > b.score_lower => *b = s,
-            Some(_) => {}
-            None => best.push(s),
-        }
-    }
-    best.sort_by(|a, b| b.score_lower.total_cmp(&a.score_lower));
-    let mut out = format!(
-        "# Allow rules drafted by `seqshield rules suggest` from the report of {}.
-         # One per final operation: the preceding sequence with the best 95% lower bound.
-         # They only log; set action = \"block\" on those you trust.
-",
-        report.generated_at
-    );
-    for s in best {
-        let Some(ops) = s
-            .operations
-            .iter()
-            .map(|id| human(id))
-            .collect::<Option<Vec<_>>>()
-        else {
-            continue;
-        };
-        let final_op = ops.last().cloned().unwrap_or_default();
-        let before = &ops[ops.len() - 2];
-        let title: String = format!("{} after {}", short(&final_op), short(before))
-            .chars()
-            .take(crate::config::MAX_TITLE_CHARS)
-            .collect();
-        let _ = writeln!(
-            out,
-            "
-# evidence: score {:.3} (lower bound {:.3}), seen {} times, final operation {} times",
-            s.score, s.score_lower, s.count, s.last_op_count
-        );
-        let _ = writeln!(
-            out,
-            "[[rule]]\ntitle = {title:?}\nkind = \"allow\"\naction = \"log\""
-        );
-        let quoted: Vec<String> = ops.iter().map(|o| format!("{o:?}")).collect();
-        let _ = writeln!(out, "sequence = [{}]", quoted.join(", "));
-    }
-    out
-}
-
-/// "POST host/a/b/transfer" → "POST transfer": short enough for a title.
-fn short(human: &str) -> String {
-    let (method, rest) = human.split_once(' ').unwrap_or(("", human));
-    let last = rest
-        .rsplit('/')
-        .find(|s| !s.is_empty() && !s.starts_with('{'))
-        .unwrap_or(rest);
-    format!("{method} {last}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,71 +430,6 @@ priority = 5
         assert_eq!(rules.rules()[0].priority, 5, "higher priority first");
         assert!(rules.check(delete, &entries(&[(login, 0)]), 1).is_some());
         assert!(rules.check(delete, &[], 1).is_none());
-    }
-
-    #[test]
-    fn sequences_too_short_for_a_rule_are_skipped() {
-        let report: crate::report::Report = serde_json::from_str(
-            r#"{"generated_at": "now", "window_secs": 86400,
-                "operations": [{"id": "a", "host": "h", "method": "GET", "path": "/a",
-                                "requests": 9, "occurrences": 9}],
-                "sequences": [{"operations": ["a"], "count": 9, "last_op_count": 9,
-                               "score": 1.0, "score_lower": 0.9},
-                              {"operations": [], "count": 9, "last_op_count": 9,
-                               "score": 1.0, "score_lower": 0.9}],
-                "stats": {}}"#,
-        )
-        .unwrap();
-        let out = suggest_allow_rules(&report, 0.5, 5);
-        assert!(!out.contains("[[rule]]"), "{out}");
-    }
-
-    #[test]
-    fn suggestions_take_the_best_bound_per_final_operation_and_parse_back() {
-        use crate::report::{OperationReport, Report, SequenceReport, Stats};
-        let op = |id: &str, method: &str, path: &str| OperationReport {
-            id: id.into(),
-            host: "h".into(),
-            method: method.into(),
-            path: path.into(),
-            requests: 10,
-            occurrences: 10,
-        };
-        let seq = |ops: &[&str], count, lower| SequenceReport {
-            operations: ops.iter().map(|s| s.to_string()).collect(),
-            count,
-            last_op_count: 10,
-            score: count as f64 / 10.0,
-            score_lower: lower,
-        };
-        let report = Report {
-            generated_at: "now".into(),
-            window_secs: 86400,
-            counts: None,
-            operations: vec![
-                op("a", "GET", "/balance"),
-                op("b", "POST", "/transfer"),
-                op("c", "POST", "/login"),
-            ],
-            sequences: vec![
-                seq(&["c", "a", "b"], 9, 0.6),
-                seq(&["a", "b"], 9, 0.7),
-                seq(&["c", "a"], 3, 0.9),
-                seq(&["c", "b"], 1, 0.05),
-            ],
-            stats: Stats::default(),
-        };
-        let text = suggest_allow_rules(&report, 0.5, 5);
-        let config = Config::parse(&text, Path::new("suggested.toml")).unwrap();
-        let seqs: Vec<_> = config.rules.iter().map(|r| r.sequence.clone()).collect();
-        assert_eq!(
-            seqs,
-            [vec![
-                "GET h/balance".to_string(),
-                "POST h/transfer".to_string()
-            ]]
-        );
-        assert!(text.contains("lower bound 0.700"));
     }
 
     #[test]
