@@ -14,6 +14,38 @@ use seqshield_tests::capture::Link;
 /// Sessions in the synthetic capture (eleven requests each, attackers four).
 const SESSIONS: usize = 10_000;
 
+/// Rules of the `pipeline_with_expression_rules` run (above the bank's allow rule).
+const EXTRA_RULES: &str = r#"
+[enumeration]
+enabled = true
+
+[[rule]]
+title = "transfer too soon after login"
+action = "log"
+priority = 20
+expression = '''sequence.current_op == "POST bank.test/api/v1/transferFunds" && sequence.msec_since_op["POST bank.test/api/v1/login"] < 2000'''
+
+[[rule]]
+title = "transfer without listing accounts"
+action = "log"
+priority = 20
+expression = '''sequence.current_op == "POST bank.test/api/v1/transferFunds" && !sequence.previous_ops.exists(op, op == "GET bank.test/api/v1/users/{user_id}/accounts")'''
+
+[[rule]]
+title = "busy session posting"
+action = "log"
+priority = 20
+expression = '''session.request_count > 200 && http.request.method == "POST"'''
+
+[[rule]]
+title = "balance checks"
+kind = "rate"
+action = "log"
+priority = 20
+operation = "GET bank.test/api/v1/accounts/{account_id}/balance"
+limit = 100
+"#;
+
 /// Counts alerts without keeping them: the benchmark measures the pipeline, not a log.
 #[derive(Default)]
 struct CountingSink(u64);
@@ -52,6 +84,26 @@ fn benches(c: &mut Criterion) {
     group.bench_function("pipeline", |b| {
         b.iter_batched(
             || Pipeline::new(&config, &[7; 32]).unwrap(),
+            |mut pipeline| {
+                let mut sink = CountingSink::default();
+                pipeline
+                    .replay_pcap(pcap.as_slice(), &ports, &mut sink)
+                    .unwrap();
+                pipeline
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    // The same with three expression rules (one on every request), a rate rule and the
+    // enumeration signal (issue 15).
+    let with_rules = Config::parse(
+        &bank::config(5, EXTRA_RULES),
+        std::path::Path::new("bench-rules.toml"),
+    )
+    .unwrap();
+    group.bench_function("pipeline_with_expression_rules", |b| {
+        b.iter_batched(
+            || Pipeline::new(&with_rules, &[7; 32]).unwrap(),
             |mut pipeline| {
                 let mut sink = CountingSink::default();
                 pipeline

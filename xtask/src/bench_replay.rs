@@ -31,6 +31,39 @@ struct Run {
     peak_rss_mib: f64,
 }
 
+/// Appended to the bank config for the "with expression rules" replay (priority above
+/// the bank's allow rule, which would end the evaluation first).
+const EXTRA_RULES: &str = r#"
+[enumeration]
+enabled = true
+
+[[rule]]
+title = "transfer too soon after login"
+action = "log"
+priority = 20
+expression = '''sequence.current_op == "POST bank.test/api/v1/transferFunds" && sequence.msec_since_op["POST bank.test/api/v1/login"] < 2000'''
+
+[[rule]]
+title = "transfer without listing accounts"
+action = "log"
+priority = 20
+expression = '''sequence.current_op == "POST bank.test/api/v1/transferFunds" && !sequence.previous_ops.exists(op, op == "GET bank.test/api/v1/users/{user_id}/accounts")'''
+
+[[rule]]
+title = "busy session posting"
+action = "log"
+priority = 20
+expression = '''session.request_count > 200 && http.request.method == "POST"'''
+
+[[rule]]
+title = "balance checks"
+kind = "rate"
+action = "log"
+priority = 20
+operation = "GET bank.test/api/v1/accounts/{account_id}/balance"
+limit = 100
+"#;
+
 pub fn run(root: &Path, options: &Options) -> Result<()> {
     for tool in ["tcpdump", "taskset"]
         .into_iter()
@@ -66,19 +99,31 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         c
     };
 
+    // The same replay with the rules of issue 15 on top: expression rules (one of them
+    // applying to every request), a rate rule and the enumeration signal.
+    let rules_config = work.config.with_file_name("config-rules.toml");
+    std::fs::write(
+        &rules_config,
+        std::fs::read_to_string(&work.config)? + EXTRA_RULES,
+    )?;
+
     let mut floor = Vec::new();
     let mut parse_floor = Vec::new();
     let mut replay = Vec::new();
+    let mut replay_rules = Vec::new();
     for round in 0..options.runs {
         floor.push(measure(floor_cmd())?);
         parse_floor.push(measure(parse_floor_cmd())?);
         replay.push(measure(work.replay(root))?);
+        replay_rules.push(measure(work.replay_with(root, &rules_config))?);
         println!(
-            "round {}: read floor {:.3} s, parse floor {:.3} s, seqshield replay {:.3} s",
+            "round {}: read floor {:.3} s, parse floor {:.3} s, seqshield replay {:.3} s, \
+             with expression rules {:.3} s",
             round + 1,
             floor[round].seconds,
             parse_floor[round].seconds,
-            replay[round].seconds
+            replay[round].seconds,
+            replay_rules[round].seconds
         );
     }
     let summary = work.report()?;
@@ -123,6 +168,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     let floor = median(&floor);
     let parse_floor = median(&parse_floor);
     let replay = median(&replay);
+    let replay_rules = median(&replay_rules);
     println!(
         "\n== {size_mb:.0} MB capture, {requests:.0} requests, {sequences} sequences reported, \
          {alerts} alerts; one core ({CORE}), median of {} runs ==",
@@ -144,6 +190,11 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         requests / replay.seconds / 1e6,
         replay.peak_rss_mib,
         replay.peak_anon_mib
+    );
+    println!(
+        "  + expression rules, rate, enumeration: {:.3} s  ({:+.1}% time)",
+        replay_rules.seconds,
+        (replay_rules.seconds / replay.seconds - 1.0) * 100.0
     );
     println!(
         "seqshield / read floor:                 {:.2}x (parse floor / read floor {:.2}x)",
@@ -234,10 +285,15 @@ impl Workload {
 
     /// `seqshield replay` of it, as a user runs it.
     fn replay(&self, root: &Path) -> Command {
+        self.replay_with(root, &self.config)
+    }
+
+    /// The same with another config.
+    fn replay_with(&self, root: &Path, config: &Path) -> Command {
         let mut c = Command::new(root.join("target/release/seqshield"));
         c.arg("replay")
             .arg("--config")
-            .arg(&self.config)
+            .arg(config)
             .arg("--pcap")
             .arg(&self.pcap)
             .arg("--report-out")

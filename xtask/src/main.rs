@@ -529,6 +529,8 @@ fn bench(root: &Path) -> Result<()> {
             "seqshield-tests",
             "--bench",
             "pipeline",
+            "--bench",
+            "rules",
             "--locked",
         ],
     )?;
@@ -564,6 +566,32 @@ fn bench(root: &Path) -> Result<()> {
         httparse_ns / requests
     );
     println!("pipeline / httparse: {:.2}x", pipeline_ns / httparse_ns);
+    let (_, rules_ns) = read("pipeline_with_expression_rules")?;
+    println!(
+        "with 3 expression rules, a rate rule, enumeration: {:.0} ns/request ({:+.1}%)",
+        rules_ns / requests,
+        (rules_ns / pipeline_ns - 1.0) * 100.0
+    );
+    println!("\n== one expression rule, nine earlier operations (target <= 300 ns) ==");
+    for rule in ["msec_since", "never_called", "count_reads", "http_fields"] {
+        let ns = |engine: &str| -> Result<f64> {
+            let estimates: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+                criterion
+                    .join("expression_rule")
+                    .join(engine)
+                    .join(rule)
+                    .join("new/estimates.json"),
+            )?)?;
+            estimates["mean"]["point_estimate"]
+                .as_f64()
+                .context("mean in estimates.json")
+        };
+        let (compiled, interpreted) = (ns("compiled")?, ns("cel_interpreter")?);
+        println!(
+            "{rule:<13} compiled {compiled:>6.0} ns   cel interpreter {interpreted:>6.0} ns   ({:.0}x)",
+            interpreted / compiled
+        );
+    }
     let (bytes, trickled_ns) = read("slow_head/one_byte_segments")?;
     let (_, whole_ns) = read("slow_head/one_segment")?;
     println!(
