@@ -576,10 +576,10 @@ fn bench(root: &Path) -> Result<()> {
     for rule in ["msec_since", "never_called", "count_reads", "http_fields"] {
         let ns = |engine: &str| -> Result<f64> {
             let estimates: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+                // (criterion writes "compiled/x" as "compiled_x")
                 criterion
                     .join("expression_rule")
-                    .join(engine)
-                    .join(rule)
+                    .join(format!("{engine}_{rule}"))
                     .join("new/estimates.json"),
             )?)?;
             estimates["mean"]["point_estimate"]
