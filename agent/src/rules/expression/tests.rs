@@ -210,3 +210,162 @@ fn the_current_operation_guard_is_found() {
         None
     );
 }
+
+/// Differential test: random expressions over the sequence fields give the same verdict
+/// here as in the `cel` crate's own interpreter (the reference semantics of CEL).
+mod against_the_cel_interpreter {
+    use std::sync::Arc;
+
+    use cel::common::types::{CelInt, CelList, CelMap, CelMapKey, CelString};
+    use cel::common::value::{CowVal, Val};
+    use cel::context::VariableResolver;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const OPS: [&str; 4] = [
+        "POST h/login",
+        "GET h/balance",
+        "POST h/transfer",
+        "GET h/other",
+    ];
+
+    /// An expression with `@N` standing for operation N.
+    fn boolean() -> impl Strategy<Value = String> {
+        let op = (0..OPS.len()).prop_map(|i| format!("@{i}"));
+        let leaf = prop_oneof![
+            Just("true".to_string()),
+            Just("false".to_string()),
+            op.clone()
+                .prop_map(|o| format!("sequence.current_op == {o}")),
+            op.clone()
+                .prop_map(|o| format!("sequence.current_op != {o}")),
+            op.clone()
+                .prop_map(|o| format!("{o} in sequence.previous_ops")),
+            op.clone()
+                .prop_map(|o| format!("{o} in sequence.msec_since_op")),
+            op.clone()
+                .prop_map(|o| format!("sequence.previous_ops.exists(x, x == {o})")),
+            op.clone()
+                .prop_map(|o| format!("sequence.previous_ops.all(x, x != {o})")),
+            op.clone()
+                .prop_map(|o| format!("sequence.previous_ops.exists_one(x, x == {o})")),
+            (op.clone(), 0i64..30_000).prop_map(|(o, n)| format!(
+                "({o} in sequence.msec_since_op && sequence.msec_since_op[{o}] < {n})"
+            )),
+            (integer(), comparison(), integer()).prop_map(|(a, c, b)| format!("{a} {c} {b}")),
+            proptest::collection::vec(op, 1..3)
+                .prop_map(|os| format!("sequence.current_op in [{}]", os.join(", "))),
+        ];
+        leaf.prop_recursive(3, 16, 2, |inner| {
+            prop_oneof![
+                inner.clone().prop_map(|b| format!("!({b})")),
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} && {b})")),
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} || {b})")),
+                (inner.clone(), inner.clone(), inner)
+                    .prop_map(|(c, a, b)| format!("({c} ? {a} : {b})")),
+            ]
+        })
+    }
+
+    fn integer() -> impl Strategy<Value = String> {
+        let op = (0..OPS.len()).prop_map(|i| format!("@{i}"));
+        prop_oneof![
+            (0i64..20).prop_map(|n| n.to_string()),
+            Just("session.request_count".to_string()),
+            Just("size(sequence.previous_ops)".to_string()),
+            op.prop_map(|o| format!("size(sequence.previous_ops.filter(x, x == {o}))")),
+            (0i64..5, 0i64..5).prop_map(|(a, b)| format!("({a} * session.request_count - {b})")),
+        ]
+    }
+
+    fn comparison() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec!["==", "!=", "<", "<=", ">", ">="])
+    }
+
+    struct Reference<'a> {
+        current: &'a str,
+        /// Most recent first, with milliseconds since.
+        previous: Vec<(&'a str, i64)>,
+        requests: i64,
+    }
+
+    impl VariableResolver for Reference<'_> {
+        fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+            Some(match variable {
+                "sequence.current_op" => CowVal::owned(CelString::from(self.current)),
+                "sequence.previous_ops" => CowVal::owned(CelList::from(
+                    self.previous
+                        .iter()
+                        .map(|(id, _)| Box::new(CelString::from(*id)) as Box<dyn Val>)
+                        .collect::<Vec<_>>(),
+                )),
+                "sequence.msec_since_op" => {
+                    // The latest request to each operation: the first seen, most recent first.
+                    let mut map = std::collections::HashMap::new();
+                    for (id, ms) in self.previous.iter().rev() {
+                        map.insert(
+                            CelMapKey::from(*id),
+                            Box::new(CelInt::from(*ms)) as Box<dyn Val>,
+                        );
+                    }
+                    CowVal::owned(CelMap::from(map))
+                }
+                "session.request_count" => CowVal::owned(CelInt::from(self.requests)),
+                _ => return None,
+            })
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn same_verdict(
+            source in boolean(),
+            current in 0..OPS.len(),
+            earlier in proptest::collection::vec((0..OPS.len(), 0u64..3000), 0..9),
+            requests in 0i64..12,
+        ) {
+            let mut catalog = catalog(true);
+            let ids: Vec<OpId> = OPS.iter().map(|o| catalog.lookup_for_rule(o).unwrap()).collect();
+            let names: Vec<String> = ids.iter().map(|&op| catalog.get(op).id.clone()).collect();
+            let with = |text: &dyn Fn(usize) -> String| {
+                (0..OPS.len()).fold(source.clone(), |s, i| s.replace(&format!("@{i}"), &text(i)))
+            };
+            let ours = Expression::compile(&with(&|i| format!("{:?}", OPS[i])), &mut catalog)
+                .unwrap_or_else(|e| panic!("{source}: {e}"));
+            let now = 100_000 * MS;
+            // Oldest first, times increasing toward now.
+            let mut at = now - 9 * 3000 * MS;
+            let previous: Vec<Entry> = earlier
+                .iter()
+                .map(|&(op, gap)| {
+                    at += gap * MS;
+                    Entry { op: ids[op], at }
+                })
+                .collect();
+            let facts = Facts {
+                session_requests: requests as u64,
+                ..Facts::sequence(ids[current], &previous, now)
+            };
+            let reference = Reference {
+                current: &names[current],
+                previous: previous
+                    .iter()
+                    .rev()
+                    .map(|e| {
+                        let i = ids.iter().position(|&op| op == e.op).unwrap();
+                        (names[i].as_str(), ((now - e.at) / MS) as i64)
+                    })
+                    .collect(),
+                requests,
+            };
+            let env = Arc::new(cel::Env::stdlib());
+            let program = env.compile(&with(&|i| format!("{:?}", names[i]))).unwrap();
+            let mut context = cel::Context::with_env(env);
+            context.set_variable_resolver(&reference);
+            let expected = program.execute(&context);
+            prop_assert_eq!(expected, Ok(cel::Value::Bool(ours.matches(&facts))), "{}", source);
+        }
+    }
+}
