@@ -102,6 +102,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     // The same replay with the rules of issue 15 on top: expression rules (one of them
     // applying to every request), a rate rule and the enumeration signal.
     let rules_config = work.config.with_file_name("config-rules.toml");
+    let rules_report = work.report.with_file_name("report-rules.json");
     std::fs::write(
         &rules_config,
         std::fs::read_to_string(&work.config)? + EXTRA_RULES,
@@ -115,7 +116,11 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         floor.push(measure(floor_cmd())?);
         parse_floor.push(measure(parse_floor_cmd())?);
         replay.push(measure(work.replay(root))?);
-        replay_rules.push(measure(work.replay_with(root, &rules_config))?);
+        replay_rules.push(measure(work.replay_with(
+            root,
+            &rules_config,
+            &rules_report,
+        ))?);
         println!(
             "round {}: read floor {:.3} s, parse floor {:.3} s, seqshield replay {:.3} s, \
              with expression rules {:.3} s",
@@ -191,10 +196,13 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         replay.peak_rss_mib,
         replay.peak_anon_mib
     );
+    let rules_summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&rules_report)?)?;
     println!(
-        "  + expression rules, rate, enumeration: {:.3} s  ({:+.1}% time)",
+        "  + expression rules, rate, enumeration: {:.3} s  ({:+.1}% time; {} alerts)",
         replay_rules.seconds,
-        (replay_rules.seconds / replay.seconds - 1.0) * 100.0
+        (replay_rules.seconds / replay.seconds - 1.0) * 100.0,
+        rules_summary["stats"]["alerts"].as_u64().unwrap_or(0)
     );
     println!(
         "seqshield / read floor:                 {:.2}x (parse floor / read floor {:.2}x)",
@@ -285,11 +293,11 @@ impl Workload {
 
     /// `seqshield replay` of it, as a user runs it.
     fn replay(&self, root: &Path) -> Command {
-        self.replay_with(root, &self.config)
+        self.replay_with(root, &self.config, &self.report)
     }
 
-    /// The same with another config.
-    fn replay_with(&self, root: &Path, config: &Path) -> Command {
+    /// The same with another config, writing its report elsewhere.
+    fn replay_with(&self, root: &Path, config: &Path, report: &Path) -> Command {
         let mut c = Command::new(root.join("target/release/seqshield"));
         c.arg("replay")
             .arg("--config")
@@ -297,7 +305,7 @@ impl Workload {
             .arg("--pcap")
             .arg(&self.pcap)
             .arg("--report-out")
-            .arg(&self.report);
+            .arg(report);
         c
     }
 
