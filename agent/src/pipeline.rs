@@ -407,10 +407,10 @@ impl Pipeline {
     pub fn session_rates(&self, now: Nanos) -> Vec<(String, Distribution)> {
         let a = &self.analysis;
         a.signals
-            .all_request_rates(now)
+            .distributions(now)
             .into_iter()
             .enumerate()
-            .filter_map(|(i, rate)| Some((a.catalog.get(i as OpId).human(), rate?)))
+            .filter_map(|(i, s)| Some((a.catalog.get(i as OpId).human(), s.session_rate?)))
             .collect()
     }
 
@@ -546,7 +546,7 @@ impl Pipeline {
     /// enforcement never wait for the scoring of a large report.
     pub fn report_inputs(&self, now: Nanos) -> ReportInputs {
         let a = &self.analysis;
-        let rates = a.signals.all_request_rates(now);
+        let signals = a.signals.distributions(now);
         let ops = a
             .catalog
             .iter()
@@ -559,8 +559,8 @@ impl Pipeline {
                     path: op.path.clone(),
                     requests: totals.requests,
                     occurrences: totals.occurrences,
-                    session_rate: rates.get(usize::from(id)).copied().flatten(),
-                    distinct_values: a.signals.distinct_values(id, now),
+                    session_rate: signals.get(usize::from(id)).and_then(|s| s.session_rate),
+                    distinct_values: signals.get(usize::from(id)).and_then(|s| s.distinct_values),
                 }
             })
             .collect();

@@ -271,65 +271,53 @@ impl Signals {
         hour_of(now).saturating_sub(self.window_hours)
     }
 
-    /// Per-session requests per window for `op` over the analytics window before `now`,
-    /// the open window included.
-    pub fn request_rates(&self, op: OpId, now: Nanos) -> Option<Distribution> {
-        self.distribution(op, now, &self.requests, |t| Some(t.requests))
-    }
-
-    /// Distinct path-variable values per session per window for `op` (enumeration on).
-    pub fn distinct_values(&self, op: OpId, now: Nanos) -> Option<Distribution> {
-        if !self.enumeration.enabled {
-            return None;
-        }
-        self.distribution(op, now, &self.distinct, |t| {
-            (!t.values.is_empty()).then_some(t.values.len() as u64)
-        })
-    }
-
-    fn distribution(
-        &self,
-        op: OpId,
-        now: Nanos,
-        closed: &[Histogram],
-        value: impl Fn(&Tracked) -> Option<u64>,
-    ) -> Option<Distribution> {
-        let mut counts = BTreeMap::new();
-        if let Some(h) = closed.get(usize::from(op)) {
-            h.merged(self.first_hour(now), &mut counts);
-        }
-        for ((_, o), tracked) in &self.open {
-            if *o == op
-                && let Some(v) = value(tracked)
-            {
-                *counts.entry(v).or_default() += 1;
-            }
-        }
-        distribution(&counts)
-    }
-
-    /// Every operation's request-rate distribution at `now` (one pass over the open
-    /// window), by operation id.
-    pub fn all_request_rates(&self, now: Nanos) -> Vec<Option<Distribution>> {
+    /// Every operation's distributions at `now` over the analytics window, the open
+    /// window included, by operation id: one pass over the open window.
+    pub fn distributions(&self, now: Nanos) -> Vec<OpSignals> {
         let first = self.first_hour(now);
-        let mut counts: Vec<BTreeMap<u64, u64>> = self
-            .requests
-            .iter()
-            .map(|h| {
-                let mut c = BTreeMap::new();
-                h.merged(first, &mut c);
-                c
-            })
-            .collect();
+        let merged = |closed: &[Histogram]| -> Vec<BTreeMap<u64, u64>> {
+            closed
+                .iter()
+                .map(|h| {
+                    let mut counts = BTreeMap::new();
+                    h.merged(first, &mut counts);
+                    counts
+                })
+                .collect()
+        };
+        let (mut requests, mut distinct) = (merged(&self.requests), merged(&self.distinct));
         for ((_, op), tracked) in &self.open {
             let i = usize::from(*op);
-            if counts.len() <= i {
-                counts.resize_with(i + 1, BTreeMap::new);
+            if requests.len() <= i {
+                requests.resize_with(i + 1, BTreeMap::new);
             }
-            *counts[i].entry(tracked.requests).or_default() += 1;
+            *requests[i].entry(tracked.requests).or_default() += 1;
+            if !tracked.values.is_empty() {
+                if distinct.len() <= i {
+                    distinct.resize_with(i + 1, BTreeMap::new);
+                }
+                *distinct[i].entry(tracked.values.len() as u64).or_default() += 1;
+            }
         }
-        counts.iter().map(distribution).collect()
+        (0..requests.len().max(distinct.len()))
+            .map(|i| OpSignals {
+                session_rate: requests.get(i).and_then(distribution),
+                distinct_values: distinct
+                    .get(i)
+                    .filter(|_| self.enumeration.enabled)
+                    .and_then(distribution),
+            })
+            .collect()
     }
+}
+
+/// An operation's distributions (see [`Signals::distributions`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpSignals {
+    /// Requests per session per window.
+    pub session_rate: Option<Distribution>,
+    /// Distinct path-variable values per session per window (enumeration on).
+    pub distinct_values: Option<Distribution>,
 }
 
 #[cfg(test)]
