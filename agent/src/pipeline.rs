@@ -906,23 +906,13 @@ impl Analysis {
             .record(session_id, op, ts, seen.routed, &self.catalog);
         if signals.newly_suspected {
             self.counters.alerts += 1;
+            let operation = self.catalog.get(op).human();
             alerts.alert(Alert {
-                timestamp: rfc3339(ts),
-                event: ENUMERATION_SUSPECTED.to_string(),
-                rule_id: String::new(),
                 rule_title: format!(
                     "{} distinct values in 10 min (threshold {})",
                     signals.distinct_values, signals.threshold
                 ),
-                action: AlertAction::Log,
-                session: session_id.to_string(),
-                client: flow.client.to_string(),
-                server: flow.server.to_string(),
-                host: seen.host.to_string(),
-                method: seen.method.to_string(),
-                path: seen.path.to_string(),
-                operation: self.catalog.get(op).human(),
-                previous_operations: Vec::new(),
+                ..seen.alert(r, ENUMERATION_SUSPECTED, AlertAction::Log, operation)
             });
         }
         let session = self.sessions.touch(session_id, ts);
@@ -991,24 +981,15 @@ impl Analysis {
             alerts.enforce(&verdict);
         }
         let human = |op: OpId| self.catalog.get(op).human();
+        let event = match rule.condition {
+            Condition::Rate { .. } => RATE_EXCEEDED,
+            _ => SEQUENCE_VIOLATION,
+        };
         alerts.alert(Alert {
-            timestamp: rfc3339(ts),
-            event: match rule.condition {
-                Condition::Rate { .. } => RATE_EXCEEDED,
-                _ => SEQUENCE_VIOLATION,
-            }
-            .to_string(),
             rule_id: rule.id.clone(),
             rule_title: rule.title.clone(),
-            action,
-            session: session_id.to_string(),
-            client: flow.client.to_string(),
-            server: flow.server.to_string(),
-            host: seen.host.to_string(),
-            method: seen.method.to_string(),
-            path: seen.path.to_string(),
-            operation: human(op),
             previous_operations: lookback.iter().rev().map(|e| human(e.op)).collect(),
+            ..seen.alert(r, event, action, human(op))
         });
     }
 }
@@ -1031,6 +1012,27 @@ struct Seen<'a> {
     path: &'a str,
     /// Normalised, as servers route it.
     routed: &'a str,
+}
+
+impl Seen<'_> {
+    /// An alert about request `r`, without a rule or lookback (the caller adds them).
+    fn alert(&self, r: &Request, event: &str, action: AlertAction, operation: String) -> Alert {
+        Alert {
+            timestamp: rfc3339(r.ts),
+            event: event.to_string(),
+            rule_id: String::new(),
+            rule_title: String::new(),
+            action,
+            session: r.session.to_string(),
+            client: r.flow.client.to_string(),
+            server: r.flow.server.to_string(),
+            host: self.host.to_string(),
+            method: self.method.to_string(),
+            path: self.path.to_string(),
+            operation,
+            previous_operations: Vec::new(),
+        }
+    }
 }
 
 /// A request waiting for the fleet's answer, with what its alert would show.

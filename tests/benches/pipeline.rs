@@ -14,40 +14,6 @@ use seqshield_tests::capture::Link;
 /// Sessions in the synthetic capture (eleven requests each, attackers four).
 const SESSIONS: usize = 10_000;
 
-/// Rules of the `pipeline_with_expression_rules` run (above the bank's allow rule).
-const EXTRA_RULES: &str = r#"
-[enumeration]
-enabled = true
-
-# (A synthetic session takes a step a millisecond: at 2 s every transfer would alert and
-# the benchmark would time alert writing, not rules.)
-[[rule]]
-title = "transfer too soon after login"
-action = "log"
-priority = 20
-expression = '''sequence.current_op == "POST bank.test/api/v1/transferFunds" && sequence.msec_since_op["POST bank.test/api/v1/login"] < 1'''
-
-[[rule]]
-title = "transfer without listing accounts"
-action = "log"
-priority = 20
-expression = '''sequence.current_op == "POST bank.test/api/v1/transferFunds" && !sequence.previous_ops.exists(op, op == "GET bank.test/api/v1/users/{user_id}/accounts")'''
-
-[[rule]]
-title = "busy session posting"
-action = "log"
-priority = 20
-expression = '''session.request_count > 200 && http.request.method == "POST"'''
-
-[[rule]]
-title = "balance checks"
-kind = "rate"
-action = "log"
-priority = 20
-operation = "GET bank.test/api/v1/accounts/{account_id}/balance"
-limit = 100
-"#;
-
 /// Counts alerts without keeping them: the benchmark measures the pipeline, not a log.
 #[derive(Default)]
 struct CountingSink(u64);
@@ -83,23 +49,10 @@ fn benches(c: &mut Criterion) {
     group.throughput(Throughput::Elements(requests.len() as u64));
     group.sample_size(20);
     group.measurement_time(std::time::Duration::from_secs(15));
-    group.bench_function("pipeline", |b| {
-        b.iter_batched(
-            || Pipeline::new(&config, &[7; 32]).unwrap(),
-            |mut pipeline| {
-                let mut sink = CountingSink::default();
-                pipeline
-                    .replay_pcap(pcap.as_slice(), &ports, &mut sink)
-                    .unwrap();
-                pipeline
-            },
-            BatchSize::LargeInput,
-        )
-    });
-    // The same with three expression rules (one on every request), a rate rule and the
-    // enumeration signal (issue 15).
+    replay_bench(&mut group, "pipeline", &config, &pcap);
+    // The same with issue 15's rules and the enumeration signal.
     let with_rules = Config::parse(
-        &bank::config(5, EXTRA_RULES),
+        &bank::config(5, bank::EXPRESSION_RULES),
         std::path::Path::new("bench-rules.toml"),
     )
     .unwrap();
@@ -112,19 +65,12 @@ fn benches(c: &mut Criterion) {
         "alerts: {} plain, {} with the expression rules",
         alerts.0, with_rules_alerts.0
     );
-    group.bench_function("pipeline_with_expression_rules", |b| {
-        b.iter_batched(
-            || Pipeline::new(&with_rules, &[7; 32]).unwrap(),
-            |mut pipeline| {
-                let mut sink = CountingSink::default();
-                pipeline
-                    .replay_pcap(pcap.as_slice(), &ports, &mut sink)
-                    .unwrap();
-                pipeline
-            },
-            BatchSize::LargeInput,
-        )
-    });
+    replay_bench(
+        &mut group,
+        "pipeline_with_expression_rules",
+        &with_rules,
+        &pcap,
+    );
     group.bench_function("httparse", |b| {
         b.iter(|| {
             let mut parsed = 0usize;
@@ -150,6 +96,28 @@ const SLOW_HEAD_BYTES: usize = 30 * 1024;
 
 /// One large request head arriving one byte per TCP segment, against the same head in
 /// one segment: the cost per segment must stay flat (no re-parse of what was carried).
+/// A fresh pipeline replaying the capture (pcap bytes → report state).
+fn replay_bench(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    config: &Config,
+    pcap: &[u8],
+) {
+    group.bench_function(name, |b| {
+        b.iter_batched(
+            || Pipeline::new(config, &[7; 32]).unwrap(),
+            |mut pipeline| {
+                let mut sink = CountingSink::default();
+                pipeline
+                    .replay_pcap(pcap, &config.capture.ports, &mut sink)
+                    .unwrap();
+                pipeline
+            },
+            BatchSize::LargeInput,
+        )
+    });
+}
+
 fn slow_head(c: &mut Criterion, config: &Config) {
     let head = format!(
         "GET /api/v1/accounts/1/balance HTTP/1.1\r\nHost: bank.test\r\nX-Pad: {}\r\n\r\n",

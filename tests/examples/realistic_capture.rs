@@ -1,6 +1,7 @@
 //! Writes the replay benchmark's capture (`seqshield_tests::realistic`) and a config to
-//! replay it with. Usage: realistic_capture OUT.pcap CONFIG.toml STATE_DIR [REQUESTS]
-//! (sessions and connections scale with REQUESTS; 300 000 by default).
+//! replay it with, and next to it `config-rules.toml`: the same with issue 15's rules.
+//! Usage: realistic_capture OUT.pcap CONFIG.toml STATE_DIR [REQUESTS] (sessions and
+//! connections scale with REQUESTS; 300 000 by default).
 
 use seqshield_tests::bank;
 use seqshield_tests::capture::Link;
@@ -28,4 +29,10 @@ fn main() {
     std::fs::write(pcap, capture.to_pcap(Link::Ethernet)).expect("write the capture");
     let extra = format!("[state]\ndir = {state:?}\n");
     std::fs::write(config, bank::config(5, &extra)).expect("write the config");
+    let with_rules = std::path::Path::new(config).with_file_name("config-rules.toml");
+    std::fs::write(
+        with_rules,
+        bank::config(5, &(extra + bank::EXPRESSION_RULES)),
+    )
+    .expect("write the config with rules");
 }

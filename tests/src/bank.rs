@@ -14,6 +14,42 @@ pub const RULE_TITLE: &str = "transfer needs a balance check";
 /// benchmark).
 pub const API_TOML: &str = include_str!("../fixtures/bank-api.toml");
 
+/// Issue 15's rules for benchmarks, appended to [`config`]: three expression rules (one
+/// evaluated on every request), a rate rule and the enumeration signal, above the bank's
+/// allow rule (which would end the evaluation first). They seldom fire: a benchmark
+/// with them times rules, not alert writing (a synthetic session takes a step a
+/// millisecond, so "too soon" is under 1 ms here).
+pub const EXPRESSION_RULES: &str = r#"
+[enumeration]
+enabled = true
+
+[[rule]]
+title = "transfer too soon after login"
+action = "log"
+priority = 20
+expression = '''sequence.current_op == "POST bank.test/api/v1/transferFunds" && sequence.msec_since_op["POST bank.test/api/v1/login"] < 1'''
+
+[[rule]]
+title = "transfer without listing accounts"
+action = "log"
+priority = 20
+expression = '''sequence.current_op == "POST bank.test/api/v1/transferFunds" && !sequence.previous_ops.exists(op, op == "GET bank.test/api/v1/users/{user_id}/accounts")'''
+
+[[rule]]
+title = "busy session posting"
+action = "log"
+priority = 20
+expression = '''session.request_count > 200 && http.request.method == "POST"'''
+
+[[rule]]
+title = "balance checks"
+kind = "rate"
+action = "log"
+priority = 20
+operation = "GET bank.test/api/v1/accounts/{account_id}/balance"
+limit = 100
+"#;
+
 /// The rule's id in [`API_TOML`].
 pub const RULE_ID: &str = "6f1c1f9e-3f43-4a53-9d2c-2a4c1d3e5b7a";
 
