@@ -369,3 +369,17 @@ mod against_the_cel_interpreter {
         }
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+    /// A config is operator input, but a typo must be an error, never a crash.
+    #[test]
+    fn any_text_compiles_or_is_refused_without_panicking(
+        source in "[a-z_.()\\[\\]!&|<>=+*?:, \"0-9-]{0,60}|(sequence|session|http)\\.[a-z_.]{0,30}( [=<>!]=? [0-9\"a-z]{0,8})?"
+    ) {
+        let mut b = bank();
+        if let Err(e) = Expression::compile(&source, &mut b.catalog) {
+            proptest::prop_assert!(e.starts_with("column ") || e.starts_with("line "), "{}", e);
+        }
+    }
+}
