@@ -525,6 +525,7 @@ async fn metrics_text(State(state): State<Arc<AgentState>>) -> Response {
     let buffered_bytes = pipeline.buffered_bytes();
     let violations = pipeline.violations();
     let session_rates = pipeline.session_rates(state.now());
+    let signals_untracked = pipeline.signals_untracked();
     drop(pipeline);
     let text = metrics::render(&metrics::Snapshot {
         stats: &stats,
@@ -536,6 +537,7 @@ async fn metrics_text(State(state): State<Arc<AgentState>>) -> Response {
         request_seconds: &state.request_seconds,
         alerts: state.alerts.get().map(|c| c.as_ref()),
         session_rates: &session_rates,
+        signals_untracked,
     });
     (
         [(

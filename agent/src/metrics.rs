@@ -46,6 +46,8 @@ pub struct Snapshot<'a> {
     pub alerts: Option<&'a crate::alerts::AlertCounters>,
     /// Per operation (human form): requests per session per 10-minute window.
     pub session_rates: &'a [(String, crate::signals::Distribution)],
+    /// Requests the per-session counters could not track (a full table).
+    pub signals_untracked: u64,
 }
 
 pub fn render(s: &Snapshot<'_>) -> String {
@@ -288,6 +290,12 @@ pub fn render(s: &Snapshot<'_>) -> String {
                 .set(i64::try_from(v).unwrap_or(i64::MAX));
         }
     }
+    counter(
+        &mut registry,
+        "signals_untracked",
+        "Requests of (session, operation) pairs the rate and enumeration counters could not track: their window's table was full",
+        s.signals_untracked,
+    );
     registry.register(
         "session_requests_per_10m",
         "Requests a session makes to an operation in a 10-minute window, nearest-rank quantiles over the analytics window",

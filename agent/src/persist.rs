@@ -18,8 +18,9 @@ pub use crate::pipeline::{Pipeline, Snapshot, Totals};
 
 pub const SNAPSHOT_FILE: &str = "snapshot.bin";
 const MAGIC: &[u8; 8] = b"SQSSNAP\0";
-/// Bumped on any change of [`Snapshot`]'s layout; other versions are set aside.
-pub const FORMAT_VERSION: u32 = 3;
+/// Bumped on any change of [`Snapshot`]'s layout. The one before is read and converted
+/// ([`v3`]); older ones are set aside.
+pub const FORMAT_VERSION: u32 = 4;
 const HEADER_LEN: usize = 8 + 4 + 32;
 
 #[derive(Debug, thiserror::Error)]
@@ -120,16 +121,72 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
         return Err("not a seqshield snapshot".into());
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != 3 {
         return Err(format!(
-            "format version {version}, this agent reads {FORMAT_VERSION}"
+            "format version {version}, this agent reads {FORMAT_VERSION} and 3"
         ));
     }
     let payload = &bytes[HEADER_LEN..];
     if blake3::hash(payload).as_bytes()[..] != bytes[12..HEADER_LEN] {
         return Err("checksum mismatch (truncated or damaged)".into());
     }
+    if version == 3 {
+        return v3::decode_payload(payload);
+    }
     decode_payload(payload)
+}
+
+/// Format 3 (before sessions kept their start and count, and before signals): read and
+/// converted, so an upgrade keeps what was learned.
+mod v3 {
+    use serde::Deserialize;
+
+    use super::Snapshot;
+    use crate::Nanos;
+    use crate::analytics::AnalyticsState;
+    use crate::ops::{OpId, Operation};
+    use crate::pipeline::Totals;
+    use crate::session::{SessionState, millis_u32};
+
+    #[derive(Deserialize)]
+    struct SnapshotV3 {
+        newest: Nanos,
+        operations: Vec<Operation>,
+        analytics: AnalyticsState,
+        sessions: Vec<SessionV3>,
+        totals: Totals,
+    }
+
+    #[derive(Deserialize)]
+    struct SessionV3 {
+        id: u64,
+        last_seen: Nanos,
+        history: Vec<(OpId, Nanos)>,
+    }
+
+    pub fn decode_payload(payload: &[u8]) -> Result<Snapshot, String> {
+        let old: SnapshotV3 =
+            postcard::from_bytes(payload).map_err(|e| format!("undecodable (format 3): {e}"))?;
+        Ok(Snapshot {
+            newest: old.newest,
+            operations: old.operations,
+            analytics: old.analytics,
+            sessions: old
+                .sessions
+                .into_iter()
+                .map(|s| SessionState {
+                    // The oldest remembered request stands in for the start.
+                    started_ms: millis_u32(s.history.first().map_or(s.last_seen, |e| e.1)),
+                    requests: s.history.len() as u16,
+                    id: s.id,
+                    last_seen: s.last_seen,
+                    history: s.history,
+                })
+                .collect(),
+            totals: old.totals,
+            signals: Default::default(),
+        })
+    }
 }
 
 /// Decodes a snapshot's payload (what follows the checksum), as the fuzzer does: the
@@ -177,7 +234,42 @@ mod tests {
                 packets: 7,
                 ..Totals::default()
             },
+            signals: Default::default(),
         }
+    }
+
+    #[test]
+    fn a_format_3_snapshot_is_read_and_converted() {
+        // Format 3's layout: sessions without start and count, no signals.
+        type SessionV3 = (u64, u64, Vec<(u16, u64)>);
+        #[derive(serde::Serialize)]
+        struct V3 {
+            newest: u64,
+            operations: Vec<crate::ops::Operation>,
+            analytics: AnalyticsState,
+            sessions: Vec<SessionV3>,
+            totals: Totals,
+        }
+        let s = snapshot();
+        let ms = 1_000_000;
+        let old = V3 {
+            newest: s.newest,
+            operations: s.operations,
+            analytics: s.analytics,
+            sessions: vec![(9, 5_000 * ms, vec![(0, 2_000 * ms), (1, 5_000 * ms)])],
+            totals: s.totals,
+        };
+        let payload = postcard::to_allocvec(&old).unwrap();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&3u32.to_le_bytes());
+        bytes.extend_from_slice(blake3::hash(&payload).as_bytes());
+        bytes.extend_from_slice(&payload);
+        let new = decode(&bytes).unwrap();
+        assert_eq!(new.totals.packets, 7);
+        let session = &new.sessions[0];
+        assert_eq!((session.id, session.history.len()), (9, 2));
+        assert_eq!((session.started_ms, session.requests), (2_000, 2));
+        assert_eq!(new.signals, Default::default());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::rules::{Condition, Facts, RuleSet, rate::RateCounters};
 use crate::session::{
     Entry, SessionCache, SessionId, SessionIdentifier, SessionState, SessionStats, Sessions,
 };
-use crate::signals::{Distribution, Signals};
+use crate::signals::{Distribution, Signals, SignalsState};
 use crate::source::pcap::{PcapCounters, PcapError, decode_frame, decode_ip, for_each_packet};
 use crate::{Nanos, duration_nanos};
 
@@ -41,6 +41,8 @@ pub struct Snapshot {
     pub analytics: AnalyticsState,
     pub sessions: Vec<SessionState>,
     pub totals: Totals,
+    /// Per-session rates and path-variable values (format 4 on).
+    pub signals: SignalsState,
 }
 
 /// Run totals (SPEC §6 `stats`), carried across restarts.
@@ -402,6 +404,12 @@ impl Pipeline {
             .collect()
     }
 
+    /// Requests whose (session, operation) pair the signals could not track (their
+    /// window's table was full), and rate-rule requests not counted for the same reason.
+    pub fn signals_untracked(&self) -> u64 {
+        self.analysis.signals.untracked + self.analysis.rates.untracked
+    }
+
     /// Each operation's requests per session per 10-minute window over the window ending
     /// at `now` (`/metrics`), by human form.
     pub fn session_rates(&self, now: Nanos) -> Vec<(String, Distribution)> {
@@ -440,6 +448,7 @@ impl Pipeline {
             operations: a.catalog.iter().map(|(_, op)| op.clone()).collect(),
             analytics: a.analytics.export(),
             sessions: a.sessions.export(),
+            signals: a.signals.export(),
             totals: Totals {
                 packets: self.packets,
                 lost_events: self.lost_events,
@@ -469,6 +478,7 @@ impl Pipeline {
         a.analytics.import(snapshot.analytics, &remap)?;
         let t = snapshot.totals;
         a.sessions.import(snapshot.sessions, t.sessions, &remap);
+        a.signals.import(snapshot.signals, &remap);
         a.counters = RequestCounters {
             unidentified: t.unidentified,
             unmatched: t.unmatched,

@@ -351,7 +351,8 @@ impl Session {
     }
 }
 
-fn millis_u32(t: Nanos) -> u32 {
+/// `t` in milliseconds modulo 2^32 (how a session's start is kept).
+pub fn millis_u32(t: Nanos) -> u32 {
     (t / 1_000_000) as u32
 }
 
@@ -371,6 +372,9 @@ pub struct SessionState {
     pub last_seen: Nanos,
     /// (operation id, time of its latest request), oldest first.
     pub history: Vec<(OpId, Nanos)>,
+    /// When it started, in milliseconds modulo 2^32 (see [`Session::age`]).
+    pub started_ms: u32,
+    pub requests: u16,
 }
 
 /// Sessions kept in fixed-size chunks, found through an index of 4-byte slots: the
@@ -537,6 +541,8 @@ impl Sessions {
                 id: s.id.0,
                 last_seen: s.last_seen,
                 history: s.history.entries().iter().map(|e| (e.op, e.at)).collect(),
+                started_ms: s.started_ms,
+                requests: s.requests,
             })
             .collect()
     }
@@ -559,15 +565,12 @@ impl Sessions {
                     history.record(op, *at);
                 }
             }
-            // Snapshots keep no start or count: the oldest remembered request stands in.
-            let started = history.entries().first().map_or(saved.last_seen, |e| e.at);
-            let requests = history.entries().len() as u16;
             self.map.insert(Session {
                 id: SessionId(saved.id),
                 history,
                 last_seen: saved.last_seen,
-                started_ms: millis_u32(started),
-                requests,
+                started_ms: saved.started_ms,
+                requests: saved.requests,
             });
             self.eviction.push(SessionId(saved.id), saved.last_seen);
         }

@@ -18,12 +18,15 @@ use crate::session::SessionId;
 
 /// Length of a rate window.
 pub const WINDOW: Nanos = 600 * crate::NANOS_PER_SEC;
-/// Most (session, operation) pairs tracked in one window; beyond it, new pairs are
-/// counted as untracked until the window closes.
-pub const MAX_TRACKED: usize = 1 << 20;
+/// Most (session, operation) pairs tracked in one window (about 9 MB); beyond it, new
+/// pairs are counted as untracked until the window closes. A flood of one-request
+/// sessions must not cost every session another entry.
+pub const MAX_TRACKED: usize = 1 << 18;
 /// Most distinct values remembered per (session, operation, window): the count stops
 /// there, far above any sensible threshold.
-pub const MAX_VALUES: usize = 1024;
+pub const MAX_VALUES: usize = 256;
+/// Most values remembered in one window over all pairs (16 MB).
+pub const MAX_STORED_VALUES: usize = 1 << 21;
 
 /// Nearest-rank percentiles of a per-session count, over (session, window) pairs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -44,6 +47,22 @@ struct Histogram {
 }
 
 impl Histogram {
+    fn export(&self) -> SavedHistogram {
+        self.by_hour
+            .iter()
+            .map(|(&hour, counts)| (hour, counts.iter().map(|(&v, &n)| (v, n)).collect()))
+            .collect()
+    }
+
+    fn import(saved: SavedHistogram) -> Self {
+        Self {
+            by_hour: saved
+                .into_iter()
+                .map(|(hour, counts)| (hour, counts.into_iter().collect()))
+                .collect(),
+        }
+    }
+
     fn add(&mut self, hour: u32, value: u64) {
         *self
             .by_hour
@@ -95,13 +114,18 @@ pub fn distribution(counts: &BTreeMap<u64, u64>) -> Option<Distribution> {
     })
 }
 
-/// One (session, operation) pair in the open window.
-#[derive(Debug, Default)]
+/// One (session, operation) pair in the open window, in 8 bytes.
+#[derive(Debug, Clone, Copy)]
 struct Tracked {
-    requests: u64,
-    /// Keyed hashes of the path-variable values, in arrival order (enumeration on).
-    values: Vec<u64>,
+    op: OpId,
     alerted: bool,
+    requests: u32,
+}
+
+/// A (session, operation) pair's key: session ids are keyed hashes (uniform), so mixing
+/// in the operation keeps keys apart but for a chance of one in 2^64 per pair of pairs.
+fn pair_key(session: SessionId, op: OpId) -> u64 {
+    session.0 ^ u64::from(op).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 /// What a request's signals are, once counted.
@@ -121,7 +145,11 @@ pub struct Counted {
 pub struct Signals {
     /// Start of the open window.
     window_start: Nanos,
-    open: HashMap<(SessionId, OpId), Tracked, foldhash::fast::RandomState>,
+    open: HashMap<u64, Tracked, foldhash::fast::RandomState>,
+    /// Enumeration on: by pair key, the keyed hashes of its path-variable values.
+    values: HashMap<u64, Vec<u64>, foldhash::fast::RandomState>,
+    /// Values held in `values`.
+    stored_values: usize,
     requests: Vec<Histogram>,
     distinct: Vec<Histogram>,
     /// Per operation: the p99 of distinct values over the analytics window, as of the
@@ -144,6 +172,8 @@ impl Signals {
         Self {
             window_start: 0,
             open: HashMap::default(),
+            values: HashMap::default(),
+            stored_values: 0,
             requests: Vec::new(),
             distinct: Vec::new(),
             distinct_p99: Vec::new(),
@@ -173,33 +203,39 @@ impl Signals {
         } else {
             None
         };
-        let key = (session, op);
+        let key = pair_key(session, op);
         if self.open.len() >= MAX_TRACKED && !self.open.contains_key(&key) {
             self.untracked += 1;
             return Counted::default();
         }
-        let tracked = self.open.entry(key).or_default();
-        tracked.requests += 1;
-        if let Some(v) = value
-            && tracked.values.len() < MAX_VALUES
-            && !tracked.values.contains(&v)
-        {
-            tracked.values.push(v);
-        }
+        let tracked = self.open.entry(key).or_insert(Tracked {
+            op,
+            alerted: false,
+            requests: 0,
+        });
+        tracked.requests = tracked.requests.saturating_add(1);
         let mut counted = Counted {
-            requests: tracked.requests,
-            distinct_values: tracked.values.len() as u64,
+            requests: u64::from(tracked.requests),
             ..Counted::default()
         };
-        if value.is_some() {
-            let p99 = self.distinct_p99.get(usize::from(op)).copied().unwrap_or(0);
-            let e = &self.enumeration;
-            let threshold = ((p99 as f64 * e.factor).ceil() as u64).max(e.min_distinct);
-            counted.threshold = threshold;
-            counted.enumeration_suspected = counted.distinct_values > threshold;
-            counted.newly_suspected = counted.enumeration_suspected && !tracked.alerted;
-            tracked.alerted |= counted.enumeration_suspected;
+        let Some(value) = value else {
+            return counted;
+        };
+        let values = self.values.entry(key).or_default();
+        if values.len() < MAX_VALUES
+            && self.stored_values < MAX_STORED_VALUES
+            && !values.contains(&value)
+        {
+            values.push(value);
+            self.stored_values += 1;
         }
+        counted.distinct_values = values.len() as u64;
+        let p99 = self.distinct_p99.get(usize::from(op)).copied().unwrap_or(0);
+        let e = &self.enumeration;
+        counted.threshold = ((p99 as f64 * e.factor).ceil() as u64).max(e.min_distinct);
+        counted.enumeration_suspected = counted.distinct_values > counted.threshold;
+        counted.newly_suspected = counted.enumeration_suspected && !tracked.alerted;
+        tracked.alerted |= counted.enumeration_suspected;
         counted
     }
 
@@ -240,22 +276,30 @@ impl Signals {
     /// Folds the open window into the histograms and opens the one at `start`.
     fn close_window(&mut self, start: Nanos) {
         let hour = hour_of(self.window_start);
-        for ((_, op), tracked) in self.open.drain() {
-            let i = usize::from(op);
+        for (key, tracked) in self.open.drain() {
+            let i = usize::from(tracked.op);
             if self.requests.len() <= i {
                 self.requests.resize_with(i + 1, Histogram::default);
                 self.distinct.resize_with(i + 1, Histogram::default);
             }
-            self.requests[i].add(hour, tracked.requests);
-            if !tracked.values.is_empty() {
-                self.distinct[i].add(hour, tracked.values.len() as u64);
+            self.requests[i].add(hour, u64::from(tracked.requests));
+            if let Some(values) = self.values.get(&key) {
+                self.distinct[i].add(hour, values.len() as u64);
             }
         }
+        self.values.clear();
+        self.stored_values = 0;
         self.window_start = start;
         let first = self.first_hour(start);
         for h in self.requests.iter_mut().chain(self.distinct.iter_mut()) {
             h.expire(first);
         }
+        self.update_thresholds(start);
+    }
+
+    /// The enumeration thresholds' p99s as of `now`.
+    fn update_thresholds(&mut self, now: Nanos) {
+        let first = self.first_hour(now);
         if self.enumeration.enabled {
             self.distinct_p99 = (0..self.distinct.len())
                 .map(|i| {
@@ -286,17 +330,17 @@ impl Signals {
                 .collect()
         };
         let (mut requests, mut distinct) = (merged(&self.requests), merged(&self.distinct));
-        for ((_, op), tracked) in &self.open {
-            let i = usize::from(*op);
+        for (key, tracked) in &self.open {
+            let i = usize::from(tracked.op);
             if requests.len() <= i {
                 requests.resize_with(i + 1, BTreeMap::new);
             }
-            *requests[i].entry(tracked.requests).or_default() += 1;
-            if !tracked.values.is_empty() {
+            *requests[i].entry(u64::from(tracked.requests)).or_default() += 1;
+            if let Some(values) = self.values.get(key) {
                 if distinct.len() <= i {
                     distinct.resize_with(i + 1, BTreeMap::new);
                 }
-                *distinct[i].entry(tracked.values.len() as u64).or_default() += 1;
+                *distinct[i].entry(values.len() as u64).or_default() += 1;
             }
         }
         (0..requests.len().max(distinct.len()))
@@ -308,6 +352,98 @@ impl Signals {
                     .and_then(distribution),
             })
             .collect()
+    }
+}
+
+/// A histogram as snapshots keep it: (hour, [(value, pairs with it)]).
+pub type SavedHistogram = Vec<(u32, Vec<(u64, u64)>)>;
+
+/// The signals as snapshots keep them, operations by the catalog's ids at save time.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SignalsState {
+    pub window_start: Nanos,
+    /// The open window: (session, operation, requests, alerted).
+    pub open: Vec<(u64, OpId, u32, bool)>,
+    /// Its path-variable value hashes: (session, operation, values).
+    pub values: Vec<(u64, OpId, Vec<u64>)>,
+    /// By operation: requests per pair in the closed windows.
+    pub requests: Vec<SavedHistogram>,
+    /// By operation: distinct values per pair in the closed windows.
+    pub distinct: Vec<SavedHistogram>,
+}
+
+impl Signals {
+    pub fn export(&self) -> SignalsState {
+        let session = |key: u64, op: OpId| pair_key(SessionId(key), op);
+        let mut state = SignalsState {
+            window_start: self.window_start,
+            open: self
+                .open
+                .iter()
+                .map(|(&key, t)| (session(key, t.op), t.op, t.requests, t.alerted))
+                .collect(),
+            values: self
+                .values
+                .iter()
+                .filter_map(|(key, values)| {
+                    let op = self.open.get(key)?.op;
+                    Some((session(*key, op), op, values.clone()))
+                })
+                .collect(),
+            requests: self.requests.iter().map(Histogram::export).collect(),
+            distinct: self.distinct.iter().map(Histogram::export).collect(),
+        };
+        // In a stable order (hash maps iterate in a random one).
+        state.open.sort_unstable();
+        state.values.sort_unstable();
+        state
+    }
+
+    /// Takes back saved signals; counts of operations that are gone are dropped.
+    pub fn import(&mut self, saved: SignalsState, remap: &dyn Fn(OpId) -> Option<OpId>) {
+        self.window_start = saved.window_start;
+        for (session, op, requests, alerted) in saved.open {
+            if let Some(op) = remap(op) {
+                let key = pair_key(SessionId(session), op);
+                self.open.insert(
+                    key,
+                    Tracked {
+                        op,
+                        alerted,
+                        requests,
+                    },
+                );
+            }
+        }
+        for (session, op, values) in saved.values {
+            if let Some(op) = remap(op) {
+                self.stored_values += values.len();
+                self.values.insert(pair_key(SessionId(session), op), values);
+            }
+        }
+        let by_op = |saved: Vec<SavedHistogram>| {
+            let mut out: Vec<Histogram> = Vec::new();
+            for (old, h) in saved.into_iter().enumerate() {
+                let Some(op) = u16::try_from(old).ok().and_then(remap) else {
+                    continue;
+                };
+                let i = usize::from(op);
+                if out.len() <= i {
+                    out.resize_with(i + 1, Histogram::default);
+                }
+                out[i] = Histogram::import(h);
+            }
+            out
+        };
+        self.requests = by_op(saved.requests);
+        self.distinct = by_op(saved.distinct);
+        self.requests.resize_with(
+            self.distinct.len().max(self.requests.len()),
+            Histogram::default,
+        );
+        self.distinct
+            .resize_with(self.requests.len(), Histogram::default);
+        self.update_thresholds(self.window_start);
     }
 }
 
@@ -323,6 +459,66 @@ pub struct OpSignals {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_of_pairs_is_bounded_and_counted() {
+        let config = crate::config::Config::default();
+        let catalog = Catalog::from_config(&config).unwrap();
+        let mut signals = Signals::new(
+            EnumerationConfig::default(),
+            &[1; 32],
+            24 * 3600 * 1_000_000_000,
+        );
+        let now = 1_800_000_000 * crate::NANOS_PER_SEC;
+        for i in 0..MAX_TRACKED as u64 + 10 {
+            signals.record(
+                SessionId(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                0,
+                now,
+                "/",
+                &catalog,
+            );
+        }
+        assert_eq!(signals.open.len(), MAX_TRACKED);
+        assert_eq!(signals.untracked, 10);
+        assert_eq!(std::mem::size_of::<Tracked>(), 8);
+        // The next window starts empty.
+        signals.record(SessionId(1), 0, now + WINDOW, "/", &catalog);
+        assert_eq!(signals.open.len(), 1);
+    }
+
+    #[test]
+    fn a_snapshot_keeps_windows_values_and_thresholds() {
+        let config = crate::config::Config::parse(
+            "[[endpoint]]\nhost = \"h\"\nmethod = \"GET\"\npath = \"/a/{id}\"\n",
+            std::path::Path::new("c.toml"),
+        )
+        .unwrap();
+        let catalog = Catalog::from_config(&config).unwrap();
+        let on = EnumerationConfig {
+            enabled: true,
+            ..EnumerationConfig::default()
+        };
+        let day = 24 * 3600 * crate::NANOS_PER_SEC;
+        let mut signals = Signals::new(on.clone(), &[1; 32], day);
+        let t = 1_800_000_000 * crate::NANOS_PER_SEC;
+        for (session, id, at) in [(1, "1", t), (1, "2", t), (2, "9", t), (1, "3", t + WINDOW)] {
+            signals.record(SessionId(session), 0, at, &format!("/a/{id}"), &catalog);
+        }
+        let saved = signals.export();
+        let mut restored = Signals::new(on, &[1; 32], day);
+        restored.import(saved.clone(), &|op| Some(op));
+        assert_eq!(restored.export(), saved);
+        let now = t + WINDOW;
+        let (a, b) = (signals.distributions(now), restored.distributions(now));
+        assert_eq!(a[0].session_rate, b[0].session_rate);
+        assert_eq!(a[0].distinct_values, b[0].distinct_values);
+        assert_eq!(b[0].distinct_values.unwrap().windows, 3);
+        assert_eq!(restored.distinct_p99, signals.distinct_p99);
+        // The open window carries on: session 1's next value is its second.
+        let counted = restored.record(SessionId(1), 0, now, "/a/4", &catalog);
+        assert_eq!((counted.requests, counted.distinct_values), (2, 2));
+    }
 
     #[test]
     fn nearest_rank_percentiles() {

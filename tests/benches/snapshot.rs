@@ -61,10 +61,13 @@ fn big_snapshot() -> Snapshot {
                     id: i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
                     last_seen: now,
                     history: vec![(a, now - 1_000_000), (b, now)],
+                    started_ms: seqshield::session::millis_u32(now - 1_000_000),
+                    requests: 2,
                 }
             })
             .collect(),
         totals: Totals::default(),
+        signals: Default::default(),
     }
 }
 
