@@ -178,16 +178,20 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\nOPERATIONS\n{:<12}  {:>9}  {:>11}  operation",
-            "id", "requests", "occurrences"
+            "\nOPERATIONS (per session: requests in 10 min, p50/p90/p99)\n{:<12}  {:>9}  {:>11}  {:>12}  operation",
+            "id", "requests", "occurrences", "per session"
         );
         for o in &self.operations {
+            let rate = o
+                .session_rate
+                .map_or_else(|| "-".into(), |r| format!("{}/{}/{}", r.p50, r.p90, r.p99));
             let _ = writeln!(
                 out,
-                "{:<12}  {:>9}  {:>11}  {}",
+                "{:<12}  {:>9}  {:>11}  {:>12}  {}",
                 o.id,
                 o.requests,
                 o.occurrences,
+                rate,
                 o.human()
             );
         }
