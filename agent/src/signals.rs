@@ -8,7 +8,7 @@
 //! into per-operation, per-hour histograms, which the report reads as percentiles over
 //! the analytics window.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::Nanos;
 use crate::analytics::hour_of;
@@ -22,10 +22,10 @@ pub const WINDOW: Nanos = 600 * crate::NANOS_PER_SEC;
 /// pairs are counted as untracked until the window closes. A flood of one-request
 /// sessions must not cost every session another entry.
 pub const MAX_TRACKED: usize = 1 << 18;
-/// Most distinct values remembered per (session, operation, window): the count stops
+/// Most distinct values counted per (session, operation, window): the count stops
 /// there, far above any sensible threshold.
-pub const MAX_VALUES: usize = 256;
-/// Most values remembered in one window over all pairs (16 MB).
+pub const MAX_VALUES: u8 = 255;
+/// Most values remembered in one window over all pairs (8 bytes each, about 18 MB).
 pub const MAX_STORED_VALUES: usize = 1 << 21;
 
 /// Nearest-rank percentiles of a per-session count, over (session, window) pairs.
@@ -119,6 +119,9 @@ pub fn distribution(counts: &BTreeMap<u64, u64>) -> Option<Distribution> {
 struct Tracked {
     op: OpId,
     alerted: bool,
+    /// Distinct path-variable values (enumeration on; 0 for an operation without
+    /// variables).
+    distinct: u8,
     requests: u32,
 }
 
@@ -146,10 +149,10 @@ pub struct Signals {
     /// Start of the open window.
     window_start: Nanos,
     open: HashMap<u64, Tracked, foldhash::fast::RandomState>,
-    /// Enumeration on: by pair key, the keyed hashes of its path-variable values.
-    values: HashMap<u64, Vec<u64>, foldhash::fast::RandomState>,
-    /// Values held in `values`.
-    stored_values: usize,
+    /// Enumeration on: every value a pair sent in the open window, as its session id
+    /// xor the keyed hash of (operation, values) — one set for all pairs, so a request
+    /// costs one lookup in it and no allocation per pair.
+    values: HashSet<u64, foldhash::fast::RandomState>,
     requests: Vec<Histogram>,
     distinct: Vec<Histogram>,
     /// Per operation: the p99 of distinct values over the analytics window, as of the
@@ -172,8 +175,7 @@ impl Signals {
         Self {
             window_start: 0,
             open: HashMap::default(),
-            values: HashMap::default(),
-            stored_values: 0,
+            values: HashSet::default(),
             requests: Vec::new(),
             distinct: Vec::new(),
             distinct_p99: Vec::new(),
@@ -211,6 +213,7 @@ impl Signals {
         let tracked = self.open.entry(key).or_insert(Tracked {
             op,
             alerted: false,
+            distinct: 0,
             requests: 0,
         });
         tracked.requests = tracked.requests.saturating_add(1);
@@ -221,15 +224,13 @@ impl Signals {
         let Some(value) = value else {
             return counted;
         };
-        let values = self.values.entry(key).or_default();
-        if values.len() < MAX_VALUES
-            && self.stored_values < MAX_STORED_VALUES
-            && !values.contains(&value)
+        if tracked.distinct < MAX_VALUES
+            && self.values.len() < MAX_STORED_VALUES
+            && self.values.insert(session.0 ^ value)
         {
-            values.push(value);
-            self.stored_values += 1;
+            tracked.distinct += 1;
         }
-        counted.distinct_values = values.len() as u64;
+        counted.distinct_values = u64::from(tracked.distinct);
         let p99 = self.distinct_p99.get(usize::from(op)).copied().unwrap_or(0);
         let e = &self.enumeration;
         counted.threshold = ((p99 as f64 * e.factor).ceil() as u64).max(e.min_distinct);
@@ -239,8 +240,9 @@ impl Signals {
         counted
     }
 
-    /// The keyed hash of a request's path-variable values; `None` for an operation
-    /// without variables.
+    /// The keyed hash of a request's operation (by its stable id: snapshots keep these
+    /// across catalogs) and path-variable values; `None` for an operation without
+    /// variables.
     fn value_hash(&mut self, op: OpId, routed: &str, catalog: &Catalog) -> Option<u64> {
         let i = usize::from(op);
         if self.variables.len() <= i {
@@ -259,6 +261,8 @@ impl Signals {
             return None;
         }
         let mut h = blake3::Hasher::new_keyed(&self.value_key);
+        h.update(catalog.get(op).id.as_bytes());
+        h.update(&[0]);
         let mut wanted = variables.iter().peekable();
         for (j, segment) in routed.split('/').enumerate() {
             if wanted.peek().is_some_and(|&&w| usize::from(w) == j) {
@@ -276,19 +280,18 @@ impl Signals {
     /// Folds the open window into the histograms and opens the one at `start`.
     fn close_window(&mut self, start: Nanos) {
         let hour = hour_of(self.window_start);
-        for (key, tracked) in self.open.drain() {
+        for tracked in self.open.drain().map(|(_, t)| t) {
             let i = usize::from(tracked.op);
             if self.requests.len() <= i {
                 self.requests.resize_with(i + 1, Histogram::default);
                 self.distinct.resize_with(i + 1, Histogram::default);
             }
             self.requests[i].add(hour, u64::from(tracked.requests));
-            if let Some(values) = self.values.get(&key) {
-                self.distinct[i].add(hour, values.len() as u64);
+            if tracked.distinct > 0 {
+                self.distinct[i].add(hour, u64::from(tracked.distinct));
             }
         }
         self.values.clear();
-        self.stored_values = 0;
         self.window_start = start;
         let first = self.first_hour(start);
         for h in self.requests.iter_mut().chain(self.distinct.iter_mut()) {
@@ -330,17 +333,17 @@ impl Signals {
                 .collect()
         };
         let (mut requests, mut distinct) = (merged(&self.requests), merged(&self.distinct));
-        for (key, tracked) in &self.open {
+        for tracked in self.open.values() {
             let i = usize::from(tracked.op);
             if requests.len() <= i {
                 requests.resize_with(i + 1, BTreeMap::new);
             }
             *requests[i].entry(u64::from(tracked.requests)).or_default() += 1;
-            if let Some(values) = self.values.get(key) {
+            if tracked.distinct > 0 {
                 if distinct.len() <= i {
                     distinct.resize_with(i + 1, BTreeMap::new);
                 }
-                *distinct[i].entry(values.len() as u64).or_default() += 1;
+                *distinct[i].entry(u64::from(tracked.distinct)).or_default() += 1;
             }
         }
         (0..requests.len().max(distinct.len()))
@@ -362,10 +365,10 @@ pub type SavedHistogram = Vec<(u32, Vec<(u64, u64)>)>;
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SignalsState {
     pub window_start: Nanos,
-    /// The open window: (session, operation, requests, alerted).
-    pub open: Vec<(u64, OpId, u32, bool)>,
-    /// Its path-variable value hashes: (session, operation, values).
-    pub values: Vec<(u64, OpId, Vec<u64>)>,
+    /// The open window: (session, operation, requests, alerted, distinct values).
+    pub open: Vec<(u64, OpId, u32, bool, u8)>,
+    /// Its path-variable values, as kept (independent of operation ids).
+    pub values: Vec<u64>,
     /// By operation: requests per pair in the closed windows.
     pub requests: Vec<SavedHistogram>,
     /// By operation: distinct values per pair in the closed windows.
@@ -380,16 +383,12 @@ impl Signals {
             open: self
                 .open
                 .iter()
-                .map(|(&key, t)| (session(key, t.op), t.op, t.requests, t.alerted))
-                .collect(),
-            values: self
-                .values
-                .iter()
-                .filter_map(|(key, values)| {
-                    let op = self.open.get(key)?.op;
-                    Some((session(*key, op), op, values.clone()))
+                .map(|(&key, t)| {
+                    let session = session(key, t.op);
+                    (session, t.op, t.requests, t.alerted, t.distinct)
                 })
                 .collect(),
+            values: self.values.iter().copied().collect(),
             requests: self.requests.iter().map(Histogram::export).collect(),
             distinct: self.distinct.iter().map(Histogram::export).collect(),
         };
@@ -402,7 +401,7 @@ impl Signals {
     /// Takes back saved signals; counts of operations that are gone are dropped.
     pub fn import(&mut self, saved: SignalsState, remap: &dyn Fn(OpId) -> Option<OpId>) {
         self.window_start = saved.window_start;
-        for (session, op, requests, alerted) in saved.open {
+        for (session, op, requests, alerted, distinct) in saved.open {
             if let Some(op) = remap(op) {
                 let key = pair_key(SessionId(session), op);
                 self.open.insert(
@@ -410,17 +409,13 @@ impl Signals {
                     Tracked {
                         op,
                         alerted,
+                        distinct,
                         requests,
                     },
                 );
             }
         }
-        for (session, op, values) in saved.values {
-            if let Some(op) = remap(op) {
-                self.stored_values += values.len();
-                self.values.insert(pair_key(SessionId(session), op), values);
-            }
-        }
+        self.values.extend(saved.values);
         let by_op = |saved: Vec<SavedHistogram>| {
             let mut out: Vec<Histogram> = Vec::new();
             for (old, h) in saved.into_iter().enumerate() {
@@ -518,6 +513,38 @@ mod tests {
         // The open window carries on: session 1's next value is its second.
         let counted = restored.record(SessionId(1), 0, now, "/a/4", &catalog);
         assert_eq!((counted.requests, counted.distinct_values), (2, 2));
+    }
+
+    #[test]
+    fn distinct_values_are_counted_per_session_and_operation_and_stop_at_the_cap() {
+        let config = crate::config::Config::parse(
+            "[[endpoint]]\nhost = \"h\"\nmethod = \"GET\"\npath = \"/a/{id}\"\n\
+             [[endpoint]]\nhost = \"h\"\nmethod = \"GET\"\npath = \"/b/{id}\"\n",
+            std::path::Path::new("c.toml"),
+        )
+        .unwrap();
+        let catalog = Catalog::from_config(&config).unwrap();
+        let on = EnumerationConfig {
+            enabled: true,
+            ..EnumerationConfig::default()
+        };
+        let mut signals = Signals::new(on, &[1; 32], 24 * 3600 * crate::NANOS_PER_SEC);
+        let t = 1_800_000_000 * crate::NANOS_PER_SEC;
+        let mut record = |session: u64, op: OpId, path: &str| {
+            signals
+                .record(SessionId(session), op, t, path, &catalog)
+                .distinct_values
+        };
+        assert_eq!(record(1, 0, "/a/7"), 1);
+        assert_eq!(record(1, 0, "/a/7"), 1, "a repeated value");
+        assert_eq!(record(2, 0, "/a/7"), 1, "another session's own count");
+        assert_eq!(record(1, 1, "/b/7"), 1, "another operation's own count");
+        assert_eq!(record(1, 0, "/a/8"), 2);
+        let last = (0..400)
+            .map(|i| record(3, 0, &format!("/a/{i}")))
+            .last()
+            .unwrap();
+        assert_eq!(last, u64::from(MAX_VALUES));
     }
 
     #[test]
