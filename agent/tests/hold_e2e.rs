@@ -2,7 +2,8 @@
 //! `hold = true` next to the bank server, which logs every request its application
 //! read. That log is the truth: a violating transfer must never be in it (at server
 //! delays 0, 1 and 10 ms, with the head in one packet or split in two, over IPv4 and
-//! IPv6), a balance-checked one must. Fail-open: a stopped agent costs a guarded request
+//! IPv6), a balance-checked one must; an expression rule that blocks holds the
+//! operation it names. Fail-open: a stopped agent costs a guarded request
 //! latency (the kernel lets the client's retransmission through after `hold_timeout`),
 //! plain requests nothing; a killed agent leaves nothing held.
 
@@ -202,6 +203,56 @@ fn only_guarded_requests_are_held() {
         (n > before).then_some(n)
     });
     assert_eq!(held - before, 1, "only the transfer's one segment is held");
+}
+
+/// An expression rule with `action = "block"` guards the operation its
+/// `sequence.current_op` names (here one no sequence rule guards): a balance read from a
+/// session that never logged in is held and never read by the application; a logged-in
+/// session's is released.
+#[test]
+fn an_expression_rule_holds_the_operation_it_names() {
+    if !root_or_skip("an_expression_rule_holds_the_operation_it_names") {
+        return;
+    }
+    let rule = r#"
+[[rule]]
+title = "balance read without a login"
+action = "block"
+priority = 20
+expression = '''sequence.current_op == "GET bank.test/api/v1/accounts/{account_id}/balance" &&
+  !("POST bank.test/api/v1/login" in sequence.previous_ops)'''
+"#;
+    let s = setup(19_489, 0, &format!("{HOLD}{rule}"));
+    let server = s.pair.server_ip.clone();
+    let balance = |who: &str| format!("{BALANCE}?by={who}");
+    let mallory = session(&s.pair, &[], &server, "mallory", &[&balance("mallory")]);
+    assert!(
+        matches!(mallory[0].0.as_str(), "reset" | "closed"),
+        "the balance read was answered: {mallory:?}"
+    );
+    let alice = session(&s.pair, &[], &server, "alice", &[LOGIN, &balance("alice")]);
+    assert_eq!(outcomes(&alice), ["200"; 2], "{alice:?}");
+    let log = server_log(&s.log);
+    assert!(
+        !log.contains("by=mallory"),
+        "the violating request reached the application:\n{log}"
+    );
+    assert_eq!(log.matches("by=alice").count(), 1, "{log}");
+    let path = s.dir.path().join("alerts.jsonl");
+    let alerts = eventually("the alert", Duration::from_secs(3), || {
+        let text = std::fs::read_to_string(&path).ok()?;
+        text.contains("sequence_violation").then_some(text)
+    });
+    let violations: Vec<&str> = alerts
+        .lines()
+        .filter(|l| l.contains("\"sequence_violation\""))
+        .collect();
+    assert_eq!(violations.len(), 1, "{alerts}");
+    assert!(
+        violations[0].contains("balance read without a login")
+            && violations[0].contains("\"action\":\"block\""),
+        "{alerts}"
+    );
 }
 
 #[test]
