@@ -136,6 +136,7 @@ fn main() -> Result<()> {
             fuzz::run(&root, seconds, &targets)
         }
         Task::Check => {
+            setup()?;
             cargo(&root, &["fmt", "--all", "--", "--check"])?;
             // The kernel crate is linted for its own target: on the host its shared types
             // would pull in aya (and std) through feature unification.
@@ -173,7 +174,10 @@ fn main() -> Result<()> {
                 demo_replay(&root)
             }
         }
-        Task::DemoReplay => demo_replay(&root),
+        Task::DemoReplay => {
+            setup()?;
+            demo_replay(&root)
+        }
         Task::DemoFleet => live_bench(&root, "demo-fleet", demo_fleet::run),
         Task::BenchLive => live_bench(&root, "bench-live", bench_live::run),
         Task::BenchEnforce => live_bench(&root, "bench-enforce", bench_enforce::run),
@@ -191,6 +195,7 @@ fn main() -> Result<()> {
             cargo(&root, &ebpf_args("build", &[]))
         }
         Task::Run { args } => {
+            setup()?;
             cargo(
                 &root,
                 &["build", "--release", "--locked", "-p", "seqshield"],
@@ -199,8 +204,14 @@ fn main() -> Result<()> {
                 .arg("run")
                 .args(args))
         }
-        Task::Bench => bench(&root),
-        Task::BenchFlood { sessions } => bench_replay::flood(&root, sessions),
+        Task::Bench => {
+            setup()?;
+            bench(&root)
+        }
+        Task::BenchFlood { sessions } => {
+            setup()?;
+            bench_replay::flood(&root, sessions)
+        }
         Task::BenchConsole => {
             setup()?;
             example(&root, "run", "seqshield-tests", "console_load")
@@ -213,6 +224,7 @@ fn main() -> Result<()> {
             if !is_root() {
                 bail!("bench-kernel loads kernel programs: run it as root");
             }
+            setup()?;
             example(&root, "run", "seqshield", "kernel_cost")
         }
         Task::PacedClient {
@@ -230,14 +242,17 @@ fn main() -> Result<()> {
             runs,
             requests,
             skip_tshark,
-        } => bench_replay::run(
-            &root,
-            &bench_replay::Options {
-                runs: runs.max(1),
-                requests,
-                tshark: !skip_tshark,
-            },
-        ),
+        } => {
+            setup()?;
+            bench_replay::run(
+                &root,
+                &bench_replay::Options {
+                    runs: runs.max(1),
+                    requests,
+                    tshark: !skip_tshark,
+                },
+            )
+        }
     }
 }
 
