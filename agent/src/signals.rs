@@ -333,18 +333,17 @@ impl Signals {
                 .collect()
         };
         let (mut requests, mut distinct) = (merged(&self.requests), merged(&self.distinct));
-        for tracked in self.open.values() {
-            let i = usize::from(tracked.op);
-            if requests.len() <= i {
-                requests.resize_with(i + 1, BTreeMap::new);
-            }
-            *requests[i].entry(u64::from(tracked.requests)).or_default() += 1;
-            if tracked.distinct > 0 {
-                if distinct.len() <= i {
-                    distinct.resize_with(i + 1, BTreeMap::new);
-                }
-                *distinct[i].entry(u64::from(tracked.distinct)).or_default() += 1;
-            }
+        let open = || self.open.values().map(|t| (usize::from(t.op), t));
+        tally(
+            &mut requests,
+            open().map(|(i, t)| (i, u64::from(t.requests))),
+        );
+        if self.enumeration.enabled {
+            let with_values = open().filter(|(_, t)| t.distinct > 0);
+            tally(
+                &mut distinct,
+                with_values.map(|(i, t)| (i, u64::from(t.distinct))),
+            );
         }
         (0..requests.len().max(distinct.len()))
             .map(|i| OpSignals {
@@ -355,6 +354,32 @@ impl Signals {
                     .and_then(distribution),
             })
             .collect()
+    }
+}
+
+/// Adds each (operation, value) to `into[operation]`'s count of `value`. Values under
+/// `DENSE` are counted in an array first and merged once: a report walks every open pair
+/// under the pipeline's lock, and most pairs hold a few requests (a map entry per pair
+/// cost 7 ms at 262 144 pairs).
+fn tally(into: &mut Vec<BTreeMap<u64, u64>>, pairs: impl Iterator<Item = (usize, u64)>) {
+    const DENSE: usize = 64;
+    let mut dense: Vec<u64> = Vec::new();
+    for (i, value) in pairs {
+        if into.len() <= i {
+            into.resize_with(i + 1, BTreeMap::new);
+        }
+        match usize::try_from(value) {
+            Ok(v) if v < DENSE => {
+                if dense.len() <= i * DENSE {
+                    dense.resize((i + 1) * DENSE, 0);
+                }
+                dense[i * DENSE + v] += 1;
+            }
+            _ => *into[i].entry(value).or_default() += 1,
+        }
+    }
+    for (at, &n) in dense.iter().enumerate().filter(|&(_, &n)| n > 0) {
+        *into[at / DENSE].entry((at % DENSE) as u64).or_default() += n;
     }
 }
 
@@ -545,6 +570,34 @@ mod tests {
             .last()
             .unwrap();
         assert_eq!(last, u64::from(MAX_VALUES));
+    }
+
+    #[test]
+    fn open_window_counts_small_and_large_are_tallied_alike() {
+        let config = crate::config::Config::default();
+        let catalog = Catalog::from_config(&config).unwrap();
+        let mut signals = Signals::new(
+            EnumerationConfig::default(),
+            &[1; 32],
+            24 * 3600 * crate::NANOS_PER_SEC,
+        );
+        let t = 1_800_000_000 * crate::NANOS_PER_SEC;
+        // Session s makes `requests[s]` requests: counts either side of the dense array.
+        let requests = [1, 1, 2, 63, 64, 65, 200, 200];
+        for (s, &n) in requests.iter().enumerate() {
+            for _ in 0..n {
+                signals.record(SessionId(s as u64 + 1), 0, t, "/", &catalog);
+            }
+        }
+        let counts = requests.iter().fold(BTreeMap::new(), |mut m, &n| {
+            *m.entry(n).or_insert(0) += 1;
+            m
+        });
+        assert_eq!(
+            signals.distributions(t)[0].session_rate,
+            distribution(&counts)
+        );
+        assert_eq!(signals.distributions(t)[0].session_rate.unwrap().max, 200);
     }
 
     #[test]

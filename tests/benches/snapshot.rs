@@ -1,6 +1,7 @@
 //! Snapshot cost at scale: 1 M sessions and 1 M tracked sequences. Times writing a
 //! snapshot and restoring it into a fresh pipeline, and prints the file size and the
-//! process's resident memory while a pipeline holds that much state.
+//! process's resident memory while a pipeline holds that much state, and what a report
+//! copies under the pipeline's lock (the signals' open window full).
 
 use std::hint::black_box;
 use std::path::Path;
@@ -13,6 +14,7 @@ use seqshield::ops::Operation;
 use seqshield::persist::{self, Snapshot, Totals};
 use seqshield::pipeline::Pipeline;
 use seqshield::session::SessionState;
+use seqshield::signals::{MAX_TRACKED, SignalsState, WINDOW};
 
 const SESSIONS: u64 = 1_000_000;
 /// 1000 operations: every ordered pair is one of 1 M sequences.
@@ -67,7 +69,31 @@ fn big_snapshot() -> Snapshot {
             })
             .collect(),
         totals: Totals::default(),
-        signals: Default::default(),
+        // The signals' open window full (every tracked pair walked through at report
+        // time), a day of closed windows per operation.
+        signals: SignalsState {
+            window_start: now - now % WINDOW,
+            open: (0..MAX_TRACKED as u64)
+                .map(|i| {
+                    (
+                        i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                        pair(i).1,
+                        2,
+                        false,
+                        0,
+                    )
+                })
+                .collect(),
+            values: Vec::new(),
+            requests: (0..OPS)
+                .map(|_| {
+                    (HOUR - 23..=HOUR)
+                        .map(|h| (h, vec![(1, 100), (2, 50)]))
+                        .collect()
+                })
+                .collect(),
+            distinct: Vec::new(),
+        },
     }
 }
 
