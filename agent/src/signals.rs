@@ -363,23 +363,32 @@ impl Signals {
 /// cost 7 ms at 262 144 pairs).
 fn tally(into: &mut Vec<BTreeMap<u64, u64>>, pairs: impl Iterator<Item = (usize, u64)>) {
     const DENSE: usize = 64;
-    let mut dense: Vec<u64> = Vec::new();
+    // A row of DENSE counts per operation seen (not per operation id: ids go to 65 535);
+    // `rows[op]` is its row + 1, 0 while it has none.
+    let (mut rows, mut dense) = (Vec::<u32>::new(), Vec::<u64>::new());
     for (i, value) in pairs {
         if into.len() <= i {
             into.resize_with(i + 1, BTreeMap::new);
         }
         match usize::try_from(value) {
             Ok(v) if v < DENSE => {
-                if dense.len() <= i * DENSE {
-                    dense.resize((i + 1) * DENSE, 0);
+                if rows.len() <= i {
+                    rows.resize(i + 1, 0);
                 }
-                dense[i * DENSE + v] += 1;
+                if rows[i] == 0 {
+                    dense.resize(dense.len() + DENSE, 0);
+                    rows[i] = (dense.len() / DENSE) as u32;
+                }
+                dense[(rows[i] as usize - 1) * DENSE + v] += 1;
             }
             _ => *into[i].entry(value).or_default() += 1,
         }
     }
-    for (at, &n) in dense.iter().enumerate().filter(|&(_, &n)| n > 0) {
-        *into[at / DENSE].entry((at % DENSE) as u64).or_default() += n;
+    for (i, &row) in rows.iter().enumerate().filter(|&(_, &row)| row > 0) {
+        let counts = &dense[(row as usize - 1) * DENSE..][..DENSE];
+        for (v, &n) in counts.iter().enumerate().filter(|&(_, &n)| n > 0) {
+            *into[i].entry(v as u64).or_default() += n;
+        }
     }
 }
 
@@ -440,7 +449,9 @@ impl Signals {
                 );
             }
         }
-        self.values.extend(saved.values);
+        // Bounded as recording bounds it, whatever the file says.
+        let room = MAX_STORED_VALUES.saturating_sub(self.values.len());
+        self.values.extend(saved.values.into_iter().take(room));
         let by_op = |saved: Vec<SavedHistogram>| {
             let mut out: Vec<Histogram> = Vec::new();
             for (old, h) in saved.into_iter().enumerate() {
@@ -480,16 +491,31 @@ pub struct OpSignals {
 mod tests {
     use super::*;
 
+    const DAY: Nanos = 24 * 3600 * crate::NANOS_PER_SEC;
+    const T: Nanos = 1_800_000_000 * crate::NANOS_PER_SEC;
+
+    /// A catalog of `endpoints` (`[[endpoint]]` TOML).
+    fn catalog(endpoints: &str) -> Catalog {
+        let config =
+            crate::config::Config::parse(endpoints, std::path::Path::new("c.toml")).unwrap();
+        Catalog::from_config(&config).unwrap()
+    }
+
+    fn new_signals(enumeration: bool) -> Signals {
+        let enumeration = EnumerationConfig {
+            enabled: enumeration,
+            ..EnumerationConfig::default()
+        };
+        Signals::new(enumeration, &[1; 32], DAY)
+    }
+
+    const ENDPOINT_A: &str = "[[endpoint]]\nhost = \"h\"\nmethod = \"GET\"\npath = \"/a/{id}\"\n";
+
     #[test]
     fn a_flood_of_pairs_is_bounded_and_counted() {
-        let config = crate::config::Config::default();
-        let catalog = Catalog::from_config(&config).unwrap();
-        let mut signals = Signals::new(
-            EnumerationConfig::default(),
-            &[1; 32],
-            24 * 3600 * 1_000_000_000,
-        );
-        let now = 1_800_000_000 * crate::NANOS_PER_SEC;
+        let catalog = catalog("");
+        let mut signals = new_signals(false);
+        let now = T;
         for i in 0..MAX_TRACKED as u64 + 10 {
             signals.record(
                 SessionId(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
@@ -509,24 +535,14 @@ mod tests {
 
     #[test]
     fn a_snapshot_keeps_windows_values_and_thresholds() {
-        let config = crate::config::Config::parse(
-            "[[endpoint]]\nhost = \"h\"\nmethod = \"GET\"\npath = \"/a/{id}\"\n",
-            std::path::Path::new("c.toml"),
-        )
-        .unwrap();
-        let catalog = Catalog::from_config(&config).unwrap();
-        let on = EnumerationConfig {
-            enabled: true,
-            ..EnumerationConfig::default()
-        };
-        let day = 24 * 3600 * crate::NANOS_PER_SEC;
-        let mut signals = Signals::new(on.clone(), &[1; 32], day);
-        let t = 1_800_000_000 * crate::NANOS_PER_SEC;
+        let catalog = catalog(ENDPOINT_A);
+        let mut signals = new_signals(true);
+        let t = T;
         for (session, id, at) in [(1, "1", t), (1, "2", t), (2, "9", t), (1, "3", t + WINDOW)] {
             signals.record(SessionId(session), 0, at, &format!("/a/{id}"), &catalog);
         }
         let saved = signals.export();
-        let mut restored = Signals::new(on, &[1; 32], day);
+        let mut restored = new_signals(true);
         restored.import(saved.clone(), &|op| Some(op));
         assert_eq!(restored.export(), saved);
         let now = t + WINDOW;
@@ -542,22 +558,13 @@ mod tests {
 
     #[test]
     fn distinct_values_are_counted_per_session_and_operation_and_stop_at_the_cap() {
-        let config = crate::config::Config::parse(
-            "[[endpoint]]\nhost = \"h\"\nmethod = \"GET\"\npath = \"/a/{id}\"\n\
-             [[endpoint]]\nhost = \"h\"\nmethod = \"GET\"\npath = \"/b/{id}\"\n",
-            std::path::Path::new("c.toml"),
-        )
-        .unwrap();
-        let catalog = Catalog::from_config(&config).unwrap();
-        let on = EnumerationConfig {
-            enabled: true,
-            ..EnumerationConfig::default()
-        };
-        let mut signals = Signals::new(on, &[1; 32], 24 * 3600 * crate::NANOS_PER_SEC);
-        let t = 1_800_000_000 * crate::NANOS_PER_SEC;
+        let catalog = catalog(&format!(
+            "{ENDPOINT_A}[[endpoint]]\nhost = \"h\"\nmethod = \"GET\"\npath = \"/b/{{id}}\"\n"
+        ));
+        let mut signals = new_signals(true);
         let mut record = |session: u64, op: OpId, path: &str| {
             signals
-                .record(SessionId(session), op, t, path, &catalog)
+                .record(SessionId(session), op, T, path, &catalog)
                 .distinct_values
         };
         assert_eq!(record(1, 0, "/a/7"), 1);
@@ -574,30 +581,29 @@ mod tests {
 
     #[test]
     fn open_window_counts_small_and_large_are_tallied_alike() {
-        let config = crate::config::Config::default();
-        let catalog = Catalog::from_config(&config).unwrap();
-        let mut signals = Signals::new(
-            EnumerationConfig::default(),
-            &[1; 32],
-            24 * 3600 * crate::NANOS_PER_SEC,
-        );
-        let t = 1_800_000_000 * crate::NANOS_PER_SEC;
+        let catalog = catalog("");
+        let mut signals = new_signals(false);
+        let t = T;
         // Session s makes `requests[s]` requests: counts either side of the dense array.
-        let requests = [1, 1, 2, 63, 64, 65, 200, 200];
-        for (s, &n) in requests.iter().enumerate() {
-            for _ in 0..n {
-                signals.record(SessionId(s as u64 + 1), 0, t, "/", &catalog);
+        // Two operations, ids apart, each with its own counts.
+        let by_op: [(OpId, &[u64]); 2] = [(3, &[1, 1, 2, 63, 64, 65, 200, 200]), (0, &[5, 7, 7])];
+        for (op, requests) in by_op {
+            for (s, &n) in requests.iter().enumerate() {
+                for _ in 0..n {
+                    signals.record(SessionId(s as u64 + 1), op, t, "/", &catalog);
+                }
             }
         }
-        let counts = requests.iter().fold(BTreeMap::new(), |mut m, &n| {
-            *m.entry(n).or_insert(0) += 1;
-            m
-        });
-        assert_eq!(
-            signals.distributions(t)[0].session_rate,
-            distribution(&counts)
-        );
-        assert_eq!(signals.distributions(t)[0].session_rate.unwrap().max, 200);
+        let distributions = signals.distributions(t);
+        for (op, requests) in by_op {
+            let counts = requests.iter().fold(BTreeMap::new(), |mut m, &n| {
+                *m.entry(n).or_insert(0) += 1;
+                m
+            });
+            let rate = distributions[usize::from(op)].session_rate;
+            assert_eq!(rate, distribution(&counts), "operation {op}");
+        }
+        assert_eq!(distributions[3].session_rate.unwrap().max, 200);
     }
 
     #[test]
